@@ -1,0 +1,1 @@
+"""Micro-benchmarks of the media path (``python -m benchmarks.run``)."""

@@ -1,0 +1,179 @@
+"""API authentication: VideoSDK-style JWTs (HS256, signed with an API key's secret).
+
+A token carries the claims ``apikey``, ``permissions``, ``version`` (2), ``iat`` and ``exp``.
+It is accepted as ``Authorization: <jwt>`` (VideoSDK's form, no prefix) or
+``Authorization: Bearer <jwt>``. Expiry is checked against the app's injected clock, not the
+system time. Failures raise :class:`~callbridge.api.errors.ApiError` 401 with a reason that
+never contains the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+from litestar import Request
+from litestar.openapi.spec import Components, SecurityScheme
+
+from callbridge.api.errors import ApiError
+from callbridge.store.db import Database
+from callbridge.store.repository import Repository
+
+logger = logging.getLogger(__name__)
+
+ALGORITHM: Final = "HS256"
+DEFAULT_PERMISSIONS: Final = ("allow_join", "allow_mod")
+LEEWAY_SECONDS: Final = 10
+MAX_TOKEN_LENGTH: Final = 8192
+SECURITY_SCHEME_NAME: Final = "apiToken"
+SECURITY_REQUIREMENT: Final[list[dict[str, list[str]]]] = [{SECURITY_SCHEME_NAME: []}]
+
+_CHALLENGE: Final = {"WWW-Authenticate": "Bearer"}
+# Signature only: exp and nbf are checked here against the injected clock.
+_DECODE_OPTIONS: Final[Any] = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "require": ["exp"],
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the API key every resource is scoped to, and the token's permissions."""
+
+    apikey: str
+    permissions: tuple[str, ...]
+
+
+def security_components() -> Components:
+    """OpenAPI components declaring the token scheme that :data:`SECURITY_REQUIREMENT` names."""
+    return Components(
+        security_schemes={
+            SECURITY_SCHEME_NAME: SecurityScheme(
+                type="http",
+                scheme="bearer",
+                bearer_format="JWT",
+                description=(
+                    "An HS256 JWT signed with the API key's secret (claims `apikey`, "
+                    "`permissions`, `exp`). Sent as `Authorization: Bearer <jwt>` or, as "
+                    "VideoSDK does, `Authorization: <jwt>`."
+                ),
+            )
+        }
+    )
+
+
+def issue_token(
+    apikey: str,
+    secret: str,
+    *,
+    permissions: Sequence[str] = DEFAULT_PERMISSIONS,
+    expires_in: int = 86400,
+    now: float | None = None,
+) -> str:
+    """Sign an API token (HS256) for ``apikey`` valid for ``expires_in`` seconds from ``now``."""
+    issued_at = int(time.time() if now is None else now)
+    claims = {
+        "apikey": apikey,
+        "permissions": list(permissions),
+        "version": 2,
+        "iat": issued_at,
+        "exp": issued_at + int(expires_in),
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def _fail(reason: str) -> ApiError:
+    logger.info("API authentication failed: %s", reason)
+    return ApiError(401, reason, _CHALLENGE)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def token_from_header(value: str | None) -> str:
+    """The JWT from an ``Authorization`` header value (raw or ``Bearer``).
+
+    Raises:
+        ApiError: 401 when the header is missing or malformed.
+    """
+    if value is None or not value.strip():
+        raise _fail("Missing Authorization header")
+    parts = value.split()
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return parts[1]
+    if len(parts) == 1 and parts[0].lower() != "bearer":
+        return parts[0]
+    raise _fail("Malformed Authorization header; expected '<jwt>' or 'Bearer <jwt>'")
+
+
+async def authenticate_token(token: str, db: Database, clock: Callable[[], float]) -> Principal:
+    """Verify an API token and return its :class:`Principal`.
+
+    The unverified ``apikey`` claim picks the secret; the signature (HS256 only) is then
+    verified, and ``exp`` (required) and ``nbf`` are checked against ``clock()`` with a
+    small leeway.
+
+    Raises:
+        ApiError: 401 with the reason (malformed, unknown API key, bad signature, expired...).
+    """
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise _fail("Malformed token")
+    try:
+        header = jwt.get_unverified_header(token)
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        raise _fail("Malformed token") from None
+    if header.get("alg") != ALGORITHM:
+        raise _fail(f"Unsupported token algorithm; expected {ALGORITHM}")
+    apikey = unverified.get("apikey")
+    if not isinstance(apikey, str) or not apikey or len(apikey) > 64:
+        raise _fail("Token has no valid apikey claim")
+
+    async with db.session() as session:
+        api_key = await Repository(session).get_api_key(apikey)
+    if api_key is None:
+        raise _fail("Unknown API key")
+
+    try:
+        claims = jwt.decode(token, api_key.secret, algorithms=[ALGORITHM], options=_DECODE_OPTIONS)
+    except jwt.InvalidSignatureError:
+        raise _fail("Invalid token signature") from None
+    except jwt.MissingRequiredClaimError:
+        raise _fail("Token has no exp claim") from None
+    except jwt.InvalidTokenError:
+        raise _fail("Invalid token") from None
+
+    now = clock()
+    exp = claims.get("exp")
+    if not _is_number(exp):
+        raise _fail("Token exp claim is not a number")
+    if now >= exp + LEEWAY_SECONDS:
+        raise _fail("Token has expired")
+    nbf = claims.get("nbf")
+    if nbf is not None and (not _is_number(nbf) or now + LEEWAY_SECONDS < nbf):
+        raise _fail("Token is not valid yet")
+
+    permissions = claims.get("permissions", [])
+    if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+        raise _fail("Token permissions claim must be a list of strings")
+    return Principal(apikey=api_key.apikey, permissions=tuple(permissions))
+
+
+async def authenticate(request: Request[Any, Any, Any]) -> Principal:
+    """Litestar dependency (``Provide(authenticate)``): the caller's :class:`Principal`.
+
+    Reads ``request.app.state.db`` and ``request.app.state.clock``.
+    """
+    token = token_from_header(request.headers.get("authorization"))
+    state = request.app.state
+    return await authenticate_token(token, state.db, state.get("clock", time.time))

@@ -1,0 +1,83 @@
+"""Provider-facing endpoints: the voice webhook and the media socket."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from litestar import Request, Response, WebSocket, route, websocket
+from litestar.exceptions import NotFoundException
+
+from callbridge.api.channel import AsgiSocketChannel
+from callbridge.calls.claim import claim_ref, run_claimed_call
+from callbridge.calls.intake import handle_voice_webhook
+from callbridge.protocols import WebhookRequest
+from callbridge.runtime import Runtime
+
+MAX_WEBHOOK_BYTES = 64 * 1024
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def _runtime(connection: Request | WebSocket) -> Runtime:  # type: ignore[type-arg]
+    return connection.app.state.runtime  # type: ignore[no-any-return]
+
+
+@route(
+    "/v2/hooks/{provider:str}/{webhook_key:str}",
+    http_method=["GET", "POST"],
+    request_max_body_size=MAX_WEBHOOK_BYTES,
+    include_in_schema=True,
+    summary="Provider voice webhook",
+    description="The URL a connector's provider calls when a call arrives (``webhookUrl``). "
+    "Answers with the provider's markup.",
+    tags=["hooks"],
+)
+async def voice_webhook(request: Request, provider: str, webhook_key: str) -> Response[str]:  # type: ignore[type-arg]
+    runtime = _runtime(request)
+    body = await request.body()
+    params: dict[str, list[str]] = {}
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        params.setdefault(name, []).extend(values)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method == "POST" and content_type == FORM_TYPE:
+        form = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+        for name, values in form.items():
+            params.setdefault(name, []).extend(values)
+    raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+    public_url = runtime.settings.server.api_url + raw_path.decode("latin-1")
+    if query:
+        public_url += "?" + query
+    webhook_request = WebhookRequest(
+        method=request.method,
+        public_url=public_url,
+        headers={name.lower(): value for name, value in request.headers.items()},
+        params=params,
+        body=body,
+    )
+    answer = await handle_voice_webhook(runtime, provider, webhook_key, webhook_request)
+    if not answer.found:
+        raise NotFoundException()
+    return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
+
+
+async def _ingest(socket: WebSocket, provider: str, ref: str) -> None:  # type: ignore[type-arg]
+    runtime = _runtime(socket)
+    record = await claim_ref(runtime, provider, ref)
+    if record is None:
+        # Closing before accepting makes the server refuse the handshake (HTTP 403).
+        await socket.close(code=4403, reason="")
+        return
+    await socket.accept()
+    await run_claimed_call(runtime, record, AsgiSocketChannel(socket))
+
+
+@websocket("/ingest/{provider:str}/{ref:str}")
+async def ingest_with_path_ref(socket: WebSocket, provider: str, ref: str) -> None:  # type: ignore[type-arg]
+    """Provider media socket; the single-use ref is the last path segment."""
+    await _ingest(socket, provider, ref)
+
+
+@websocket("/ingest/{provider:str}")
+async def ingest_with_query_ref(socket: WebSocket, provider: str) -> None:  # type: ignore[type-arg]
+    """Provider media socket with the ref in ``?ref=`` (VideoSDK's URL form)."""
+    await _ingest(socket, provider, socket.query_params.get("ref") or "")

@@ -1,0 +1,104 @@
+"""``create_app(settings)``: the Litestar application, built without import-time side effects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pluggy
+import structlog
+from litestar import Litestar, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from opentelemetry.sdk.trace import SpanProcessor
+
+from callbridge import __version__
+from callbridge.api.connectors import ConnectorController
+from callbridge.api.errors import exception_handlers
+from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, voice_webhook
+from callbridge.api.rooms import room_participant
+from callbridge.runtime import Runtime, build_runtime
+from callbridge.settings import Settings
+from callbridge.store.repository import transaction
+
+log = structlog.get_logger("callbridge.app")
+
+
+@get("/healthz", include_in_schema=False, sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/v2/public/rsa-public-key", tags=["webhooks"], summary="Webhook signing public key")
+async def rsa_public_key(state: State) -> dict[str, object]:
+    """The PEM public key that verifies ``videosdk-signature`` on lifecycle webhooks."""
+    runtime: Runtime = state.runtime
+    return {"message": "Public key", "data": {"publicKey": runtime.signer.public_key_pem()}}
+
+
+async def ensure_api_keys(runtime: Runtime) -> None:
+    """Create configured API keys, and a development key on an empty store if allowed."""
+    auth = runtime.settings.auth
+    async with transaction(runtime.db, runtime.clock) as repo:
+        for key in auth.api_keys:
+            await repo.ensure_api_key(key.apikey, key.secret.get_secret_value(), key.name)
+        if auth.create_dev_key and await repo.first_api_key() is None:
+            created = await repo.create_api_key("development")
+            log.info(
+                "development API key created; run `callbridge token` to get a token",
+                apikey=created.apikey,
+            )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    pm: pluggy.PluginManager | None = None,
+    span_processors: list[SpanProcessor] | None = None,
+) -> Litestar:
+    """Build the application for ``settings``. Raises :class:`ConfigError` on a bad config."""
+    runtime = build_runtime(settings, clock=clock, pm=pm, span_processors=span_processors)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await runtime.start()
+        await ensure_api_keys(runtime)
+        log.info(
+            "callbridge ready",
+            api_url=settings.server.api_url,
+            ingest_url=settings.server.ingest_url,
+            providers=list(runtime.providers),
+        )
+        try:
+            yield
+        finally:
+            for bridge in list(runtime.active_calls.values()):
+                bridge.request_hangup()
+            await runtime.stop()
+
+    return Litestar(
+        route_handlers=[
+            ConnectorController,
+            voice_webhook,
+            ingest_with_path_ref,
+            ingest_with_query_ref,
+            room_participant,
+            rsa_public_key,
+            healthz,
+        ],
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers(),
+        state=State(
+            {
+                "runtime": runtime,
+                "db": runtime.db,
+                "public_api_url": settings.server.api_url,
+                "provider_names": list(settings.providers.enabled),
+                "clock": clock,
+            }
+        ),
+        openapi_config=OpenAPIConfig(title="callbridge", version=__version__, path="/schema"),
+        debug=False,
+    )

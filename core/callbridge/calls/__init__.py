@@ -1,0 +1,1 @@
+"""Call handling: intake, routing, claim and the media bridge."""

@@ -1,0 +1,149 @@
+"""The media bridge: two pumps and a control loop between a provider stream and a room leg."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from callbridge.media.codecs import Codec, get_codec
+from callbridge.media.framing import ByteFramer, FrameAssembler, Pacer
+from callbridge.media.resample import StreamResampler
+from callbridge.protocols import (
+    AudioIn,
+    DtmfIn,
+    MarkEcho,
+    MediaStream,
+    RoomLeg,
+    StreamStarted,
+    StreamStopped,
+)
+
+log = structlog.get_logger("callbridge.bridge")
+
+FRAME_SECONDS = 0.02
+
+
+@dataclass
+class MediaStats:
+    """Counters reported when a call ends."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    dtmf: int = 0
+    marks: int = 0
+    clears: int = 0
+
+    def as_dict(self, malformed: int) -> dict[str, int]:
+        return {
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "dtmf": self.dtmf,
+            "marks": self.marks,
+            "clears": self.clears,
+            "malformed": malformed,
+        }
+
+
+class CallBridge:
+    """Bridges one claimed provider stream and one room leg until either side ends."""
+
+    def __init__(
+        self,
+        call_id: str,
+        stream: MediaStream,
+        started: StreamStarted,
+        leg: RoomLeg,
+        *,
+        lead_frames: int = 3,
+    ) -> None:
+        self.call_id = call_id
+        self.stream = stream
+        self.leg = leg
+        self.codec: Codec = get_codec(started.codec)
+        self.stats = MediaStats()
+        self._to_room = StreamResampler(self.codec.sample_rate, leg.sample_rate)
+        self._to_caller = StreamResampler(leg.sample_rate, self.codec.sample_rate)
+        self._room_frames = FrameAssembler(leg.sample_rate // 50)
+        self._caller_frames = ByteFramer(self.codec.frame_bytes)
+        self._pacer = Pacer(FRAME_SECONDS, lead=lead_frames)
+        self._hangup = asyncio.Event()
+
+    def request_hangup(self) -> None:
+        """End the call from outside (API hang-up, server drain)."""
+        self._hangup.set()
+
+    async def run(self, max_seconds: float) -> str:
+        """Bridge until one side ends; returns the end reason."""
+        tasks = {
+            asyncio.create_task(self._caller_to_room(), name="caller-to-room"),
+            asyncio.create_task(self._room_to_caller(), name="room-to-caller"),
+            asyncio.create_task(self._room_control(), name="room-control"),
+            asyncio.create_task(self._wait_hangup(), name="hangup"),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return "max-duration"
+            finished = next(iter(done))
+            return finished.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _caller_to_room(self) -> str:
+        stream, leg, codec = self.stream, self.leg, self.codec
+        while True:
+            event = await stream.receive()
+            if isinstance(event, AudioIn):
+                self.stats.frames_in += 1
+                pcm = self._to_room.process(codec.decode(event.payload))
+                for frame in self._room_frames.push(pcm):
+                    leg.send_audio(frame)
+            elif isinstance(event, DtmfIn):
+                self.stats.dtmf += 1
+                await leg.send_event({"event": "dtmf", "digit": event.digit, "callId": self.call_id})
+            elif isinstance(event, MarkEcho):
+                await leg.send_event(
+                    {"event": "mark", "name": event.name, "cleared": event.cleared, "callId": self.call_id}
+                )
+            elif isinstance(event, StreamStopped):
+                return "caller-hangup" if event.reason == "stop" else f"stream-{event.reason}"
+
+    async def _room_to_caller(self) -> str:
+        stream, leg, codec = self.stream, self.leg, self.codec
+        pacer = self._pacer
+        while True:
+            frame = await leg.receive_audio()
+            if frame is None:
+                return "room-closed"
+            for payload in self._caller_frames.push(codec.encode(self._to_caller.process(frame))):
+                await pacer.wait()
+                await stream.send_audio(payload)
+                self.stats.frames_out += 1
+
+    async def _room_control(self) -> str:
+        while True:
+            event = await self.leg.receive_event()
+            if event is None:
+                return "room-closed"
+            target = event.get("callId")
+            if target is not None and target != self.call_id:
+                continue
+            kind = event.get("event")
+            if kind == "clear":
+                self.stats.clears += 1
+                self._caller_frames.clear()
+                self._pacer.reset()
+                await self.stream.send_clear()
+            elif kind == "mark" and isinstance(event.get("name"), str):
+                self.stats.marks += 1
+                await self.stream.send_mark(event["name"])
+            elif kind == "hangup":
+                return "room-hangup"
+
+    async def _wait_hangup(self) -> str:
+        await self._hangup.wait()
+        return "api-hangup"

@@ -1,0 +1,201 @@
+"""The ``callbridge`` command: serve, token, config check, call (provider simulator), room join."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from callbridge.settings import ConfigError, Settings, load_settings
+
+
+def _settings(config: str | None) -> Settings:
+    return load_settings(config or os.environ.get("CALLBRIDGE_CONFIG") or None)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from callbridge.app import create_app
+    from callbridge.logging import configure_logging
+
+    settings = _settings(args.config)
+    configure_logging(settings.telemetry.log_format, settings.telemetry.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        ws="websockets-sansio",
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        ws_max_size=1 << 20,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+async def _token(settings: Settings, apikey: str | None, ttl: int) -> str:
+    from callbridge.api.auth import issue_token
+    from callbridge.store.db import Database
+    from callbridge.store.repository import transaction
+
+    db = Database(settings.database_url)
+    try:
+        await db.migrate()
+        async with transaction(db) as repo:
+            key = await repo.get_api_key(apikey) if apikey else await repo.first_api_key()
+    finally:
+        await db.dispose()
+    if key is None:
+        raise ConfigError(
+            f"API key {apikey!r} not found" if apikey
+            else "no API key yet: start the server once (`make serve`) to create a development key"
+        )
+    return issue_token(key.apikey, key.secret, expires_in=ttl)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    print(asyncio.run(_token(settings, args.apikey, args.ttl or settings.auth.token_ttl_seconds)))
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from callbridge.registry import Registry
+    from callbridge.runtime import plugin_manager_for, select_plugins
+
+    settings = load_settings(args.file)
+    selections = select_plugins(settings, Registry(plugin_manager_for(settings)))
+    print(f"{args.file}: OK")
+    for selection in selections:
+        record = selection.record
+        print(f"  {selection.kind:<17} {selection.name:<14} {record.description} [{record.distribution}]")
+    return 0
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    from callbridge.clients.call import CallOptions
+    from callbridge.plugins import build_plugin_manager
+    from callbridge.registry import Registry
+
+    registry = Registry(build_plugin_manager())
+    record = registry.get("provider", args.provider, "--provider")
+    simulator = getattr(record, "simulator", None)
+    if simulator is None:
+        raise ConfigError(f"--provider: provider {args.provider!r} ships no simulator")
+    options = CallOptions(
+        webhook_url=args.webhook_url,
+        provider=args.provider,
+        from_number=args.from_number,
+        to_number=args.to_number,
+        tone_hz=args.tone,
+        play_path=args.play,
+        record_path=args.record,
+        seconds=args.seconds,
+        dtmf=args.dtmf or "",
+    )
+    summary = asyncio.run(simulator(options))
+    _print_summary(summary, args.json)
+    return 0 if summary.outcome.startswith("completed") else 1
+
+
+def cmd_room_join(args: argparse.Namespace) -> int:
+    from callbridge.clients.room import RoomJoinOptions, join_room
+
+    settings = _settings(args.config)
+    token = args.token or os.environ.get("CALLBRIDGE_TOKEN")
+    if not token:
+        token = asyncio.run(_token(settings, None, 3600))
+    options = RoomJoinOptions(
+        server_url=args.server or settings.server.api_url,
+        room_id=args.room,
+        token=token,
+        tone_hz=args.tone,
+        play_path=args.play,
+        record_path=args.record,
+        seconds=args.seconds,
+    )
+    summary = asyncio.run(join_room(options))
+    _print_summary(summary, args.json)
+    return 0 if summary.outcome.startswith("completed") else 1
+
+
+def _print_summary(summary: object, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.to_dict()))  # type: ignore[attr-defined]
+    else:
+        print(summary.format())  # type: ignore[attr-defined]
+
+
+def _add_audio_options(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--tone", type=float, metavar="HZ", help="send a sine tone")
+    source.add_argument("--play", metavar="WAV", help="send a WAV file")
+    parser.add_argument("--record", metavar="WAV", help="write what is heard to a WAV file")
+    parser.add_argument("--seconds", type=float, default=5.0, help="how long to stay (default 5)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callbridge", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--config", metavar="FILE", help="YAML config (default: embedded defaults)")
+    serve.set_defaults(handler=cmd_serve)
+
+    token = commands.add_parser("token", help="print an API token the server accepts")
+    token.add_argument("--config", metavar="FILE")
+    token.add_argument("--apikey", help="API key id (default: the first key, e.g. the dev key)")
+    token.add_argument("--ttl", type=int, help="lifetime in seconds")
+    token.set_defaults(handler=cmd_token)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate a YAML file, list its plugins")
+    check.add_argument("file")
+    check.set_defaults(handler=cmd_config_check)
+
+    call = commands.add_parser("call", help="simulate a provider call against a webhook URL")
+    call.add_argument("--webhook-url", required=True)
+    call.add_argument("--provider", default="twilio")
+    call.add_argument("--from", dest="from_number", default="+14155550100")
+    call.add_argument("--to", dest="to_number", default="+14155550199")
+    call.add_argument("--dtmf", metavar="DIGITS", help="key presses to send after 1 s")
+    _add_audio_options(call)
+    call.set_defaults(handler=cmd_call)
+
+    room = commands.add_parser("room", help="room tools")
+    room_commands = room.add_subparsers(dest="room_command", required=True)
+    join = room_commands.add_parser("join", help="join a local room as a participant")
+    join.add_argument("room")
+    join.add_argument("--server", help="server URL (default: the configured public API URL)")
+    join.add_argument("--token", help="API token (default: $CALLBRIDGE_TOKEN or the local dev key)")
+    join.add_argument("--config", metavar="FILE")
+    _add_audio_options(join)
+    join.set_defaults(handler=cmd_room_join)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"callbridge: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Provider-neutral client helpers used by the CLIs: audio, recordings, room and call clients."""

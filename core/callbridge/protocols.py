@@ -1,0 +1,419 @@
+"""The contracts plugin objects satisfy, and the records that flow between them.
+
+A plugin record's factory (see :mod:`callbridge.plugin_types`) builds an object satisfying one
+of the protocols below. Everything here is provider-neutral: provider-specific parsing and
+formatting lives in the provider plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Pcm = npt.NDArray[np.int16]
+"""Signed 16-bit mono PCM samples."""
+
+
+# --------------------------------------------------------------------------- shared context
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What every plugin factory receives beside its own config.
+
+    Attributes:
+        data_dir: folder where a plugin may keep files (keys, caches).
+        clock: wall-clock seconds (``time.time`` in production; tests inject a fake).
+        public_api_url: the public base URL of the REST API, e.g. ``https://cb.example.com``.
+        public_ingest_url: the public base URL of media sockets, e.g. ``wss://cb.example.com/ingest``.
+    """
+
+    data_dir: Path
+    clock: Callable[[], float]
+    public_api_url: str
+    public_ingest_url: str
+
+
+class PluginError(Exception):
+    """A plugin could not do what was asked; the message is safe to show to the caller."""
+
+
+# --------------------------------------------------------------------------- providers
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """A provider's voice-webhook request, as the provider plugin sees it.
+
+    Attributes:
+        method: ``GET`` or ``POST``.
+        public_url: the URL the provider called, rebuilt from the configured public API URL
+            (what signatures are computed over), including the query string.
+        headers: request headers, lower-case names.
+        params: form (POST) and query parameters merged, every value kept in order.
+        body: the raw body bytes.
+    """
+
+    method: str
+    public_url: str
+    headers: Mapping[str, str]
+    params: Mapping[str, list[str]]
+    body: bytes
+
+    def param(self, name: str) -> str | None:
+        values = self.params.get(name)
+        return values[0] if values else None
+
+
+class WebhookError(Exception):
+    """A voice webhook that cannot be accepted. ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """A call as described by the provider's voice webhook.
+
+    Attributes:
+        provider: provider name (``twilio``).
+        provider_call_id: the provider's call id (Twilio ``CallSid``).
+        from_number: caller, E.164 where the provider gives a number.
+        to_number: callee, E.164 where the provider gives a number.
+        direction: provider's direction value (``inbound``, ``outbound-api``...).
+        account_id: the provider account the call belongs to, if given.
+        extra: any other provider fields worth keeping (small, no secrets).
+    """
+
+    provider: str
+    provider_call_id: str
+    from_number: str | None = None
+    to_number: str | None = None
+    direction: str | None = None
+    account_id: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Markup:
+    """A provider answer document (TwiML, Plivo XML, TeXML...)."""
+
+    body: str
+    media_type: str = "text/xml"
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """Audio codec on the provider leg: ``PCMU``, ``PCMA`` or ``L16`` at ``sample_rate`` Hz."""
+
+    name: str = "PCMU"
+    sample_rate: int = 8000
+
+
+@dataclass(slots=True)
+class StreamStarted:
+    """The provider socket said which stream and call it carries."""
+
+    stream_id: str
+    provider_call_id: str | None
+    codec: CodecSpec
+    custom_parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AudioIn:
+    """One frame of caller audio, still encoded in the stream codec."""
+
+    payload: bytes
+
+
+@dataclass(slots=True)
+class DtmfIn:
+    """The caller pressed a key."""
+
+    digit: str
+
+
+@dataclass(slots=True)
+class MarkEcho:
+    """The provider reports a mark we placed as reached (``cleared`` when flushed by a clear)."""
+
+    name: str
+    cleared: bool = False
+
+
+@dataclass(slots=True)
+class StreamStopped:
+    """The provider ended the stream (``stop`` message or socket close)."""
+
+    reason: str = "stop"
+
+
+StreamEvent = StreamStarted | AudioIn | DtmfIn | MarkEcho | StreamStopped
+
+
+@runtime_checkable
+class SocketChannel(Protocol):
+    """The accepted media WebSocket, reduced to what a provider adapter needs."""
+
+    async def receive(self) -> str | bytes | None:
+        """Next message (text or binary); ``None`` once the socket is closed."""
+        ...
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+@runtime_checkable
+class MediaStream(Protocol):
+    """A provider's media socket adapted to provider-neutral events and commands.
+
+    ``receive`` yields :data:`StreamEvent` records; the first meaningful one is always
+    :class:`StreamStarted`. Malformed messages are counted in ``malformed`` and skipped.
+    """
+
+    malformed: int
+
+    async def receive(self) -> StreamEvent:
+        """Next event; :class:`StreamStopped` once the stream ends (then keeps returning it)."""
+        ...
+
+    async def send_audio(self, payload: bytes) -> None:
+        """Send one whole 20 ms frame, already encoded in the stream codec."""
+        ...
+
+    async def send_mark(self, name: str) -> None: ...
+
+    async def send_clear(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A telephony provider: voice-webhook parsing, answer markup and media-socket adapter."""
+
+    name: str
+
+    def parse_webhook(self, request: WebhookRequest) -> CallInfo:
+        """Turn the voice webhook into a :class:`CallInfo`; raise :class:`WebhookError` if bad."""
+        ...
+
+    def stream_url(self, ingest_base_url: str, ref: str) -> str:
+        """The media-socket URL carrying ``ref`` that the markup points the provider to."""
+        ...
+
+    def answer_markup(self, call: CallInfo, stream_url: str, route: Route) -> Markup:
+        """Markup that makes the provider open a bidirectional media socket to ``stream_url``."""
+        ...
+
+    def reject_markup(self, message: str) -> Markup:
+        """Markup that tells the caller the call cannot be connected, then hangs up."""
+        ...
+
+    def open_stream(self, channel: SocketChannel) -> MediaStream:
+        """Adapt an accepted media socket."""
+        ...
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@dataclass(frozen=True)
+class ConnectorView:
+    """The parts of a connector routing may look at."""
+
+    id: str
+    apikey: str
+    provider: str
+    default_room_id: str | None
+    default_rule_id: str | None
+    region: str | None
+
+
+@dataclass(frozen=True)
+class RoutingContext:
+    """Everything a routing strategy may decide on.
+
+    Attributes:
+        call: the call from the provider's webhook.
+        connector: the connector whose URL received the webhook.
+        query: query parameters of the webhook URL (e.g. ``roomId``).
+    """
+
+    call: CallInfo
+    connector: ConnectorView
+    query: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a call goes.
+
+    Attributes:
+        room_id: the room the call joins.
+        strategy: name of the strategy that decided.
+        transport: room transport name; ``None`` means ``rooms.default``.
+        codec: codec on the provider leg; ``None`` means the provider's default.
+        metadata: small extra data passed to the room as participant metadata.
+    """
+
+    room_id: str
+    strategy: str
+    transport: str | None = None
+    codec: CodecSpec | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RoutingStrategy(Protocol):
+    """Decides which room a call joins, or passes (``None``) to the next strategy."""
+
+    name: str
+
+    async def route(self, context: RoutingContext) -> Route | None: ...
+
+
+# --------------------------------------------------------------------------- rooms
+
+
+@dataclass(frozen=True)
+class Participant:
+    """Who joins a room.
+
+    Attributes:
+        participant_id: unique within the room.
+        kind: ``caller`` (a bridged phone call) or ``client`` (a room participant).
+        display_name: human-readable label.
+        metadata: small extra data other participants see in ``participant-joined``.
+    """
+
+    participant_id: str
+    kind: str
+    display_name: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RoomLeg(Protocol):
+    """One participant's connection to a room.
+
+    Audio is exchanged as 20 ms frames of int16 mono PCM at ``sample_rate``.
+    """
+
+    participant_id: str
+    sample_rate: int
+
+    def send_audio(self, frame: Pcm) -> None:
+        """Put one 20 ms frame into the room (never blocks; overflow drops the oldest)."""
+        ...
+
+    async def receive_audio(self) -> Pcm | None:
+        """Next 20 ms frame of what this participant hears; ``None`` once the leg has left."""
+        ...
+
+    async def send_event(self, event: Mapping[str, Any]) -> None:
+        """Send a JSON-able event to every other participant of the room."""
+        ...
+
+    async def receive_event(self) -> Mapping[str, Any] | None:
+        """Next event for this participant; ``None`` once the leg has left."""
+        ...
+
+    async def leave(self) -> None:
+        """Leave the room; idempotent. Pending ``receive_*`` calls return ``None``."""
+        ...
+
+
+@runtime_checkable
+class RoomTransport(Protocol):
+    """Carries call legs into rooms."""
+
+    name: str
+    sample_rate: int
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def join(self, tenant: str, room_id: str, participant: Participant) -> RoomLeg:
+        """Join ``room_id`` of ``tenant`` (the API key owning the call)."""
+        ...
+
+
+# --------------------------------------------------------------------------- refs
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    """Everything the media-socket claim needs, carried by the single-use ref.
+
+    The webhook request and the media socket may land on different replicas, so this record is
+    self-contained.
+    """
+
+    call_id: str
+    apikey: str
+    connector_id: str
+    provider: str
+    provider_call_id: str
+    room_id: str
+    transport: str | None = None
+    codec: CodecSpec | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    trace_parent: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RefStore(Protocol):
+    """Issues and atomically claims single-use, expiring call references."""
+
+    name: str
+
+    async def issue(self, record: RefRecord, ttl_seconds: float, idempotency_key: str) -> str:
+        """Return a fresh ref (>=128 bits) for ``record``, valid ``ttl_seconds`` from now.
+
+        If a live, unclaimed ref was already issued under ``idempotency_key`` (a provider
+        retrying the same webhook), return that ref instead of issuing a second one.
+        """
+        ...
+
+    async def claim(self, ref: str) -> RefRecord | None:
+        """Atomically consume ``ref``; ``None`` if unknown, expired or already claimed."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- webhook signers
+
+
+@runtime_checkable
+class WebhookSigner(Protocol):
+    """Signs lifecycle-webhook bodies."""
+
+    name: str
+
+    def sign(self, body: bytes) -> Mapping[str, str]:
+        """Headers to send with ``body`` (exactly these bytes are what is signed)."""
+        ...
+
+    def verify(self, body: bytes, headers: Mapping[str, str]) -> bool:
+        """Whether ``headers`` carry a valid signature of ``body`` (used by tests and tools)."""
+        ...
+
+    def public_key_pem(self) -> str | None:
+        """The public key receivers verify with, or ``None`` for symmetric schemes."""
+        ...

@@ -1,0 +1,156 @@
+"""Assembly of one server's services from settings: plugins, store, tracer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.trace import Tracer
+
+from callbridge.plugin_types import PluginKind, PluginRecord
+from callbridge.plugins import build_plugin_manager
+from callbridge.protocols import (
+    PluginContext,
+    Provider,
+    RefStore,
+    RoomTransport,
+    RoutingStrategy,
+    WebhookSigner,
+)
+from callbridge.registry import Registry
+from callbridge.settings import ConfigError, Settings
+from callbridge.store.db import Database
+from callbridge.telemetry import TracedPlugin, build_tracer_provider, get_tracer
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One plugin the configuration selects, with its validated config."""
+
+    kind: PluginKind
+    name: str
+    key_path: str
+    record: PluginRecord[Any]
+    config: Any
+
+
+def select_plugins(settings: Settings, registry: Registry) -> list[Selection]:
+    """Every plugin the settings select, configs validated; raises :class:`ConfigError`."""
+    wanted: list[tuple[PluginKind, str, str, dict[str, Any], str]] = []
+    for index, name in enumerate(settings.providers.enabled):
+        wanted.append(("provider", name, f"providers.enabled[{index}]", settings.providers.config, "providers.config"))
+    for index, name in enumerate(settings.routing.chain):
+        wanted.append(("routing_strategy", name, f"routing.chain[{index}]", settings.routing.config, "routing.config"))
+    for index, name in enumerate(settings.rooms.enabled):
+        wanted.append(("room_transport", name, f"rooms.enabled[{index}]", settings.rooms.config, "rooms.config"))
+    wanted.append(("webhook_signer", settings.webhooks.signer, "webhooks.signer", settings.webhooks.config, "webhooks.config"))
+    wanted.append(("ref_store", settings.refs.store, "refs.store", settings.refs.config, "refs.config"))
+
+    for kind, configs, path in (
+        ("provider", settings.providers.config, "providers.config"),
+        ("routing_strategy", settings.routing.config, "routing.config"),
+        ("room_transport", settings.rooms.config, "rooms.config"),
+        ("webhook_signer", settings.webhooks.config, "webhooks.config"),
+        ("ref_store", settings.refs.config, "refs.config"),
+    ):
+        registry.check_unused_configs(kind, configs, path)  # type: ignore[arg-type]
+
+    selections: list[Selection] = []
+    seen: set[tuple[str, str]] = set()
+    for kind, name, key_path, configs, config_path in wanted:
+        if (kind, name) in seen:
+            raise ConfigError(f"{key_path}: {name!r} is listed twice")
+        seen.add((kind, name))
+        record = registry.get(kind, name, key_path)
+        config = registry.validate_config(record, configs.get(name) or {}, f"{config_path}.{name}")
+        selections.append(Selection(kind, name, key_path, record, config))
+    return selections
+
+
+def plugin_manager_for(settings: Settings) -> pluggy.PluginManager:
+    return build_plugin_manager(
+        settings.plugins.load, disable_external=settings.plugins.disable_external
+    )
+
+
+@dataclass
+class Runtime:
+    """Everything a running server uses, built from :class:`Settings` without I/O."""
+
+    settings: Settings
+    context: PluginContext
+    registry: Registry
+    providers: dict[str, Provider]
+    routing_chain: list[RoutingStrategy]
+    room_transports: dict[str, RoomTransport]
+    signer: WebhookSigner
+    ref_store: RefStore
+    db: Database
+    tracer_provider: TracerProvider
+    tracer: Tracer
+    clock: Callable[[], float]
+    active_calls: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def default_room_transport(self) -> RoomTransport:
+        return self.room_transports[self.settings.rooms.default]
+
+    async def start(self) -> None:
+        await self.db.migrate()
+        for transport in self.room_transports.values():
+            await transport.start()
+
+    async def stop(self) -> None:
+        for transport in self.room_transports.values():
+            await transport.aclose()
+        await self.ref_store.aclose()
+        await self.db.dispose()
+        self.tracer_provider.shutdown()
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    pm: pluggy.PluginManager | None = None,
+    span_processors: list[SpanProcessor] | None = None,
+) -> Runtime:
+    """Select, validate and build every configured plugin. Raises :class:`ConfigError`."""
+    registry = Registry(pm or plugin_manager_for(settings))
+    selections = select_plugins(settings, registry)
+    tracer_provider = build_tracer_provider(settings.telemetry, span_processors)
+    tracer = get_tracer(tracer_provider)
+    context = PluginContext(
+        data_dir=settings.data_dir,
+        clock=clock,
+        public_api_url=settings.server.api_url,
+        public_ingest_url=settings.server.ingest_url,
+    )
+    built: dict[PluginKind, dict[str, Any]] = {
+        "provider": {}, "routing_strategy": {}, "room_transport": {}, "webhook_signer": {}, "ref_store": {},
+    }
+    for selection in selections:
+        plugin = selection.record.factory(selection.config, context)
+        built[selection.kind][selection.name] = plugin
+    traced = {
+        kind: {name: TracedPlugin(obj, kind, tracer) for name, obj in objs.items()}
+        for kind, objs in built.items()
+    }
+    return Runtime(
+        settings=settings,
+        context=context,
+        registry=registry,
+        providers=traced["provider"],  # type: ignore[arg-type]
+        routing_chain=[traced["routing_strategy"][name] for name in settings.routing.chain],  # type: ignore[misc]
+        room_transports=traced["room_transport"],  # type: ignore[arg-type]
+        signer=traced["webhook_signer"][settings.webhooks.signer],  # type: ignore[arg-type]
+        ref_store=traced["ref_store"][settings.refs.store],  # type: ignore[arg-type]
+        db=Database(settings.database_url),
+        tracer_provider=tracer_provider,
+        tracer=tracer,
+        clock=clock,
+    )

@@ -1,0 +1,347 @@
+"""Settings: one YAML file, overridable by ``CALLBRIDGE_*`` environment variables.
+
+Nested keys are joined with ``__`` in environment variables, e.g.
+``CALLBRIDGE_SERVER__PORT=9000`` or ``CALLBRIDGE_PROVIDERS__ENABLED='["twilio"]'``.
+Secrets are never written literally in YAML: ``{$env: NAME}`` reads an environment variable and
+``{$file: PATH}`` reads a file (trailing newline stripped).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+ENV_PREFIX = "CALLBRIDGE_"
+
+_environ: ContextVar[Mapping[str, str] | None] = ContextVar("callbridge_environ", default=None)
+
+
+class _InjectableEnvSource(EnvSettingsSource):
+    """Reads ``CALLBRIDGE_*`` variables from an injected mapping (tests) or ``os.environ``."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        environ = _environ.get()
+        if environ is None:
+            return super()._load_env_vars()
+        return parse_env_vars(
+            environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and, where known, the choices."""
+
+
+class _Section(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class ServerSettings(_Section):
+    """Where the server listens and how the outside world reaches it."""
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    public_api_url: str | None = Field(
+        None,
+        description="Public base URL of the REST API and provider webhooks, as providers see it "
+        "(behind a proxy, the proxy's URL). Default: http://{host}:{port}.",
+    )
+    public_ingest_url: str | None = Field(
+        None,
+        description="Public base URL of the media sockets (ws:// or wss://). "
+        "Default: ws://{host}:{port}/ingest.",
+    )
+    max_call_seconds: float = Field(
+        4 * 3600, gt=0, description="A bridged call is ended after this long."
+    )
+    start_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a claimed media socket may take to send its start."
+    )
+
+    @field_validator("public_api_url", "public_ingest_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @field_validator("public_ingest_url")
+    @classmethod
+    def _ws_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("ws://", "wss://")):
+            raise ValueError("must start with ws:// or wss://")
+        return value
+
+    @property
+    def api_url(self) -> str:
+        return self.public_api_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def ingest_url(self) -> str:
+        return self.public_ingest_url or f"ws://{self.host}:{self.port}/ingest"
+
+
+class ApiKeySettings(_Section):
+    """An API key declared in configuration (created or updated at start)."""
+
+    apikey: str = Field(
+        ..., min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$", description="Key id."
+    )
+    secret: SecretStr = Field(
+        ..., description="HS256 signing secret of the key's tokens ({$env} or {$file})."
+    )
+    name: str = Field("", max_length=200, description="Label.")
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+
+class AuthSettings(_Section):
+    """API keys and tokens."""
+
+    api_keys: list[ApiKeySettings] = Field(
+        default_factory=list, description="API keys to create or update at start."
+    )
+    create_dev_key: bool = Field(
+        True,
+        description="Create a development API key on first start when no key exists, and "
+        "print its id (``callbridge token`` then prints a token for it).",
+    )
+    token_ttl_seconds: int = Field(
+        86400, gt=0, description="Lifetime of tokens printed by ``callbridge token``."
+    )
+
+
+class StorageSettings(_Section):
+    """Persistence."""
+
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db. "
+        "Default: SQLite at {data_dir}/callbridge.db.",
+    )
+
+
+class _PluginSection(_Section):
+    config: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-plugin options, keyed by plugin name; each is validated by that plugin.",
+    )
+
+
+class RefSettings(_PluginSection):
+    """Single-use call references."""
+
+    store: str = Field("memory", description="Ref store plugin name.")
+    ttl_seconds: float = Field(
+        90.0, gt=0, le=3600, description="A ref expires this long after the answer is sent."
+    )
+
+
+class ProviderSettings(_PluginSection):
+    """Telephony providers."""
+
+    enabled: list[str] = Field(
+        default_factory=lambda: ["twilio"], description="Provider plugins to enable."
+    )
+
+
+class RoutingSettings(_PluginSection):
+    """How a call finds its room."""
+
+    chain: list[str] = Field(
+        default_factory=lambda: ["room_query", "default_room"],
+        description="Routing strategies, tried in order; the first decision wins.",
+    )
+    reject_message: str = Field(
+        "Sorry, this call cannot be connected.",
+        max_length=500,
+        description="What the caller hears when no strategy chose a room (then the call ends).",
+    )
+
+
+class RoomSettings(_PluginSection):
+    """Room transports."""
+
+    enabled: list[str] = Field(
+        default_factory=lambda: ["local"], description="Room transport plugins to start."
+    )
+    default: str = Field("local", description="Transport used when a route names none.")
+
+
+class WebhookSettings(_PluginSection):
+    """Lifecycle webhooks."""
+
+    signer: str = Field("rsa_sha256", description="Webhook signer plugin name.")
+
+
+class TelemetrySettings(_Section):
+    """Logs and traces."""
+
+    traces: Literal["none", "console", "otlp"] = Field(
+        "none", description="Where spans go: nowhere, stdout, or an OTLP/HTTP collector."
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces."
+    )
+    service_name: str = Field("callbridge", description="OpenTelemetry service.name.")
+    log_format: Literal["console", "json"] = Field("console", description="Log line format.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Level.")
+
+
+class PluginLoadSettings(_Section):
+    """External plugins (installed distributions exposing ``callbridge`` entry points)."""
+
+    load: list[str] = Field(
+        default_factory=list,
+        description="Entry-point names to load; installed plugins not listed here stay unloaded.",
+    )
+    disable_external: bool = Field(False, description="Never load external plugins.")
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one callbridge server."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    data_dir: Path = Field(Path("data"), description="Folder for the SQLite file and keys.")
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    refs: RefSettings = Field(default_factory=RefSettings)
+    providers: ProviderSettings = Field(default_factory=ProviderSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    rooms: RoomSettings = Field(default_factory=RoomSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    plugins: PluginLoadSettings = Field(default_factory=PluginLoadSettings)
+
+    @model_validator(mode="after")
+    def _default_in_enabled(self) -> Settings:
+        if self.rooms.default not in self.rooms.enabled:
+            raise ValueError(
+                f"rooms.default: {self.rooms.default!r} must be one of rooms.enabled "
+                f"({', '.join(self.rooms.enabled)})"
+            )
+        return self
+
+    @property
+    def database_url(self) -> str:
+        return self.storage.url or f"sqlite+aiosqlite:///{self.data_dir / 'callbridge.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables override the YAML file, which arrives as init kwargs.
+        return (_InjectableEnvSource(settings_cls), init_settings)
+
+
+def resolve_secret_refs(node: Any, environ: Mapping[str, str], key_path: str = "") -> Any:
+    """Replace every ``{$env: NAME}`` / ``{$file: PATH}`` mapping in a YAML tree by its value."""
+    if isinstance(node, dict):
+        if set(node) == {"$env"}:
+            name = node["$env"]
+            if not isinstance(name, str) or name not in environ:
+                raise ConfigError(f"{key_path}: environment variable {name!r} is not set")
+            return environ[name]
+        if set(node) == {"$file"}:
+            path = Path(str(node["$file"])).expanduser()
+            try:
+                return path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"{key_path}: cannot read {path}: {exc.strerror}") from None
+        if any(str(key).startswith("$") for key in node):
+            raise ConfigError(f"{key_path}: a secret reference is {{$env: NAME}} or {{$file: PATH}}")
+        return {
+            key: resolve_secret_refs(value, environ, f"{key_path}.{key}" if key_path else str(key))
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [resolve_secret_refs(item, environ, f"{key_path}[{i}]") for i, item in enumerate(node)]
+    return node
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(root)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{location}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings from an optional YAML file, the environment and explicit overrides.
+
+    Raises:
+        ConfigError: with a message naming the bad key.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if config_path is not None:
+        path = Path(config_path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = resolve_secret_refs(loaded, environ)
+    if overrides:
+        data = _deep_merge(data, dict(overrides))
+    token = _environ.set(environ)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        _environ.reset(token)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,112 @@
+"""The database handle: async engine, sessions and programmatic alembic migrations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import StaticPool
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_PATH = Path(__file__).parent / "migrations"
+# Arbitrary constant: serialises concurrent ``migrate()`` calls of several replicas (PostgreSQL).
+_MIGRATION_LOCK_ID = 0x63_62_72_64_67_65  # "cbrdge"
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    return (url.database or "") in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
+def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
+    # The aiosqlite/pysqlite driver opens transactions lazily and cannot do SAVEPOINT correctly;
+    # turn its own handling off and emit BEGIN ourselves (SQLAlchemy's documented recipe).
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+class Database:
+    """An async SQLAlchemy engine plus sessions and migrations.
+
+    Args:
+        url: a SQLAlchemy async URL, e.g. ``sqlite+aiosqlite:///data/callbridge.db`` or
+            ``postgresql+asyncpg://postgres@127.0.0.1:5432/callbridge``. For a SQLite file the
+            parent folder is created if missing, and the file runs in WAL mode with foreign
+            keys on.
+
+    Nothing connects until the first query (or :meth:`migrate`).
+    """
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self.url = parsed
+        self.dialect = parsed.get_backend_name()
+        # hide_parameters: bound values (secrets, key hashes) never reach logs or exception text
+        engine_args: dict[str, Any] = {"hide_parameters": True}
+        if self.dialect == "sqlite":
+            if _is_memory_sqlite(parsed):
+                engine_args["poolclass"] = StaticPool
+            elif parsed.database and not parsed.database.startswith("file:"):
+                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        else:
+            engine_args["pool_pre_ping"] = True
+        self.engine: AsyncEngine = create_async_engine(parsed, **engine_args)
+        if self.dialect == "sqlite":
+            _install_sqlite_pragmas(self.engine)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"Database({self.url.render_as_string(hide_password=True)!r})"
+
+    def session(self) -> AsyncSession:
+        """A new session; use it as ``async with db.session() as s, s.begin(): ...``."""
+        return self._sessions()
+
+    async def migrate(self) -> None:
+        """Apply every pending migration (alembic ``upgrade head``); a no-op when up to date.
+
+        On PostgreSQL the upgrade holds a transaction-scoped advisory lock, so replicas that
+        start together migrate one after the other.
+        """
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_PATH))
+        async with self.engine.begin() as connection:
+            if self.dialect == "postgresql":
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                )
+            await connection.run_sync(_upgrade, config)
+        logger.info("database schema is up to date (%s)", self.dialect)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def _upgrade(connection: Connection, config: Config) -> None:
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

@@ -1,0 +1,1 @@
+"""Alembic migrations (loaded by alembic from this folder, never imported)."""

@@ -1,0 +1,135 @@
+"""SQLAlchemy 2 declarative models.
+
+The schema itself is created only by the alembic migrations in ``migrations/versions``; these
+models must stay in step with them (``tests/test_store.py`` checks that they do).
+All timestamps are timezone-aware UTC (:class:`UTCDateTime`), on SQLite as well.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+CALL_STATUSES = ("started", "answered", "ended", "failed")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware (UTC).
+
+    PostgreSQL stores ``timestamptz``; SQLite stores naive UTC text, which sorts correctly.
+    Naive datetimes are refused on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ApiKey(Base):
+    """An API key: its id is the JWT ``apikey`` claim, its secret signs the JWT (HS256)."""
+
+    __tablename__ = "api_keys"
+
+    apikey: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(256))
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"ApiKey(apikey={self.apikey!r}, name={self.name!r})"
+
+
+class Connector(Base):
+    """A provider connector; only the SHA-256 of its secret webhook key is stored."""
+
+    __tablename__ = "connectors"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    apikey: Mapped[str] = mapped_column(
+        String(64), ForeignKey("api_keys.apikey", ondelete="CASCADE"), index=True
+    )
+    provider: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str | None] = mapped_column(String(200))
+    default_room_id: Mapped[str | None] = mapped_column(String(128))
+    default_rule_id: Mapped[str | None] = mapped_column(String(128))
+    region: Mapped[str | None] = mapped_column(String(32))
+    webhook_key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"Connector(id={self.id!r}, apikey={self.apikey!r}, provider={self.provider!r})"
+
+
+class Call(Base):
+    """One phone call.
+
+    ``connector_id`` is deliberately not a foreign key: a call's history outlives the deletion
+    of its connector. ``(connector_id, provider_call_id)`` is unique, so a provider retrying
+    its voice webhook cannot create a second call.
+    """
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        UniqueConstraint("connector_id", "provider_call_id"),
+        CheckConstraint("status IN ('started', 'answered', 'ended', 'failed')", name="status"),
+        Index("ix_calls_apikey_created_at", "apikey", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    apikey: Mapped[str] = mapped_column(
+        String(64), ForeignKey("api_keys.apikey", ondelete="CASCADE")
+    )
+    connector_id: Mapped[str] = mapped_column(String(32))
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_call_id: Mapped[str] = mapped_column(String(255))
+    from_number: Mapped[str | None] = mapped_column(String(255))
+    to_number: Mapped[str | None] = mapped_column(String(255))
+    room_id: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    end_reason: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"Call(id={self.id!r}, connector_id={self.connector_id!r}, status={self.status!r})"

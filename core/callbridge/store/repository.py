@@ -1,0 +1,346 @@
+"""Data access for API keys, connectors and calls.
+
+A :class:`Repository` works inside the caller's session and transaction, so a state change and
+the outbox rows it causes can commit together. Methods flush but never commit. Typical use::
+
+    async with transaction(db, clock) as repo:
+        connector, webhook_key = await repo.create_connector(apikey, "twilio")
+
+Every connector and call query is scoped to an API key, except the lookups the webhook and
+media paths need (:meth:`Repository.find_connector_by_webhook_key`,
+:meth:`Repository.get_call_by_provider_id`, the ``mark_call_*`` transitions).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from callbridge.store.ids import (
+    CONNECTOR_ID_RE,
+    hash_webhook_key,
+    is_webhook_key,
+    new_api_key_id,
+    new_api_secret,
+    new_call_id,
+    new_connector_id,
+    new_webhook_key,
+)
+from callbridge.store.models import ApiKey, Call, Connector
+
+if TYPE_CHECKING:
+    from callbridge.store.db import Database
+
+Clock = Callable[[], float]
+
+MIN_SECRET_LENGTH = 32
+UPDATABLE_CONNECTOR_FIELDS = frozenset({"name", "default_room_id", "default_rule_id", "region"})
+
+
+def _storable(*values: str | None) -> bool:
+    # PostgreSQL rejects NUL in text (even in a WHERE clause); such input can match nothing.
+    return not any(v is not None and "\x00" in v for v in values)
+
+
+class DuplicateCallError(Exception):
+    """A call with this ``(connector_id, provider_call_id)`` exists; it is in :attr:`call`."""
+
+    def __init__(self, call: Call) -> None:
+        super().__init__(f"call already exists: {call.id}")
+        self.call = call
+
+
+class Repository:
+    """Queries and changes over one session.
+
+    Args:
+        session: the session to work in; the caller owns its transaction.
+        clock: wall-clock seconds (``time.time`` by default), used for every timestamp.
+    """
+
+    def __init__(self, session: AsyncSession, clock: Clock = time.time) -> None:
+        self.session = session
+        self._clock = clock
+
+    def now(self) -> datetime:
+        """The clock's current time as an aware UTC datetime."""
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    # ----------------------------------------------------------------------- API keys
+
+    async def create_api_key(self, name: str) -> ApiKey:
+        """Create an API key with a fresh id and a fresh 32-byte signing secret."""
+        key = ApiKey(
+            apikey=new_api_key_id(), secret=new_api_secret(), name=name, created_at=self.now()
+        )
+        self.session.add(key)
+        await self.session.flush()
+        return key
+
+    async def get_api_key(self, apikey: str) -> ApiKey | None:
+        """The API key with this id, or ``None``."""
+        if not _storable(apikey):
+            return None
+        return await self.session.get(ApiKey, apikey)
+
+    async def ensure_api_key(self, apikey: str, secret: str, name: str) -> ApiKey:
+        """Insert or update a key declared in configuration (safe when replicas race).
+
+        Raises:
+            ValueError: the secret is shorter than 32 characters.
+        """
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"API key secret must be at least {MIN_SECRET_LENGTH} characters")
+        values = {"apikey": apikey, "secret": secret, "name": name, "created_at": self.now()}
+        dialect = self.session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(ApiKey).values(values)
+        statement = statement.on_conflict_do_update(
+            index_elements=[ApiKey.apikey],
+            set_={"secret": statement.excluded.secret, "name": statement.excluded.name},
+        )
+        await self.session.execute(statement)
+        found = await self.session.get(ApiKey, apikey, populate_existing=True)
+        assert found is not None
+        return found
+
+    async def first_api_key(self) -> ApiKey | None:
+        """The oldest API key, or ``None`` when there is none."""
+        result = await self.session.scalars(
+            select(ApiKey).order_by(ApiKey.created_at, ApiKey.apikey).limit(1)
+        )
+        return result.first()
+
+    # ----------------------------------------------------------------------- connectors
+
+    async def create_connector(
+        self,
+        apikey: str,
+        provider: str,
+        name: str | None = None,
+        default_room_id: str | None = None,
+        default_rule_id: str | None = None,
+        region: str | None = None,
+    ) -> tuple[Connector, str]:
+        """Create a connector; returns it and its plaintext webhook key (shown once, not stored)."""
+        key = new_webhook_key()
+        now = self.now()
+        connector = Connector(
+            id=new_connector_id(),
+            apikey=apikey,
+            provider=provider,
+            name=name,
+            default_room_id=default_room_id,
+            default_rule_id=default_rule_id,
+            region=region,
+            webhook_key_hash=hash_webhook_key(key),
+            created_at=now,
+            updated_at=now,
+        )
+        self.session.add(connector)
+        await self.session.flush()
+        return connector, key
+
+    async def list_connectors(
+        self, apikey: str, *, limit: int | None = None, offset: int = 0
+    ) -> list[Connector]:
+        """This API key's connectors, newest first."""
+        statement = (
+            select(Connector)
+            .where(Connector.apikey == apikey)
+            .order_by(Connector.created_at.desc(), Connector.id.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        return list(await self.session.scalars(statement))
+
+    async def count_connectors(self, apikey: str) -> int:
+        """How many connectors this API key has."""
+        statement = select(func.count()).select_from(Connector).where(Connector.apikey == apikey)
+        return int(await self.session.scalar(statement) or 0)
+
+    async def get_connector(self, apikey: str, connector_id: str) -> Connector | None:
+        """The connector, or ``None`` if unknown or owned by another API key."""
+        if CONNECTOR_ID_RE.fullmatch(connector_id) is None:
+            return None
+        return await self.session.scalar(
+            select(Connector).where(Connector.id == connector_id, Connector.apikey == apikey)
+        )
+
+    async def update_connector(
+        self, apikey: str, connector_id: str, **fields: str | None
+    ) -> Connector | None:
+        """Set the given fields (``None`` clears one); ``None`` if not found for this key.
+
+        Allowed fields: ``name``, ``default_room_id``, ``default_rule_id``, ``region``.
+
+        Raises:
+            TypeError: another field name was given.
+        """
+        unknown = set(fields) - UPDATABLE_CONNECTOR_FIELDS
+        if unknown:
+            raise TypeError(f"cannot update connector field(s): {', '.join(sorted(unknown))}")
+        connector = await self.get_connector(apikey, connector_id)
+        if connector is None:
+            return None
+        if fields:
+            for field, value in fields.items():
+                setattr(connector, field, value)
+            connector.updated_at = self.now()
+            await self.session.flush()
+        return connector
+
+    async def rotate_webhook_key(
+        self, apikey: str, connector_id: str
+    ) -> tuple[Connector, str] | None:
+        """Give the connector a new webhook key; the old one stops matching at once."""
+        connector = await self.get_connector(apikey, connector_id)
+        if connector is None:
+            return None
+        key = new_webhook_key()
+        connector.webhook_key_hash = hash_webhook_key(key)
+        connector.updated_at = self.now()
+        await self.session.flush()
+        return connector, key
+
+    async def delete_connector(self, apikey: str, connector_id: str) -> bool:
+        """Delete the connector; ``False`` if not found for this key."""
+        if CONNECTOR_ID_RE.fullmatch(connector_id) is None:
+            return False
+        result = await self.session.execute(
+            delete(Connector).where(Connector.id == connector_id, Connector.apikey == apikey)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def find_connector_by_webhook_key(self, provider: str, key: str) -> Connector | None:
+        """The connector whose webhook key is ``key`` and whose provider is ``provider``.
+
+        The lookup is by SHA-256 of the key, so it says nothing about the plaintext through
+        timing; values that are not shaped like a key are refused without a query.
+        """
+        if not is_webhook_key(key) or not _storable(provider):
+            return None
+        return await self.session.scalar(
+            select(Connector).where(
+                Connector.webhook_key_hash == hash_webhook_key(key),
+                Connector.provider == provider,
+            )
+        )
+
+    # ----------------------------------------------------------------------- calls
+
+    async def create_call(
+        self,
+        *,
+        apikey: str,
+        connector_id: str,
+        provider: str,
+        provider_call_id: str,
+        from_number: str | None = None,
+        to_number: str | None = None,
+        room_id: str | None = None,
+    ) -> Call:
+        """Record a new call in status ``started``.
+
+        The insert runs in a savepoint, so a duplicate leaves the caller's transaction usable.
+
+        Raises:
+            DuplicateCallError: this connector already has a call with this provider call id
+                (a provider retrying its webhook); the existing call is attached.
+            ValueError: a value contains a NUL character (PostgreSQL cannot store it).
+        """
+        if not _storable(provider_call_id, from_number, to_number, room_id):
+            raise ValueError("call fields must not contain NUL characters")
+        call = Call(
+            id=new_call_id(),
+            apikey=apikey,
+            connector_id=connector_id,
+            provider=provider,
+            provider_call_id=provider_call_id,
+            from_number=from_number,
+            to_number=to_number,
+            room_id=room_id,
+            status="started",
+            created_at=self.now(),
+        )
+        try:
+            async with self.session.begin_nested():
+                self.session.add(call)
+        except IntegrityError:
+            existing = await self.get_call_by_provider_id(connector_id, provider_call_id)
+            if existing is None:
+                raise
+            raise DuplicateCallError(existing) from None
+        return call
+
+    async def get_call_by_provider_id(
+        self, connector_id: str, provider_call_id: str
+    ) -> Call | None:
+        """The call this connector already has for the provider's call id, or ``None``."""
+        if not _storable(connector_id, provider_call_id):
+            return None
+        return await self.session.scalar(
+            select(Call).where(
+                Call.connector_id == connector_id, Call.provider_call_id == provider_call_id
+            )
+        )
+
+    async def get_call(self, apikey: str, call_id: str) -> Call | None:
+        """The call, or ``None`` if unknown or owned by another API key."""
+        if not _storable(apikey, call_id):
+            return None
+        return await self.session.scalar(
+            select(Call).where(Call.id == call_id, Call.apikey == apikey)
+        )
+
+    async def mark_call_answered(self, call_id: str) -> Call | None:
+        """Move a ``started`` call to ``answered``.
+
+        Returns the updated call, or ``None`` when nothing changed (unknown call, or it was
+        already answered or ended), so the caller emits ``call-answered`` at most once.
+        """
+        return await self._transition(
+            call_id, ("started",), status="answered", answered_at=self.now()
+        )
+
+    async def mark_call_ended(
+        self, call_id: str, reason: str | None, *, failed: bool = False
+    ) -> Call | None:
+        """Move a ``started`` or ``answered`` call to ``ended`` (or ``failed``).
+
+        The first end wins: returns the updated call, or ``None`` when nothing changed.
+        """
+        status: Literal["ended", "failed"] = "failed" if failed else "ended"
+        return await self._transition(
+            call_id,
+            ("started", "answered"),
+            status=status,
+            end_reason=reason[:255] if reason else reason,
+            ended_at=self.now(),
+        )
+
+    async def _transition(
+        self, call_id: str, from_statuses: tuple[str, ...], **values: Any
+    ) -> Call | None:
+        result = await self.session.execute(
+            update(Call).where(Call.id == call_id, Call.status.in_(from_statuses)).values(**values),
+            execution_options={"synchronize_session": False},
+        )
+        if not getattr(result, "rowcount", 0):
+            return None
+        return await self.session.get(Call, call_id, populate_existing=True)
+
+
+@asynccontextmanager
+async def transaction(db: Database, clock: Clock = time.time) -> AsyncIterator[Repository]:
+    """A :class:`Repository` in a new session and transaction, committed on success."""
+    async with db.session() as session, session.begin():
+        yield Repository(session, clock)

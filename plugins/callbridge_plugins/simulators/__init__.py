@@ -1,0 +1,1 @@
+"""Provider simulators: play a provider's side of a call against a callbridge server."""

@@ -1,0 +1,35 @@
+"""Shared fixtures: real servers over loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import FakeClock, InProcessServer, ServerProcess, start_in_process, start_process
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def server(tmp_path: Path, fake_clock: FakeClock) -> Iterator[InProcessServer]:
+    """callbridge in a background thread, with an injected clock and two test API keys."""
+    running = start_in_process(tmp_path, clock=fake_clock)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
+    """`callbridge serve` as a child process on embedded defaults plus a temp data folder."""
+    running = start_process(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -1,0 +1,260 @@
+"""Contract suites: every registered implementation of each plugin kind behaves as its protocol says.
+
+A new built-in or external plugin is picked up automatically; a provider also needs a sample
+webhook in ``PROVIDER_SAMPLES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from callbridge.plugins import build_plugin_manager
+from callbridge.protocols import (
+    CallInfo,
+    ConnectorView,
+    Participant,
+    PluginContext,
+    Provider,
+    RefRecord,
+    RefStore,
+    RoomTransport,
+    Route,
+    RoutingContext,
+    RoutingStrategy,
+    StreamStopped,
+    WebhookError,
+    WebhookRequest,
+    WebhookSigner,
+)
+from callbridge.registry import Registry
+from tests.servers import FakeClock
+
+REGISTRY = Registry(build_plugin_manager())
+
+PROVIDER_SAMPLES: dict[str, dict[str, str]] = {
+    "twilio": {
+        "AccountSid": "AC" + "0" * 32,
+        "ApiVersion": "2010-04-01",
+        "CallSid": "CA" + "1" * 32,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "From": "+14155550100",
+        "To": "+14155550199",
+    },
+}
+
+
+def build(kind: str, name: str, tmp_path: Path, clock: Any = None) -> Any:
+    record = REGISTRY.get(kind, name, kind)  # type: ignore[arg-type]
+    context = PluginContext(
+        data_dir=tmp_path,
+        clock=clock or FakeClock(),
+        public_api_url="http://127.0.0.1:8000",
+        public_ingest_url="ws://127.0.0.1:8000/ingest",
+    )
+    return record.factory(record.config_model(), context)
+
+
+# --------------------------------------------------------------------------- providers
+
+
+class ClosedChannel:
+    async def receive(self) -> None:
+        return None
+
+    async def send_text(self, data: str) -> None:
+        raise AssertionError("nothing should be sent")
+
+    async def send_bytes(self, data: bytes) -> None:
+        raise AssertionError("nothing should be sent")
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        pass
+
+
+def webhook(params: dict[str, str]) -> WebhookRequest:
+    return WebhookRequest(
+        method="POST",
+        public_url="http://127.0.0.1:8000/v2/hooks/x/whk_test",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        params={k: [v] for k, v in params.items()},
+        body=b"",
+    )
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("provider"))
+async def test_provider_contract(name: str, tmp_path: Path) -> None:
+    provider = build("provider", name, tmp_path)
+    assert isinstance(provider, Provider)
+    assert provider.name == name
+    assert name in PROVIDER_SAMPLES, f"add a sample webhook for provider {name!r}"
+
+    call = provider.parse_webhook(webhook(PROVIDER_SAMPLES[name]))
+    assert isinstance(call, CallInfo) and call.provider == name and call.provider_call_id
+    with pytest.raises(WebhookError) as caught:
+        provider.parse_webhook(webhook({}))
+    assert 400 <= caught.value.status < 500
+
+    ref = "R" * 32
+    url = provider.stream_url("wss://cb.example.com/ingest", ref)
+    assert url.startswith("wss://cb.example.com/ingest/") and ref in url
+
+    answer = provider.answer_markup(call, url, Route(room_id="room-1", strategy="test"))
+    root = ET.fromstring(answer.body)
+    assert root.tag == "Response"
+    assert url in ET.tostring(root, encoding="unicode").replace("&amp;", "&")
+    assert "xml" in answer.media_type
+
+    rejected = ET.fromstring(provider.reject_markup("Sorry & goodbye").body)
+    assert rejected.tag == "Response"
+    assert "Sorry & goodbye" in "".join(rejected.itertext())
+
+    stream = provider.open_stream(ClosedChannel())
+    assert isinstance(await stream.receive(), StreamStopped)
+    assert isinstance(await stream.receive(), StreamStopped)
+    await stream.close()
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def routing_context(query: dict[str, str] | None = None, default_room: str | None = None) -> RoutingContext:
+    return RoutingContext(
+        call=CallInfo(provider="twilio", provider_call_id="CA1"),
+        connector=ConnectorView("cn_x", "ak", "twilio", default_room, None, None),
+        query=query or {},
+    )
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("routing_strategy"))
+async def test_routing_strategy_contract(name: str, tmp_path: Path) -> None:
+    strategy = build("routing_strategy", name, tmp_path)
+    assert isinstance(strategy, RoutingStrategy)
+    assert strategy.name == name
+    assert await strategy.route(routing_context()) is None
+    for context in (
+        routing_context({"roomId": "r-1"}),
+        routing_context(default_room="r-2"),
+        routing_context({"roomId": "r-1"}, "r-2"),
+    ):
+        route = await strategy.route(context)
+        assert route is None or (isinstance(route, Route) and route.room_id and route.strategy == name)
+
+
+# --------------------------------------------------------------------------- rooms
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("room_transport"))
+async def test_room_transport_contract(name: str, tmp_path: Path) -> None:
+    transport = build("room_transport", name, tmp_path)
+    assert isinstance(transport, RoomTransport)
+    await transport.start()
+    try:
+        a = await transport.join("tenant", "room", Participant("a", "client"))
+        b = await transport.join("tenant", "room", Participant("b", "client"))
+        other = await transport.join("other-tenant", "room", Participant("c", "client"))
+        joined = await asyncio.wait_for(a.receive_event(), 2)
+        assert joined is not None and joined["event"] == "participant-joined"
+        assert joined["participantId"] == "b"
+
+        samples = a.sample_rate // 50
+        loud = np.full(samples, 8000, dtype=np.int16)
+        heard = np.zeros(0, dtype=np.int16)
+        for _ in range(25):
+            a.send_audio(loud)
+            frame = await asyncio.wait_for(b.receive_audio(), 2)
+            assert frame is not None and len(frame) == samples
+            heard = np.concatenate([heard, frame])
+        assert np.abs(heard).max() >= 7000, "b hears a"
+        for _ in range(10):
+            frame = await asyncio.wait_for(other.receive_audio(), 2)
+            assert frame is not None and np.abs(frame).max() == 0, "tenants are isolated"
+
+        await b.send_event({"event": "dtmf", "digit": "7"})
+        event = await asyncio.wait_for(a.receive_event(), 2)
+        assert event == {"event": "dtmf", "digit": "7"}
+
+        await b.leave()
+        left = await asyncio.wait_for(a.receive_event(), 2)
+        assert left is not None and left["event"] == "participant-left" and left["participantId"] == "b"
+        assert await asyncio.wait_for(b.receive_audio(), 2) is None
+        assert await asyncio.wait_for(b.receive_event(), 2) is None
+        await b.leave()
+        await a.leave()
+        await other.leave()
+    finally:
+        await transport.aclose()
+
+
+# --------------------------------------------------------------------------- webhook signers
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("webhook_signer"))
+def test_webhook_signer_contract(name: str, tmp_path: Path) -> None:
+    signer = build("webhook_signer", name, tmp_path)
+    assert isinstance(signer, WebhookSigner)
+    body = b'{"webhookType":"call-started","data":{"callId":"call_1"}}'
+    headers = signer.sign(body)
+    assert headers and all(isinstance(v, str) and v for v in headers.values())
+    assert signer.verify(body, headers)
+    assert not signer.verify(body + b" ", headers)
+    assert not signer.verify(body, {k: "AAAA" for k in headers})
+    assert not signer.verify(body, {})
+    again = build("webhook_signer", name, tmp_path)
+    assert again.verify(body, headers), "the signing key persists across restarts"
+
+
+# --------------------------------------------------------------------------- ref stores
+
+
+def ref_record(call_id: str = "call_1") -> RefRecord:
+    return RefRecord(
+        call_id=call_id, apikey="ak", connector_id="cn_1", provider="twilio",
+        provider_call_id="CA1", room_id="room-1",
+    )
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("ref_store"))
+async def test_ref_store_contract(name: str, tmp_path: Path) -> None:
+    clock = FakeClock(1_000_000.0)
+    store = build("ref_store", name, tmp_path, clock)
+    assert isinstance(store, RefStore)
+    try:
+        ref = await store.issue(ref_record(), 90, "cn_1:CA1")
+        assert len(ref) >= 22, "at least 128 bits of entropy in URL-safe text"
+        assert await store.issue(ref_record(), 90, "cn_1:CA1") == ref, "retries get the same ref"
+        assert await store.claim("unknown-" + ref) is None
+        assert await store.claim(ref) == ref_record()
+        assert await store.claim(ref) is None, "single use"
+
+        fresh = await store.issue(ref_record("call_2"), 90, "cn_1:CA2")
+        assert fresh != ref
+        clock.advance(89.9)
+        assert await store.claim(fresh) == ref_record("call_2")
+
+        late = await store.issue(ref_record("call_3"), 90, "cn_1:CA3")
+        clock.advance(90.1)
+        assert await store.claim(late) is None, "expired 90 s after issue"
+
+        contested = await store.issue(ref_record("call_4"), 90, "cn_1:CA4")
+        results = await asyncio.gather(*(store.claim(contested) for _ in range(50)))
+        assert sum(result is not None for result in results) == 1
+    finally:
+        await store.aclose()
+
+
+def test_every_plugin_kind_has_a_contract_suite() -> None:
+    suites = {name for name in globals() if name.startswith("test_") and name.endswith("_contract")}
+    assert suites == {
+        "test_provider_contract",
+        "test_routing_strategy_contract",
+        "test_room_transport_contract",
+        "test_webhook_signer_contract",
+        "test_ref_store_contract",
+    }

@@ -1,0 +1,454 @@
+"""The store (migrations, repository) on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+
+from callbridge.store.db import Database
+from callbridge.store.ids import hash_webhook_key
+from callbridge.store.models import Base, Call
+from callbridge.store.repository import DuplicateCallError, Repository, transaction
+from tests.services import postgres_admin_url
+
+CONNECTOR_ID = re.compile(r"^cn_[a-z0-9]{16}$")
+WEBHOOK_KEY = re.compile(r"^whk_[A-Za-z0-9]{32}$")
+CALL_ID = re.compile(r"^call_[a-z0-9]{20}$")
+API_KEY = re.compile(r"^ak_[A-Za-z0-9_-]{24}$")
+START = 1_781_000_000.0  # 2026-06-09
+
+
+class StepClock:
+    """A clock that stands still until told to move."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def _postgres_database() -> AsyncIterator[Database]:
+    import asyncpg
+
+    admin = await postgres_admin_url()
+    name = f"callbridge_test_{secrets.token_hex(6)}"
+    connection = await asyncpg.connect(admin)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    url = make_url(admin).set(drivername="postgresql+asyncpg", database=name)
+    db = Database(url.render_as_string(hide_password=False))
+    try:
+        yield db
+    finally:
+        await db.dispose()
+        connection = await asyncpg.connect(admin)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """An empty, unmigrated database: SQLite in ``tmp_path``, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'folder' / 'cb.db'}")
+        try:
+            yield db
+        finally:
+            await db.dispose()
+    else:
+        async for db in _postgres_database():
+            yield db
+
+
+@pytest.fixture
+async def db(database: Database) -> Database:
+    await database.migrate()
+    return database
+
+
+@pytest.fixture
+def clock() -> StepClock:
+    return StepClock()
+
+
+async def _tables(db: Database) -> set[str]:
+    async with db.engine.connect() as connection:
+        return set(await connection.run_sync(lambda c: inspect(c).get_table_names()))
+
+
+async def _version(db: Database) -> list[str]:
+    async with db.engine.connect() as connection:
+        rows = await connection.execute(text("SELECT version_num FROM alembic_version"))
+        return [row[0] for row in rows]
+
+
+async def _new_key(db: Database, clock: StepClock, name: str = "k") -> str:
+    async with transaction(db, clock) as repo:
+        return (await repo.create_api_key(name)).apikey
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+async def test_migrations_apply_from_empty_and_are_idempotent(database: Database) -> None:
+    assert "connectors" not in await _tables(database)
+    await database.migrate()
+    assert {"api_keys", "connectors", "calls", "alembic_version"} <= await _tables(database)
+    assert await _version(database) == ["0001"]
+    await database.migrate()
+    assert await _version(database) == ["0001"]
+
+
+async def test_models_match_the_migrations(db: Database) -> None:
+    def diff(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    async with db.engine.connect() as connection:
+        assert await connection.run_sync(diff) == []
+
+
+async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'a' / 'b' / 'cb.db'}")
+    try:
+        await db.migrate()
+        assert (tmp_path / "a" / "b" / "cb.db").exists()
+        async with db.engine.connect() as connection:
+            assert (await connection.scalar(text("PRAGMA journal_mode"))) == "wal"
+            assert (await connection.scalar(text("PRAGMA foreign_keys"))) == 1
+    finally:
+        await db.dispose()
+
+
+async def test_foreign_keys_are_enforced(db: Database, clock: StepClock) -> None:
+    with pytest.raises(IntegrityError):
+        async with transaction(db, clock) as repo:
+            await repo.create_connector("ak_nobody", "twilio")
+
+
+# --------------------------------------------------------------------------- API keys
+
+
+async def test_api_keys(db: Database, clock: StepClock) -> None:
+    async with transaction(db, clock) as repo:
+        assert await repo.first_api_key() is None
+        first = await repo.create_api_key("first")
+        clock.advance(1)
+        second = await repo.create_api_key("second")
+    assert API_KEY.fullmatch(first.apikey)
+    assert len(first.secret) >= 43  # 32 random bytes, URL-safe base64
+    assert first.secret != second.secret
+    assert first.secret not in repr(first)
+    async with transaction(db, clock) as repo:
+        found = await repo.get_api_key(first.apikey)
+        assert found is not None and found.secret == first.secret and found.name == "first"
+        assert found.created_at.tzinfo is not None
+        assert found.created_at.timestamp() == START
+        assert await repo.get_api_key("ak_unknown") is None
+        assert await repo.get_api_key("ak_\x00") is None
+        oldest = await repo.first_api_key()
+        assert oldest is not None and oldest.apikey == first.apikey
+
+
+async def test_ensure_api_key_inserts_then_updates(db: Database, clock: StepClock) -> None:
+    secret_one, secret_two = "1" * 40, "2" * 40
+    async with transaction(db, clock) as repo:
+        created = await repo.ensure_api_key("ak_config", secret_one, "from config")
+        assert (created.secret, created.name) == (secret_one, "from config")
+    clock.advance(60)
+    async with transaction(db, clock) as repo:
+        updated = await repo.ensure_api_key("ak_config", secret_two, "renamed")
+        assert (updated.secret, updated.name) == (secret_two, "renamed")
+        assert updated.created_at.timestamp() == START  # created_at kept
+    async with transaction(db, clock) as repo:
+        found = await repo.get_api_key("ak_config")
+        assert found is not None and found.secret == secret_two
+        with pytest.raises(ValueError, match="at least 32"):
+            await repo.ensure_api_key("ak_short", "too-short", "x")
+
+
+# --------------------------------------------------------------------------- connectors
+
+
+async def test_connector_lifecycle(db: Database, clock: StepClock) -> None:
+    apikey = await _new_key(db, clock)
+    async with transaction(db, clock) as repo:
+        connector, key = await repo.create_connector(
+            apikey,
+            "twilio",
+            name="Main",
+            default_room_id="room-1",
+            default_rule_id=None,
+            region="us002",
+        )
+    assert CONNECTOR_ID.fullmatch(connector.id)
+    assert WEBHOOK_KEY.fullmatch(key)
+    assert connector.webhook_key_hash == hashlib.sha256(key.encode()).hexdigest()
+    assert key not in repr(connector)
+
+    async with transaction(db, clock) as repo:
+        got = await repo.get_connector(apikey, connector.id)
+        assert got is not None
+        assert (got.provider, got.name, got.default_room_id, got.default_rule_id, got.region) == (
+            "twilio",
+            "Main",
+            "room-1",
+            None,
+            "us002",
+        )
+        assert got.created_at.tzinfo is UTC and got.created_at.timestamp() == START
+        assert got.updated_at == got.created_at
+        assert [c.id for c in await repo.list_connectors(apikey)] == [connector.id]
+        assert await repo.count_connectors(apikey) == 1
+
+    clock.advance(30)
+    async with transaction(db, clock) as repo:
+        updated = await repo.update_connector(
+            apikey, connector.id, name=None, default_rule_id="rule-9"
+        )
+        assert updated is not None
+    async with transaction(db, clock) as repo:
+        got = await repo.get_connector(apikey, connector.id)
+        assert got is not None
+        assert (got.name, got.default_room_id, got.default_rule_id, got.region) == (
+            None,
+            "room-1",
+            "rule-9",
+            "us002",
+        )
+        assert got.updated_at.timestamp() == START + 30
+        assert got.created_at.timestamp() == START
+        with pytest.raises(TypeError, match="provider"):
+            await repo.update_connector(apikey, connector.id, provider="plivo")
+
+    async with transaction(db, clock) as repo:
+        assert await repo.delete_connector(apikey, connector.id) is True
+    async with transaction(db, clock) as repo:
+        assert await repo.delete_connector(apikey, connector.id) is False
+        assert await repo.get_connector(apikey, connector.id) is None
+        assert await repo.find_connector_by_webhook_key("twilio", key) is None
+        assert await repo.list_connectors(apikey) == []
+
+
+async def test_list_is_newest_first_and_pages(db: Database, clock: StepClock) -> None:
+    apikey = await _new_key(db, clock)
+    ids = []
+    for n in range(5):
+        clock.advance(1)
+        async with transaction(db, clock) as repo:
+            ids.append((await repo.create_connector(apikey, "plivo", name=f"c{n}"))[0].id)
+    newest_first = list(reversed(ids))
+    async with transaction(db, clock) as repo:
+        assert [c.id for c in await repo.list_connectors(apikey)] == newest_first
+        page = await repo.list_connectors(apikey, limit=2, offset=2)
+        assert [c.id for c in page] == newest_first[2:4]
+        assert await repo.count_connectors(apikey) == 5
+
+
+async def test_tenant_isolation(db: Database, clock: StepClock) -> None:
+    mine, theirs = await _new_key(db, clock, "mine"), await _new_key(db, clock, "theirs")
+    async with transaction(db, clock) as repo:
+        connector, key = await repo.create_connector(mine, "twilio", name="mine")
+    async with transaction(db, clock) as repo:
+        assert await repo.get_connector(theirs, connector.id) is None
+        assert await repo.update_connector(theirs, connector.id, name="stolen") is None
+        assert await repo.rotate_webhook_key(theirs, connector.id) is None
+        assert await repo.delete_connector(theirs, connector.id) is False
+        assert await repo.list_connectors(theirs) == []
+        assert await repo.count_connectors(theirs) == 0
+    async with transaction(db, clock) as repo:
+        still = await repo.get_connector(mine, connector.id)
+        assert still is not None and still.name == "mine"
+        found = await repo.find_connector_by_webhook_key("twilio", key)
+        assert found is not None and found.id == connector.id
+
+
+async def test_webhook_key_lookup_and_rotation(db: Database, clock: StepClock) -> None:
+    apikey = await _new_key(db, clock)
+    async with transaction(db, clock) as repo:
+        connector, old_key = await repo.create_connector(apikey, "telnyx")
+    async with transaction(db, clock) as repo:
+        found = await repo.find_connector_by_webhook_key("telnyx", old_key)
+        assert found is not None and found.id == connector.id
+        assert await repo.find_connector_by_webhook_key("twilio", old_key) is None
+        assert await repo.find_connector_by_webhook_key("telnyx", old_key[:-1]) is None
+        assert await repo.find_connector_by_webhook_key("telnyx", "whk_" + "A" * 32) is None
+        assert await repo.find_connector_by_webhook_key("telnyx", "not a key") is None
+        assert await repo.find_connector_by_webhook_key("tel\x00nyx", old_key) is None
+
+    async with transaction(db, clock) as repo:
+        rotated = await repo.rotate_webhook_key(apikey, connector.id)
+    assert rotated is not None
+    same, new_key = rotated
+    assert same.id == connector.id and WEBHOOK_KEY.fullmatch(new_key) and new_key != old_key
+    async with transaction(db, clock) as repo:
+        assert await repo.find_connector_by_webhook_key("telnyx", old_key) is None
+        found = await repo.find_connector_by_webhook_key("telnyx", new_key)
+        assert found is not None and found.id == connector.id
+
+
+async def test_plaintext_webhook_key_is_stored_nowhere(db: Database, clock: StepClock) -> None:
+    apikey = await _new_key(db, clock)
+    async with transaction(db, clock) as repo:
+        _, key = await repo.create_connector(apikey, "twilio", name="n", default_room_id="r")
+    async with transaction(db, clock) as repo:
+        rotated = await repo.rotate_webhook_key(apikey, _.id)
+    assert rotated is not None
+    keys = [key, rotated[1]]
+    secret_parts = [k.removeprefix("whk_") for k in keys]
+
+    dump = []
+    async with db.engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            for row in await connection.execute(select(table)):
+                dump.extend(str(value) for value in row)
+    text_dump = "\n".join(dump)
+    for part in secret_parts:
+        assert part not in text_dump
+    assert hash_webhook_key(rotated[1]) in text_dump
+    assert hash_webhook_key(key) not in text_dump  # the old hash was replaced
+
+
+async def test_queries_with_nul_characters_find_nothing(db: Database, clock: StepClock) -> None:
+    # PostgreSQL rejects NUL even in a WHERE clause; the repository must not send it there.
+    apikey = await _new_key(db, clock)
+    async with transaction(db, clock) as repo:
+        assert await repo.get_connector(apikey, "cn_\x00") is None
+        assert await repo.update_connector(apikey, "\x00", name="x") is None
+        assert await repo.rotate_webhook_key(apikey, "\x00") is None
+        assert await repo.delete_connector(apikey, "\x00") is False
+        assert await repo.get_call(apikey, "call_\x00") is None
+        assert await repo.get_call_by_provider_id("cn_x", "CA\x00") is None
+        with pytest.raises(ValueError, match="NUL"):
+            await repo.create_call(
+                apikey=apikey, connector_id="cn_x", provider="twilio", provider_call_id="CA\x00"
+            )
+
+
+# --------------------------------------------------------------------------- calls
+
+
+async def _connector(db: Database, clock: StepClock) -> tuple[str, str]:
+    apikey = await _new_key(db, clock)
+    async with transaction(db, clock) as repo:
+        connector, _ = await repo.create_connector(apikey, "twilio")
+    return apikey, connector.id
+
+
+async def test_call_rows_and_transitions(db: Database, clock: StepClock) -> None:
+    apikey, connector_id = await _connector(db, clock)
+    async with transaction(db, clock) as repo:
+        call = await repo.create_call(
+            apikey=apikey,
+            connector_id=connector_id,
+            provider="twilio",
+            provider_call_id="CA123",
+            from_number="+15550001111",
+            to_number="+15550002222",
+            room_id="room-1",
+        )
+    assert CALL_ID.fullmatch(call.id)
+    assert call.status == "started" and call.created_at.timestamp() == START
+
+    clock.advance(2)
+    async with transaction(db, clock) as repo:
+        answered = await repo.mark_call_answered(call.id)
+        assert answered is not None and answered.status == "answered"
+        assert answered.answered_at is not None and answered.answered_at.timestamp() == START + 2
+        assert await repo.mark_call_answered(call.id) is None  # only once
+        assert await repo.mark_call_answered("call_unknown") is None
+
+    clock.advance(10)
+    async with transaction(db, clock) as repo:
+        ended = await repo.mark_call_ended(call.id, "caller-hangup")
+        assert ended is not None and (ended.status, ended.end_reason) == ("ended", "caller-hangup")
+        assert await repo.mark_call_ended(call.id, "later", failed=True) is None  # first end wins
+        assert await repo.mark_call_answered(call.id) is None
+
+    async with transaction(db, clock) as repo:
+        stored = await repo.get_call(apikey, call.id)
+        assert stored is not None
+        assert (stored.status, stored.end_reason) == ("ended", "caller-hangup")
+        assert stored.ended_at is not None and stored.ended_at.timestamp() == START + 12
+        assert stored.ended_at.tzinfo is UTC
+        assert (stored.from_number, stored.to_number, stored.room_id) == (
+            "+15550001111",
+            "+15550002222",
+            "room-1",
+        )
+        other = await _new_key(db, clock, "other")
+        assert await repo.get_call(other, call.id) is None
+        by_provider = await repo.get_call_by_provider_id(connector_id, "CA123")
+        assert by_provider is not None and by_provider.id == call.id
+
+
+async def test_failed_call(db: Database, clock: StepClock) -> None:
+    apikey, connector_id = await _connector(db, clock)
+    async with transaction(db, clock) as repo:
+        call = await repo.create_call(
+            apikey=apikey, connector_id=connector_id, provider="twilio", provider_call_id="CA9"
+        )
+        failed = await repo.mark_call_ended(call.id, "no-route", failed=True)
+        assert failed is not None and (failed.status, failed.end_reason) == ("failed", "no-route")
+
+
+async def test_duplicate_provider_call_id(db: Database, clock: StepClock) -> None:
+    apikey, connector_id = await _connector(db, clock)
+    _, other_connector = await _connector(db, clock)
+    common = {"apikey": apikey, "provider": "twilio", "provider_call_id": "CA-dup"}
+    async with transaction(db, clock) as repo:
+        first = await repo.create_call(connector_id=connector_id, **common)
+
+    async with transaction(db, clock) as repo:
+        with pytest.raises(DuplicateCallError) as caught:
+            await repo.create_call(connector_id=connector_id, **common)
+        assert caught.value.call.id == first.id
+        # the savepoint kept the surrounding transaction usable
+        second = await repo.create_call(connector_id=other_connector, **common)
+    async with transaction(db, clock) as repo:
+        assert await repo.get_call(apikey, second.id) is not None
+
+    # and the database itself enforces the pair, whatever the code path
+    with pytest.raises(IntegrityError):
+        async with db.session() as session, session.begin():
+            session.add(
+                Call(
+                    id="call_" + "x" * 20,
+                    connector_id=connector_id,
+                    status="started",
+                    created_at=first.created_at,
+                    **common,
+                )
+            )
+
+
+async def test_repository_on_a_caller_session(db: Database, clock: StepClock) -> None:
+    apikey = await _new_key(db, clock)
+    async with db.session() as session:
+        async with session.begin():
+            connector, _ = await Repository(session, clock).create_connector(apikey, "twilio")
+        connector_id = connector.id
+        await Repository(session, clock).update_connector(apikey, connector_id, name="a")
+        await session.rollback()
+    async with transaction(db, clock) as repo:
+        got = await repo.get_connector(apikey, connector_id)
+        assert got is not None and got.name is None

@@ -1,0 +1,412 @@
+"""The Twilio simulator against a small fake Twilio-facing server on loopback.
+
+The fake server answers the voice webhook with TwiML pointing at its own media socket, logs
+every message the simulator sends, and plays audio, marks and clears back as a callbridge
+server would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from callbridge.clients.audio import Summary
+from callbridge.clients.call import CallOptions
+from callbridge.media.analysis import dominant_frequency, level_dbfs
+from callbridge.media.framing import Pacer
+from callbridge.media.g711 import ulaw_decode, ulaw_encode
+from callbridge.media.tones import ToneGenerator
+from callbridge.media.wav import read_wav, write_wav
+from callbridge_plugins.simulators.twilio import simulate_twilio_call, twilio_signature
+
+Behaviour = Callable[[ServerConnection, str], Awaitable[None]]
+
+SID = re.compile(r"[0-9a-f]{32}")
+
+
+def connect_twiml(stream_url: str, parameters: dict[str, str]) -> str:
+    params = "".join(f'<Parameter name="{k}" value="{v}"/>' for k, v in parameters.items())
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
+        f'<Stream url="{stream_url}">{params}</Stream></Connect></Response>'
+    )
+
+
+class FakeTwilioFacingServer:
+    """A voice-webhook endpoint (plain asyncio HTTP) plus a media socket (websockets)."""
+
+    def __init__(self) -> None:
+        self.parameters = {"callId": "c-1", "roomId": "room-42", "from": "+14155550100"}
+        self.twiml: Callable[[], str] = lambda: connect_twiml(self.stream_url, self.parameters)
+        self.webhook_status = 200
+        self.refuse_socket_with: int | None = None
+        self.close_on_accept = False
+        self.behaviour: Behaviour = idle
+        self.webhook_requests: list[dict[str, Any]] = []
+        self.handshakes: list[Request] = []
+        self.logs: list[list[dict[str, Any]]] = []
+        self.errors: list[BaseException] = []
+
+    async def __aenter__(self) -> FakeTwilioFacingServer:
+        self._http = await asyncio.start_server(self._serve_http, "127.0.0.1", 0)
+        self._ws = await serve(
+            self._serve_socket, "127.0.0.1", 0, process_request=self._handshake
+        ).__aenter__()
+        http_port = self._http.sockets[0].getsockname()[1]
+        ws_port = self._ws.sockets[0].getsockname()[1]
+        self.webhook_url = f"http://127.0.0.1:{http_port}/v2/hooks/twilio/whk_test"
+        self.stream_url = f"ws://127.0.0.1:{ws_port}/ingest/twilio/ref123"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._ws.close()
+        await self._ws.wait_closed()
+        self._http.close()
+        await self._http.wait_closed()
+
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        method, target, _ = head[0].split(" ", 2)
+        headers = {}
+        for line in head[1:]:
+            if line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.webhook_requests.append(
+            {"method": method, "target": target, "headers": headers, "body": body.decode()}
+        )
+        text = self.twiml().encode()
+        status = HTTPStatus(self.webhook_status)
+        writer.write(
+            f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: text/xml\r\n"
+            f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n".encode()
+            + text
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.handshakes.append(request)
+        if self.refuse_socket_with is not None:
+            return connection.respond(HTTPStatus(self.refuse_socket_with), "no\n")
+        return None
+
+    async def _serve_socket(self, ws: ServerConnection) -> None:
+        log: list[dict[str, Any]] = []
+        self.logs.append(log)
+        if self.close_on_accept:
+            await ws.close(1011, "claim failed")
+            return
+        log.append(json.loads(await ws.recv()))  # connected
+        start = json.loads(await ws.recv())
+        log.append(start)
+        behaviour = asyncio.create_task(self.behaviour(ws, start["streamSid"]))
+        async for raw in ws:
+            message = json.loads(raw)
+            log.append(message)
+            if message["event"] == "stop":
+                break
+        if not behaviour.done():
+            behaviour.cancel()
+        result = (await asyncio.gather(behaviour, return_exceptions=True))[0]
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            self.errors.append(result)
+
+
+async def idle(ws: ServerConnection, stream_sid: str) -> None:
+    await asyncio.sleep(3600)
+
+
+def media_message(stream_sid: str, payload: bytes) -> str:
+    media = {"payload": base64.b64encode(payload).decode()}
+    return json.dumps({"event": "media", "streamSid": stream_sid, "media": media})
+
+
+@pytest.fixture
+async def fake_server() -> AsyncIterator[FakeTwilioFacingServer]:
+    async with FakeTwilioFacingServer() as server:
+        yield server
+
+
+def events_named(summary: Summary, name: str) -> list[dict[str, Any]]:
+    return [event for event in summary.events if event.get("event") == name]
+
+
+async def test_call_streams_audio_dtmf_and_echoes_marks(
+    fake_server: FakeTwilioFacingServer, tmp_path: Any
+) -> None:
+    sent_tone: list[np.ndarray] = []
+
+    async def play_tone_then_mark(ws: ServerConnection, stream_sid: str) -> None:
+        tone = ToneGenerator(1000, 8000, 0.5)
+        pacer = Pacer(0.02, lead=3)
+        for _ in range(30):
+            await pacer.wait()
+            pcm = tone.next_frame(160)
+            sent_tone.append(pcm)
+            await ws.send(media_message(stream_sid, ulaw_encode(pcm)))
+        mark = {"event": "mark", "streamSid": stream_sid, "mark": {"name": "tone-end"}}
+        await ws.send(json.dumps(mark))
+
+    fake_server.behaviour = play_tone_then_mark
+    recording = tmp_path / "heard.wav"
+    options = CallOptions(
+        webhook_url=fake_server.webhook_url + "?roomId=room-42",
+        tone_hz=440,
+        seconds=1.2,
+        dtmf="12#",
+        dtmf_delay=0.1,
+        record_path=str(recording),
+    )
+    summary = await simulate_twilio_call(options)
+
+    assert summary.outcome == "completed"
+    assert fake_server.errors == []
+
+    (request,) = fake_server.webhook_requests
+    assert request["method"] == "POST"
+    assert request["target"] == "/v2/hooks/twilio/whk_test?roomId=room-42"
+    assert request["headers"]["content-type"] == "application/x-www-form-urlencoded"
+    form = {name: values[0] for name, values in parse_qs(request["body"]).items()}
+    assert re.fullmatch(r"AC[0-9a-f]{32}", form["AccountSid"])
+    assert re.fullmatch(r"CA[0-9a-f]{32}", form["CallSid"])
+    assert form["ApiVersion"] == "2010-04-01"
+    assert (form["CallStatus"], form["Direction"]) == ("ringing", "inbound")
+    assert form["From"] == form["Caller"] == "+14155550100"
+    assert form["To"] == form["Called"] == "+14155550199"
+    assert "x-twilio-signature" not in request["headers"]
+
+    (log,) = fake_server.logs
+    assert log[0] == {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+    start = log[1]
+    stream_sid = start["streamSid"]
+    assert re.fullmatch(r"MZ[0-9a-f]{32}", stream_sid)
+    assert start["event"] == "start"
+    assert start["start"] == {
+        "accountSid": form["AccountSid"],
+        "streamSid": stream_sid,
+        "callSid": form["CallSid"],
+        "tracks": ["inbound"],
+        "customParameters": fake_server.parameters,
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    }
+    numbered = log[1:]
+    assert [m["sequenceNumber"] for m in numbered] == [str(i) for i in range(1, len(log))]
+    assert all(m["streamSid"] == stream_sid for m in numbered)
+
+    media = [m["media"] for m in log if m["event"] == "media"]
+    assert len(media) == summary.frames_sent == 60
+    assert [m["chunk"] for m in media] == [str(i) for i in range(1, 61)]
+    assert [m["timestamp"] for m in media] == [str(20 * i) for i in range(1, 61)]
+    assert {m["track"] for m in media} == {"inbound"}
+    caller_audio = [base64.b64decode(m["payload"]) for m in media]
+    assert {len(payload) for payload in caller_audio} == {160}
+    heard_by_server = ulaw_decode(b"".join(caller_audio))
+    assert dominant_frequency(heard_by_server, 8000) == pytest.approx(440, abs=5)
+
+    dtmf = [m["dtmf"] for m in log if m["event"] == "dtmf"]
+    assert dtmf == [{"track": "inbound_track", "digit": d} for d in "12#"]
+    marks = [m for m in log if m["event"] == "mark"]
+    assert [m["mark"] for m in marks] == [{"name": "tone-end"}]
+    assert log[-1]["event"] == "stop"
+    assert log[-1]["stop"] == {"accountSid": form["AccountSid"], "callSid": form["CallSid"]}
+
+    assert summary.frames_received == 30
+    assert summary.dominant_hz == pytest.approx(1000, abs=10)
+    assert abs(summary.level_dbfs - level_dbfs(np.concatenate(sent_tone))) < 6
+    assert events_named(summary, "mark") == [
+        {"event": "mark", "name": "tone-end", "cleared": False}
+    ]
+    assert events_named(summary, "protocol-error") == []
+    assert events_named(summary, "bad-frame-size") == []
+    assert events_named(summary, "stream") == [
+        {"event": "stream", "customParameters": fake_server.parameters}
+    ]
+    pcm, rate = read_wav(recording)
+    assert rate == 8000
+    assert len(pcm) == 30 * 160
+
+
+async def test_clear_flushes_playback_and_echoes_pending_marks(
+    fake_server: FakeTwilioFacingServer,
+) -> None:
+    async def burst_then_clear(ws: ServerConnection, stream_sid: str) -> None:
+        silence = b"\xff" * 160
+        for _ in range(50):  # one second queued at once
+            await ws.send(media_message(stream_sid, silence))
+        await ws.send(
+            json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": "m1"}})
+        )
+        await asyncio.sleep(0.1)
+        await ws.send(json.dumps({"event": "clear", "streamSid": stream_sid}))
+
+    fake_server.behaviour = burst_then_clear
+    summary = await simulate_twilio_call(CallOptions(fake_server.webhook_url, seconds=0.5))
+
+    assert summary.outcome == "completed"
+    (clear,) = events_named(summary, "clear")
+    assert 0 < clear["droppedBytes"] < 50 * 160
+    assert events_named(summary, "mark") == [{"event": "mark", "name": "m1", "cleared": True}]
+    assert [m["mark"]["name"] for m in fake_server.logs[0] if m["event"] == "mark"] == ["m1"]
+    assert summary.frames_received == 50
+
+
+async def test_mark_with_nothing_buffered_echoes_at_once(
+    fake_server: FakeTwilioFacingServer,
+) -> None:
+    async def mark_only(ws: ServerConnection, stream_sid: str) -> None:
+        await ws.send(json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": "m"}}))
+
+    fake_server.behaviour = mark_only
+    summary = await simulate_twilio_call(CallOptions(fake_server.webhook_url, seconds=0.3))
+    assert events_named(summary, "mark") == [{"event": "mark", "name": "m", "cleared": False}]
+
+
+async def test_protocol_errors_and_bad_frame_sizes_are_reported(
+    fake_server: FakeTwilioFacingServer,
+) -> None:
+    async def sloppy(ws: ServerConnection, stream_sid: str) -> None:
+        payload = base64.b64encode(b"\xff" * 160).decode()
+        await ws.send(json.dumps({"event": "media", "media": {"payload": payload}}))
+        await ws.send(media_message(stream_sid, b"\xff" * 100))
+        await ws.send(json.dumps({"event": "media", "streamSid": stream_sid, "media": {}}))
+        await ws.send(json.dumps({"event": "hangup", "streamSid": stream_sid}))
+        await ws.send(b"\x00\x01")
+        await ws.send("not json")
+
+    fake_server.behaviour = sloppy
+    summary = await simulate_twilio_call(CallOptions(fake_server.webhook_url, seconds=0.3))
+
+    reasons = [event["reason"] for event in events_named(summary, "protocol-error")]
+    assert len(reasons) == 5
+    assert "without streamSid" in reasons[0]
+    assert events_named(summary, "bad-frame-size") == [
+        {"event": "bad-frame-size", "count": 1, "sizes": [100]}
+    ]
+
+
+async def test_server_closing_first_ends_gracefully(fake_server: FakeTwilioFacingServer) -> None:
+    async def hang_up(ws: ServerConnection, stream_sid: str) -> None:
+        await asyncio.sleep(0.1)
+        await ws.close()
+
+    fake_server.behaviour = hang_up
+    summary = await simulate_twilio_call(CallOptions(fake_server.webhook_url, seconds=5))
+    assert summary.outcome == "completed (server closed)"
+    assert 0 < summary.frames_sent < 250
+    assert all(m["event"] != "stop" for m in fake_server.logs[0])
+
+
+async def test_server_closing_at_once_is_not_a_crash(fake_server: FakeTwilioFacingServer) -> None:
+    fake_server.close_on_accept = True
+    summary = await simulate_twilio_call(CallOptions(fake_server.webhook_url, seconds=5))
+    assert summary.outcome == "completed (server closed)"
+
+
+async def test_a_wav_file_is_resampled_and_played(
+    fake_server: FakeTwilioFacingServer, tmp_path: Any
+) -> None:
+    wav = tmp_path / "tone16k.wav"
+    write_wav(wav, ToneGenerator(600, 16000).next_frame(16000), 16000)
+    options = CallOptions(fake_server.webhook_url, play_path=str(wav), seconds=0.6)
+    summary = await simulate_twilio_call(options)
+    assert summary.outcome == "completed"
+    payloads = [m["media"]["payload"] for m in fake_server.logs[0] if m["event"] == "media"]
+    heard = ulaw_decode(b"".join(base64.b64decode(p) for p in payloads))
+    assert dominant_frequency(heard, 8000) == pytest.approx(600, abs=5)
+
+
+async def test_unreadable_audio_file_is_an_outcome(
+    fake_server: FakeTwilioFacingServer, tmp_path: Any
+) -> None:
+    options = CallOptions(fake_server.webhook_url, play_path=str(tmp_path / "missing.wav"))
+    summary = await simulate_twilio_call(options)
+    assert summary.outcome.startswith("failed: cannot read the audio to play")
+    assert fake_server.webhook_requests == []
+
+
+async def test_rejecting_twiml_gives_the_say_text(fake_server: FakeTwilioFacingServer) -> None:
+    fake_server.twiml = lambda: (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        "<Response><Say>Sorry, no room.</Say><Hangup/></Response>"
+    )
+    summary = await simulate_twilio_call(CallOptions(fake_server.webhook_url, seconds=1))
+    assert summary.outcome == "rejected: Sorry, no room."
+    assert fake_server.handshakes == []
+
+
+async def test_refused_handshake_reports_the_status(fake_server: FakeTwilioFacingServer) -> None:
+    fake_server.refuse_socket_with = 403
+    summary = await simulate_twilio_call(CallOptions(fake_server.webhook_url, seconds=1))
+    assert summary.outcome == "refused: HTTP 403"
+    assert len(fake_server.handshakes) == 1
+
+
+async def test_webhook_error_status_is_reported(fake_server: FakeTwilioFacingServer) -> None:
+    fake_server.webhook_status = 500
+    summary = await simulate_twilio_call(CallOptions(fake_server.webhook_url, seconds=1))
+    assert summary.outcome == "webhook failed: HTTP 500"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [("ws://127.0.0.1:9/ingest/twilio/r?ref=x", "query"), ("https://127.0.0.1:9/r", "scheme")],
+)
+async def test_stream_urls_twilio_would_not_open_are_reported(
+    fake_server: FakeTwilioFacingServer, url: str, reason: str
+) -> None:
+    fake_server.twiml = lambda: connect_twiml(url, {})
+    summary = await simulate_twilio_call(CallOptions(fake_server.webhook_url, seconds=1))
+    assert summary.outcome.startswith("invalid stream url:")
+    assert reason in summary.outcome
+
+
+async def test_get_webhook_and_signatures(fake_server: FakeTwilioFacingServer) -> None:
+    options = CallOptions(
+        fake_server.webhook_url,
+        seconds=0.1,
+        method="GET",
+        credentials={"auth_token": "test_auth_token"},
+        extra_params={"FromCountry": "US"},
+    )
+    summary = await simulate_twilio_call(options)
+    assert summary.outcome == "completed"
+
+    (request,) = fake_server.webhook_requests
+    assert request["method"] == "GET"
+    assert request["body"] == ""
+    url = "http://" + request["headers"]["host"] + request["target"]
+    signature = twilio_signature("test_auth_token", url)
+    assert request["headers"]["x-twilio-signature"] == signature
+    query = parse_qs(request["target"].split("?", 1)[1])
+    assert query["FromCountry"] == ["US"]
+    (handshake,) = fake_server.handshakes
+    expected = twilio_signature("test_auth_token", fake_server.stream_url)
+    assert handshake.headers["X-Twilio-Signature"] == expected
+
+
+def test_signature_matches_published_vectors() -> None:
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+14158675310",
+        "Digits": "1234",
+        "From": "+14158675310",
+        "To": "+18005551212",
+    }
+    url = "https://example.com/myapp.php?foo=1&bar=2"
+    assert twilio_signature("12345", url, params) == "L/OH5YylLD5NRKLltdqwSvS0BnU="
+    ws_url = "wss://connector.example.com/twilio/media/abc123"
+    assert twilio_signature("test_auth_token", ws_url) == "gJ9T+BC8l9P+wvp/m7xjQy5bzLY="
