@@ -1,8 +1,4 @@
-"""The API under test, served over real HTTP on loopback.
-
-This is the one place that builds the app for API tests; swap :func:`build_app` for
-``callbridge.app.create_app(settings)`` once that exists.
-"""
+"""The real app (``create_app``) under test, served over real HTTP on loopback."""
 
 from __future__ import annotations
 
@@ -12,20 +8,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 from litestar import Litestar
-from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
 
-from callbridge.api.auth import issue_token, security_components
-from callbridge.api.connectors import ConnectorController, document_providers
-from callbridge.api.errors import exception_handlers
+from callbridge.api.auth import issue_token
+from callbridge.app import create_app
+from callbridge.settings import load_settings
 from callbridge.store.db import Database
 from callbridge.store.repository import transaction
 
-PROVIDERS = ["twilio", "plivo", "telnyx"]
+PROVIDERS = ["twilio"]
 PUBLIC_API_URL = "https://cb.example.test"
 
 
@@ -40,53 +35,53 @@ class FakeClock:
 
 
 @dataclass
-class ApiUnderTest:
+class ApiServer:
+    """One running app: its URL, a client for it, its database and its clock."""
+
     base_url: str
     client: httpx.AsyncClient
     db: Database
     clock: FakeClock
-    apikey: str
-    secret: str
-    other_apikey: str
-    other_secret: str
+
+
+@dataclass
+class ApiUnderTest(ApiServer):
+    """The running app seen by one test: two fresh API keys of its own (every resource is
+    scoped to an API key, so tests sharing a server cannot see each other's connectors)."""
+
+    apikey: str = ""
+    secret: str = ""
+    other_apikey: str = ""
+    other_secret: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     other_headers: dict[str, str] = field(default_factory=dict)
 
-    def token(self, *, other: bool = False, **kwargs: object) -> str:
+    def token(self, *, other: bool = False, **kwargs: Any) -> str:
         if other:
-            return issue_token(self.other_apikey, self.other_secret, **kwargs)  # type: ignore[arg-type]
-        return issue_token(self.apikey, self.secret, **kwargs)  # type: ignore[arg-type]
+            return issue_token(self.other_apikey, self.other_secret, **kwargs)
+        return issue_token(self.apikey, self.secret, **kwargs)
 
 
-def build_app(db: Database, clock: FakeClock) -> Litestar:
-    return Litestar(
-        route_handlers=[ConnectorController],
-        exception_handlers=exception_handlers(),
-        state=State(
-            {
-                "db": db,
-                "public_api_url": PUBLIC_API_URL,
-                "provider_names": list(PROVIDERS),
-                "clock": clock,
-            }
-        ),
-        on_startup=[document_providers],
-        openapi_config=OpenAPIConfig(
-            title="callbridge", version="0.1.0", components=security_components()
-        ),
+def build_app(data_dir: Path, clock: FakeClock) -> Litestar:
+    settings = load_settings(
+        overrides={
+            "data_dir": str(data_dir / "data"),
+            "server": {"public_api_url": PUBLIC_API_URL},
+            "auth": {"create_dev_key": False},
+        },
+        environ={},
     )
+    return create_app(settings, clock=clock)
 
 
 @asynccontextmanager
-async def serve_api(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cb.db'}")
-    await db.migrate()
-    async with transaction(db) as repo:
-        mine = await repo.create_api_key("tests")
-        other = await repo.create_api_key("someone else")
+async def serve_api(data_dir: Path) -> AsyncIterator[ApiServer]:
+    """Migrate a SQLite database in ``data_dir``, then serve the app with uvicorn on loopback."""
     clock = FakeClock()
+    app = build_app(data_dir, clock)
+    db: Database = app.state.db
     config = uvicorn.Config(
-        build_app(db, clock),
+        app,
         host="127.0.0.1",
         port=0,
         log_level="warning",
@@ -105,20 +100,28 @@ async def serve_api(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
         port = server.servers[0].sockets[0].getsockname()[1]
         base_url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-            api = ApiUnderTest(
-                base_url=base_url,
-                client=client,
-                db=db,
-                clock=clock,
-                apikey=mine.apikey,
-                secret=mine.secret,
-                other_apikey=other.apikey,
-                other_secret=other.secret,
-            )
-            api.headers = {"Authorization": f"Bearer {api.token()}"}
-            api.other_headers = {"Authorization": f"Bearer {api.token(other=True)}"}
-            yield api
+            yield ApiServer(base_url=base_url, client=client, db=db, clock=clock)
     finally:
         server.should_exit = True
         await task
-        await db.dispose()
+
+
+async def new_tenant(server: ApiServer) -> ApiUnderTest:
+    """Two fresh API keys on ``server`` (the second one plays "someone else"); clock reset."""
+    server.clock.offset = 0.0
+    async with transaction(server.db) as repo:
+        mine = await repo.create_api_key("tests")
+        other = await repo.create_api_key("someone else")
+    api = ApiUnderTest(
+        base_url=server.base_url,
+        client=server.client,
+        db=server.db,
+        clock=server.clock,
+        apikey=mine.apikey,
+        secret=mine.secret,
+        other_apikey=other.apikey,
+        other_secret=other.secret,
+    )
+    api.headers = {"Authorization": f"Bearer {api.token()}"}
+    api.other_headers = {"Authorization": f"Bearer {api.token(other=True)}"}
+    return api

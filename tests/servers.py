@@ -1,4 +1,4 @@
-"""Real servers for tests: in-process (thread, injectable clock) and a `callbridge serve` process."""
+"""Real servers for tests: in-process (thread, injected clock) and `callbridge serve` processes."""
 
 from __future__ import annotations
 
@@ -83,8 +83,14 @@ class InProcessServer:
 
     def start(self) -> None:
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, ws="websockets-sansio",
-            lifespan="on", access_log=False, log_config=None, loop="asyncio",
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            ws="websockets-sansio",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            loop="asyncio",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
@@ -118,7 +124,11 @@ def start_in_process(
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -161,15 +171,27 @@ def cli_command(*args: str) -> list[str]:
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout, env=_child_env())
+    return subprocess.run(
+        cli_command(*args), capture_output=True, text=True, timeout=timeout, env=_child_env()
+    )
 
 
 def popen_cli(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+    return subprocess.Popen(
+        cli_command(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_child_env(),
+    )
 
 
 def _child_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CALLBRIDGE_") or k == "CALLBRIDGE_REQUIRE_SERVICES"}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CALLBRIDGE_") or k == "CALLBRIDGE_REQUIRE_SERVICES"
+    }
 
 
 def start_process(tmp_path: Path, extra: dict[str, Any] | None = None) -> ServerProcess:
@@ -183,7 +205,9 @@ def start_process(tmp_path: Path, extra: dict[str, Any] | None = None) -> Server
     log_file = log_path.open("wb")
     process = subprocess.Popen(
         cli_command("serve", "--config", str(config_path)),
-        stdout=log_file, stderr=subprocess.STDOUT, env=_child_env(),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=_child_env(),
     )
     server = ServerProcess(config_path, port, process, log_path)
     deadline = time.monotonic() + 30
@@ -210,7 +234,9 @@ class Connector:
 
 def create_connector(base_url: str, token: str, **fields: Any) -> Connector:
     body = {"provider": "twilio", **fields}
-    response = httpx.post(f"{base_url}/v2/connectors", json=body, headers={"Authorization": f"Bearer {token}"})
+    response = httpx.post(
+        f"{base_url}/v2/connectors", json=body, headers={"Authorization": f"Bearer {token}"}
+    )
     assert response.status_code == 201, response.text
     data = response.json()["data"]
     return Connector(data["id"], data["webhookUrl"])

@@ -6,19 +6,28 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+import pytest_asyncio
 
 from callbridge.api.errors import NOT_FOUND_BODY
 from callbridge.store.repository import Repository, transaction
-from tests.api_app import PROVIDERS, PUBLIC_API_URL, ApiUnderTest, serve_api
+from tests.api_app import (
+    PROVIDERS,
+    PUBLIC_API_URL,
+    ApiServer,
+    ApiUnderTest,
+    new_tenant,
+    serve_api,
+)
 
 CONNECTOR_ID = re.compile(r"^cn_[a-z0-9]{16}$")
 WEBHOOK_URL = re.compile(
-    "^" + re.escape(PUBLIC_API_URL) + r"/v2/hooks/(?P<provider>[a-z]+)/(?P<key>whk_[A-Za-z0-9]{32})$"
+    "^"
+    + re.escape(PUBLIC_API_URL)
+    + r"/v2/hooks/(?P<provider>[a-z]+)/(?P<key>whk_[A-Za-z0-9]{32})$"
 )
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 PUBLIC_FIELDS = {
@@ -34,10 +43,20 @@ PUBLIC_FIELDS = {
 CHOICES = ", ".join(PROVIDERS)
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
-    async with serve_api(tmp_path) as running:
-        yield running
+# One server for the module (starting uvicorn per test would dominate the run time); each test
+# gets its own API keys, so tests cannot see each other's connectors.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def api_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ApiServer]:
+    async with serve_api(tmp_path_factory.mktemp("api")) as server:
+        yield server
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def api(api_server: ApiServer) -> ApiUnderTest:
+    return await new_tenant(api_server)
 
 
 async def _create(api: ApiUnderTest, **body: Any) -> dict[str, Any]:
@@ -62,8 +81,8 @@ async def test_create_returns_the_videosdk_shape(api: ApiUnderTest) -> None:
     response = await api.client.post(
         "/v2/connectors",
         json={
-            "provider": "plivo",
-            "name": "Main Plivo Connector",
+            "provider": "twilio",
+            "name": "Main Twilio Connector",
             "defaultRoomId": "abcd-efgh-ijkl",
             "region": "us002",
         },
@@ -76,9 +95,9 @@ async def test_create_returns_the_videosdk_shape(api: ApiUnderTest) -> None:
     assert set(data) == PUBLIC_FIELDS | {"webhookUrl"}
     assert CONNECTOR_ID.fullmatch(data["id"])
     match = WEBHOOK_URL.fullmatch(data["webhookUrl"])
-    assert match and match.group("provider") == "plivo"
-    assert data["provider"] == "plivo"
-    assert data["name"] == "Main Plivo Connector"
+    assert match and match.group("provider") == "twilio"
+    assert data["provider"] == "twilio"
+    assert data["name"] == "Main Twilio Connector"
     assert data["defaultRoomId"] == "abcd-efgh-ijkl"
     assert data["defaultRuleId"] is None
     assert data["region"] == "us002"
@@ -271,8 +290,12 @@ def _bad_tokens(api: ApiUnderTest) -> dict[str, tuple[str | None, str]]:
             "no valid apikey",
         ),
         "no exp": (jwt.encode(claims, api.secret, algorithm="HS256"), "no exp claim"),
+        "NaN exp": (
+            jwt.encode({**claims, "exp": float("nan")}, api.secret, algorithm="HS256"),
+            "exp claim is not a number",
+        ),
         "alg none": (
-            jwt.encode({**claims, "exp": int(now) + 600}, None, algorithm="none"),
+            jwt.encode({**claims, "exp": int(now) + 600}, "", algorithm="none"),
             "Unsupported token algorithm",
         ),
         "HS512": (
@@ -303,6 +326,7 @@ def _bad_tokens(api: ApiUnderTest) -> dict[str, tuple[str | None, str]]:
         "unknown apikey",
         "no apikey",
         "no exp",
+        "NaN exp",
         "alg none",
         "HS512",
         "not yet valid",
@@ -328,6 +352,16 @@ async def test_bad_tokens_get_401(
             assert token not in caplog.text
     async with transaction(api.db) as repo:
         assert await repo.count_connectors(api.apikey) == 0
+
+
+async def test_authentication_comes_before_body_parsing(api: ApiUnderTest) -> None:
+    for content in (b"not json", b'{"provider": 5}', b"{}"):
+        response = await api.client.post(
+            "/v2/connectors", content=content, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 401
+    response = await api.client.patch("/v2/connectors/cn_x", content=b"[")
+    assert response.status_code == 401
 
 
 async def test_expiry_follows_the_injected_clock(api: ApiUnderTest) -> None:
@@ -413,9 +447,7 @@ async def test_patch_validation(api: ApiUnderTest, body: Any, starts_with: str) 
         ({"page": "abc"}, "page:"),
     ],
 )
-async def test_list_validation(
-    api: ApiUnderTest, params: dict[str, Any], starts_with: str
-) -> None:
+async def test_list_validation(api: ApiUnderTest, params: dict[str, Any], starts_with: str) -> None:
     response = await api.client.get("/v2/connectors", params=params, headers=api.headers)
     assert response.status_code == 400
     assert response.json()["message"].startswith(starts_with)
@@ -492,10 +524,10 @@ async def test_openapi_document(api: ApiUnderTest) -> None:
     expected = {
         ("/v2/connectors", "post"): {"201", "400", "401"},
         ("/v2/connectors", "get"): {"200", "400", "401"},
-        ("/v2/connectors/{connector_id}", "get"): {"200", "401", "404"},
+        ("/v2/connectors/{connector_id}", "get"): {"200", "400", "401", "404"},
         ("/v2/connectors/{connector_id}", "patch"): {"200", "400", "401", "404"},
-        ("/v2/connectors/{connector_id}", "delete"): {"200", "401", "404"},
-        ("/v2/connectors/{connector_id}/rotate-key", "post"): {"200", "401", "404"},
+        ("/v2/connectors/{connector_id}", "delete"): {"200", "400", "401", "404"},
+        ("/v2/connectors/{connector_id}/rotate-key", "post"): {"200", "400", "401", "404"},
     }
     for (path, method), statuses in expected.items():
         operation = paths[path][method]
@@ -504,4 +536,3 @@ async def test_openapi_document(api: ApiUnderTest) -> None:
         for status in statuses - {"200", "201"}:
             error_schema = operation["responses"][status]["content"]["application/json"]
             assert error_schema["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
-

@@ -53,7 +53,9 @@ async def test_twiml_answer_points_at_ingest_without_query(server: InProcessServ
 
 async def test_room_query_parameter_wins_over_default(server: InProcessServer) -> None:
     connector = create_connector(server.url, server.token(), defaultRoomId="room-a")
-    answer = await tw.post_webhook(connector.webhook_url + "?roomId=room-b", tw.voice_webhook_form())
+    answer = await tw.post_webhook(
+        connector.webhook_url + "?roomId=room-b", tw.voice_webhook_form()
+    )
     assert answer.parameters["roomId"] == "room-b"
 
 
@@ -75,11 +77,14 @@ async def test_unknown_or_rotated_key_is_an_ordinary_404(server: InProcessServer
             f"{server.url}/v2/hooks/twilio/whk_{'x' * 32}", data=tw.voice_webhook_form()
         )
         rotated = await client.post(
-            f"{server.url}/v2/connectors/{connector.id}/rotate-key", headers={"Authorization": token}
+            f"{server.url}/v2/connectors/{connector.id}/rotate-key",
+            headers={"Authorization": token},
         )
         assert rotated.status_code == 200
         old_key = await client.post(connector.webhook_url, data=tw.voice_webhook_form())
-        new_key = await client.post(rotated.json()["data"]["webhookUrl"], data=tw.voice_webhook_form())
+        new_key = await client.post(
+            rotated.json()["data"]["webhookUrl"], data=tw.voice_webhook_form()
+        )
     for response in (unknown_key, old_key):
         assert response.status_code == 404
         assert response.content == unknown_path.content
@@ -101,7 +106,7 @@ async def test_refs_are_single_use_and_unknown_refs_refused(server: InProcessSer
     connector = create_connector(server.url, server.token(), defaultRoomId="room-a")
     answer = await tw.post_webhook(connector.webhook_url, tw.voice_webhook_form())
     assert answer.stream_url
-    socket, stream_sid, call_sid = await open_call(answer.stream_url)
+    socket, _, _ = await open_call(answer.stream_url)
     try:
         assert await expect_refused(answer.stream_url) == 403, "reused ref"
         base = answer.stream_url.rsplit("/", 1)[0]
@@ -137,7 +142,9 @@ async def test_webhook_retry_gets_the_same_answer(server: InProcessServer) -> No
     assert first.stream_url == second.stream_url
 
 
-async def test_caller_audio_reaches_room_and_survives_malformed_messages(server: InProcessServer) -> None:
+async def test_caller_audio_reaches_room_and_survives_malformed_messages(
+    server: InProcessServer,
+) -> None:
     connector = create_connector(server.url, server.token(), defaultRoomId="room-m")
     async with connect(room_url(server, "room-m")) as participant:
         joined = json.loads(await participant.recv())
@@ -156,16 +163,29 @@ async def test_caller_audio_reaches_room_and_survives_malformed_messages(server:
                     events.append(json.loads(message))
 
         listener = asyncio.create_task(listen())
-        garbage = ["not json", "[]", '{"event": 5}', json.dumps({"event": "media", "streamSid": sid,
-                   "media": {"payload": "%%%notbase64"}}), "x" * 70_000]
+        garbage = [
+            "not json",
+            "[]",
+            '{"event": 5}',
+            json.dumps({"event": "media", "streamSid": sid, "media": {"payload": "%%%notbase64"}}),
+            "x" * 70_000,
+        ]
         for chunk in range(1, 76):
             await socket.send(tw.media(sid, ulaw_encode(tone.next_frame(160)), chunk + 1, chunk))
             if chunk <= len(garbage):
                 await socket.send(garbage[chunk - 1])
             await socket.send(b"\x00\x01binary")
             await asyncio.sleep(0.02)
-        await socket.send(json.dumps({"event": "dtmf", "sequenceNumber": "99", "streamSid": sid,
-                                      "dtmf": {"track": "inbound_track", "digit": "5"}}))
+        await socket.send(
+            json.dumps(
+                {
+                    "event": "dtmf",
+                    "sequenceNumber": "99",
+                    "streamSid": sid,
+                    "dtmf": {"track": "inbound_track", "digit": "5"},
+                }
+            )
+        )
         await socket.send(tw.stop(sid, call_sid, 100))
         await asyncio.sleep(0.5)
         await socket.close()
@@ -177,10 +197,15 @@ async def test_caller_audio_reaches_room_and_survives_malformed_messages(server:
     assert abs(dominant_frequency(audio, 16000) - 440) < 10
     kinds = [e["event"] for e in events]
     assert "participant-joined" in kinds
-    assert {"event": "dtmf", "digit": "5"}.items() <= next(e for e in events if e["event"] == "dtmf").items()
+    assert {"event": "dtmf", "digit": "5"}.items() <= next(
+        e for e in events if e["event"] == "dtmf"
+    ).items()
     assert kinds[-1] == "participant-left", "stop ended the call and freed the room leg"
 
 
 async def test_room_socket_requires_a_valid_token(server: InProcessServer) -> None:
     assert await expect_refused(f"ws://127.0.0.1:{server.port}/v2/rooms/r/participants") == 403
-    assert await expect_refused(f"ws://127.0.0.1:{server.port}/v2/rooms/r/participants?token=abc") == 403
+    assert (
+        await expect_refused(f"ws://127.0.0.1:{server.port}/v2/rooms/r/participants?token=abc")
+        == 403
+    )

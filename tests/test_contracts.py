@@ -1,4 +1,4 @@
-"""Contract suites: every registered implementation of each plugin kind behaves as its protocol says.
+"""Contract suites: each registered implementation of every plugin kind keeps its protocol.
 
 A new built-in or external plugin is picked up automatically; a provider also needs a sample
 webhook in ``PROVIDER_SAMPLES``.
@@ -124,7 +124,9 @@ async def test_provider_contract(name: str, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- routing
 
 
-def routing_context(query: dict[str, str] | None = None, default_room: str | None = None) -> RoutingContext:
+def routing_context(
+    query: dict[str, str] | None = None, default_room: str | None = None
+) -> RoutingContext:
     return RoutingContext(
         call=CallInfo(provider="twilio", provider_call_id="CA1"),
         connector=ConnectorView("cn_x", "ak", "twilio", default_room, None, None),
@@ -144,7 +146,9 @@ async def test_routing_strategy_contract(name: str, tmp_path: Path) -> None:
         routing_context({"roomId": "r-1"}, "r-2"),
     ):
         route = await strategy.route(context)
-        assert route is None or (isinstance(route, Route) and route.room_id and route.strategy == name)
+        assert route is None or (
+            isinstance(route, Route) and route.room_id and route.strategy == name
+        )
 
 
 # --------------------------------------------------------------------------- rooms
@@ -182,7 +186,11 @@ async def test_room_transport_contract(name: str, tmp_path: Path) -> None:
 
         await b.leave()
         left = await asyncio.wait_for(a.receive_event(), 2)
-        assert left is not None and left["event"] == "participant-left" and left["participantId"] == "b"
+        assert (
+            left is not None
+            and left["event"] == "participant-left"
+            and left["participantId"] == "b"
+        )
         assert await asyncio.wait_for(b.receive_audio(), 2) is None
         assert await asyncio.wait_for(b.receive_event(), 2) is None
         await b.leave()
@@ -215,8 +223,12 @@ def test_webhook_signer_contract(name: str, tmp_path: Path) -> None:
 
 def ref_record(call_id: str = "call_1") -> RefRecord:
     return RefRecord(
-        call_id=call_id, apikey="ak", connector_id="cn_1", provider="twilio",
-        provider_call_id="CA1", room_id="room-1",
+        call_id=call_id,
+        apikey="ak",
+        connector_id="cn_1",
+        provider="twilio",
+        provider_call_id="CA1",
+        room_id="room-1",
     )
 
 

@@ -28,13 +28,35 @@ def test_two_tones_cross_the_bridge(server_process: ServerProcess, tmp_path: Pat
     participant_wav, caller_wav = tmp_path / "participant.wav", tmp_path / "caller.wav"
 
     participant = popen_cli(
-        "room", "join", "e2e-room", "--server", server_process.url, "--token", token,
-        "--tone", "1000", "--record", str(participant_wav), "--seconds", "7", "--json",
+        "room",
+        "join",
+        "e2e-room",
+        "--server",
+        server_process.url,
+        "--token",
+        token,
+        "--tone",
+        "1000",
+        "--record",
+        str(participant_wav),
+        "--seconds",
+        "7",
+        "--json",
     )
     time.sleep(1.0)
     caller = popen_cli(
-        "call", "--webhook-url", connector.webhook_url, "--tone", "440",
-        "--record", str(caller_wav), "--seconds", "4", "--dtmf", "12#", "--json",
+        "call",
+        "--webhook-url",
+        connector.webhook_url,
+        "--tone",
+        "440",
+        "--record",
+        str(caller_wav),
+        "--seconds",
+        "4",
+        "--dtmf",
+        "12#",
+        "--json",
     )
     caller_out, caller_err = caller.communicate(timeout=60)
     participant_out, participant_err = participant.communicate(timeout=60)
@@ -60,7 +82,11 @@ def test_two_tones_cross_the_bridge(server_process: ServerProcess, tmp_path: Pat
     assert abs(level_dbfs(tone) - SENT_LEVEL_DBFS) <= 6
 
     # Twilio's protocol was respected on the way out: streamSid on every message, whole frames.
-    problems = [e for e in caller_summary["events"] if e.get("event") in {"protocol-error", "bad-frame-size"}]
+    problems = [
+        e
+        for e in caller_summary["events"]
+        if e.get("event") in {"protocol-error", "bad-frame-size"}
+    ]
     assert problems == []
     assert caller_summary["frames_received"] >= 150
 
@@ -80,4 +106,19 @@ def test_two_tones_cross_the_bridge(server_process: ServerProcess, tmp_path: Pat
     webhook_key = connector.webhook_url.rsplit("/", 1)[1]
     assert webhook_key not in logs
     assert token not in logs
-    assert "call answered" in logs and "call ended" in logs
+    call_lines = [
+        line
+        for line in map(json.loads, filter(str.strip, logs.splitlines()))
+        if line.get("event") in {"call routed", "call answered", "call media ended", "call ended"}
+    ]
+    assert [line["event"] for line in call_lines] == [
+        "call routed",
+        "call answered",
+        "call media ended",
+        "call ended",
+    ]
+    assert {line["call_id"] for line in call_lines} == {call_lines[0]["call_id"]}
+    assert {line["trace_id"] for line in call_lines} == {call_lines[0]["trace_id"]}, (
+        "one trace per call"
+    )
+    assert call_lines[-1]["reason"] == "caller-hangup"

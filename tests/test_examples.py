@@ -38,5 +38,9 @@ def test_example_loads(path: Path) -> None:
     settings = load_settings(path, environ=ENVIRON)
     selections = select_plugins(settings, Registry(plugin_manager_for(settings)))
     assert {s.kind for s in selections} == {
-        "provider", "routing_strategy", "room_transport", "webhook_signer", "ref_store"
+        "provider",
+        "routing_strategy",
+        "room_transport",
+        "webhook_signer",
+        "ref_store",
     }

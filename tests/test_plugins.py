@@ -83,7 +83,9 @@ def test_external_plugins_load_only_when_named(monkeypatch: pytest.MonkeyPatch) 
     assert "acme" in Registry(build_plugin_manager(["acme"])).names("ref_store")
     with pytest.raises(ConfigError, match="external plugins are disabled"):
         build_plugin_manager(["acme"], disable_external=True)
-    with pytest.raises(ConfigError, match=r"no installed plugin named 'nope' \(entry points: acme\)"):
+    with pytest.raises(
+        ConfigError, match=r"no installed plugin named 'nope' \(entry points: acme\)"
+    ):
         build_plugin_manager(["nope"])
 
 
@@ -97,7 +99,9 @@ def test_duplicate_names_fail_naming_both_sources() -> None:
     module.callbridge_providers = callbridge_providers  # type: ignore[attr-defined]
     pm = build_plugin_manager()
     pm.register(module, name="dupe-dist")
-    with pytest.raises(ConfigError, match=r"provider 'twilio' is registered twice \(by .*twilio and dupe-dist\)"):
+    with pytest.raises(
+        ConfigError, match=r"provider 'twilio' is registered twice \(by .*twilio and dupe-dist\)"
+    ):
         Registry(pm)
 
 
@@ -107,7 +111,9 @@ def test_builtin_list_is_importable_and_explicit() -> None:
 
 def test_config_check_cli(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
-    good.write_text("providers:\n  enabled: [twilio]\nrouting:\n  chain: [room_query, default_room]\n")
+    good.write_text(
+        "providers:\n  enabled: [twilio]\nrouting:\n  chain: [room_query, default_room]\n"
+    )
     done = run_cli("config", "check", str(good))
     assert done.returncode == 0, done.stderr
     assert "provider" in done.stdout and "twilio" in done.stdout

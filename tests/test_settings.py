@@ -60,7 +60,9 @@ auth:
 
 def test_missing_env_secret_names_the_key(tmp_path: Path) -> None:
     path = write(tmp_path, "auth:\n  api_keys:\n    - apikey: ak\n      secret: {$env: NOPE}\n")
-    with pytest.raises(ConfigError, match=r"auth\.api_keys\[0\]\.secret: environment variable 'NOPE'"):
+    with pytest.raises(
+        ConfigError, match=r"auth\.api_keys\[0\]\.secret: environment variable 'NOPE'"
+    ):
         load_settings(path, environ={})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -115,6 +116,15 @@ async def test_migrations_apply_from_empty_and_are_idempotent(database: Database
     assert {"api_keys", "connectors", "calls", "alembic_version"} <= await _tables(database)
     assert await _version(database) == ["0001"]
     await database.migrate()
+    assert await _version(database) == ["0001"]
+
+
+async def test_concurrent_migrations_take_turns(database: Database) -> None:
+    twin = Database(database.url.render_as_string(hide_password=False))
+    try:
+        await asyncio.gather(database.migrate(), twin.migrate(), database.migrate())
+    finally:
+        await twin.dispose()
     assert await _version(database) == ["0001"]
 
 
@@ -316,7 +326,7 @@ async def test_plaintext_webhook_key_is_stored_nowhere(db: Database, clock: Step
     keys = [key, rotated[1]]
     secret_parts = [k.removeprefix("whk_") for k in keys]
 
-    dump = []
+    dump: list[str] = []
     async with db.engine.connect() as connection:
         for table in Base.metadata.sorted_tables:
             for row in await connection.execute(select(table)):

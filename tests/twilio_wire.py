@@ -42,7 +42,9 @@ async def post_webhook(url: str, form: dict[str, str]) -> TwimlAnswer:
         stream = root.find("./Connect/Stream")
         if stream is not None:
             stream_url = stream.get("url")
-            parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+            parameters = {
+                p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")
+            }
         say_element = root.find("./Say")
         say = say_element.text if say_element is not None else None
     return TwimlAnswer(response.status_code, response.text, stream_url, parameters, say)
@@ -53,26 +55,45 @@ def connected() -> str:
 
 
 def start(stream_sid: str, call_sid: str, sequence: int = 1) -> str:
-    return json.dumps({
-        "event": "start", "sequenceNumber": str(sequence), "streamSid": stream_sid,
-        "start": {
-            "accountSid": "AC" + "0" * 32, "streamSid": stream_sid, "callSid": call_sid,
-            "tracks": ["inbound"], "customParameters": {},
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-        },
-    })
+    return json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": str(sequence),
+            "streamSid": stream_sid,
+            "start": {
+                "accountSid": "AC" + "0" * 32,
+                "streamSid": stream_sid,
+                "callSid": call_sid,
+                "tracks": ["inbound"],
+                "customParameters": {},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
 
 
 def media(stream_sid: str, payload: bytes, sequence: int, chunk: int) -> str:
-    return json.dumps({
-        "event": "media", "sequenceNumber": str(sequence), "streamSid": stream_sid,
-        "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str(chunk * 20),
-                  "payload": base64.b64encode(payload).decode()},
-    })
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(sequence),
+            "streamSid": stream_sid,
+            "media": {
+                "track": "inbound",
+                "chunk": str(chunk),
+                "timestamp": str(chunk * 20),
+                "payload": base64.b64encode(payload).decode(),
+            },
+        }
+    )
 
 
 def stop(stream_sid: str, call_sid: str, sequence: int) -> str:
-    return json.dumps({
-        "event": "stop", "sequenceNumber": str(sequence), "streamSid": stream_sid,
-        "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid},
-    })
+    return json.dumps(
+        {
+            "event": "stop",
+            "sequenceNumber": str(sequence),
+            "streamSid": stream_sid,
+            "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid},
+        }
+    )

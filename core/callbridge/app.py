@@ -14,7 +14,8 @@ from litestar.openapi import OpenAPIConfig
 from opentelemetry.sdk.trace import SpanProcessor
 
 from callbridge import __version__
-from callbridge.api.connectors import ConnectorController
+from callbridge.api.auth import security_components
+from callbridge.api.connectors import ConnectorController, document_providers
 from callbridge.api.errors import exception_handlers
 from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, voice_webhook
 from callbridge.api.rooms import room_participant
@@ -89,6 +90,7 @@ def create_app(
             healthz,
         ],
         lifespan=[lifespan],
+        on_startup=[document_providers],
         exception_handlers=exception_handlers(),
         state=State(
             {
@@ -99,6 +101,12 @@ def create_app(
                 "clock": clock,
             }
         ),
-        openapi_config=OpenAPIConfig(title="callbridge", version=__version__, path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="callbridge",
+            version=__version__,
+            path="/schema",
+            components=security_components(),
+        ),
+        logging_config=None,
         debug=False,
     )

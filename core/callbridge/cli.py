@@ -8,7 +8,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from callbridge.settings import ConfigError, Settings, load_settings
 
@@ -57,7 +56,8 @@ async def _token(settings: Settings, apikey: str | None, ttl: int) -> str:
         await db.dispose()
     if key is None:
         raise ConfigError(
-            f"API key {apikey!r} not found" if apikey
+            f"API key {apikey!r} not found"
+            if apikey
             else "no API key yet: start the server once (`make serve`) to create a development key"
         )
     return issue_token(key.apikey, key.secret, expires_in=ttl)
@@ -78,7 +78,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK")
     for selection in selections:
         record = selection.record
-        print(f"  {selection.kind:<17} {selection.name:<14} {record.description} [{record.distribution}]")
+        source = f"[{record.distribution}]"
+        print(f"  {selection.kind:<17} {selection.name:<14} {record.description} {source}")
     return 0
 
 

@@ -12,7 +12,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
-PluginKind = Literal["provider", "routing_strategy", "room_transport", "webhook_signer", "ref_store"]
+PluginKind = Literal[
+    "provider", "routing_strategy", "room_transport", "webhook_signer", "ref_store"
+]
 
 T = TypeVar("T")
 

@@ -97,7 +97,9 @@ class Registry:
                 problems.append(f"{key_path}.{location}: {message}" if location else message)
             raise ConfigError("; ".join(problems)) from None
 
-    def check_unused_configs(self, kind: PluginKind, configs: Mapping[str, Any], key_path: str) -> None:
+    def check_unused_configs(
+        self, kind: PluginKind, configs: Mapping[str, Any], key_path: str
+    ) -> None:
         """A config section for a plugin that does not exist is a typo worth reporting."""
         for name in configs:
             self.get(kind, name, f"{key_path}.{name}")

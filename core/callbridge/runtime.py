@@ -42,13 +42,47 @@ def select_plugins(settings: Settings, registry: Registry) -> list[Selection]:
     """Every plugin the settings select, configs validated; raises :class:`ConfigError`."""
     wanted: list[tuple[PluginKind, str, str, dict[str, Any], str]] = []
     for index, name in enumerate(settings.providers.enabled):
-        wanted.append(("provider", name, f"providers.enabled[{index}]", settings.providers.config, "providers.config"))
+        wanted.append(
+            (
+                "provider",
+                name,
+                f"providers.enabled[{index}]",
+                settings.providers.config,
+                "providers.config",
+            )
+        )
     for index, name in enumerate(settings.routing.chain):
-        wanted.append(("routing_strategy", name, f"routing.chain[{index}]", settings.routing.config, "routing.config"))
+        wanted.append(
+            (
+                "routing_strategy",
+                name,
+                f"routing.chain[{index}]",
+                settings.routing.config,
+                "routing.config",
+            )
+        )
     for index, name in enumerate(settings.rooms.enabled):
-        wanted.append(("room_transport", name, f"rooms.enabled[{index}]", settings.rooms.config, "rooms.config"))
-    wanted.append(("webhook_signer", settings.webhooks.signer, "webhooks.signer", settings.webhooks.config, "webhooks.config"))
-    wanted.append(("ref_store", settings.refs.store, "refs.store", settings.refs.config, "refs.config"))
+        wanted.append(
+            (
+                "room_transport",
+                name,
+                f"rooms.enabled[{index}]",
+                settings.rooms.config,
+                "rooms.config",
+            )
+        )
+    wanted.append(
+        (
+            "webhook_signer",
+            settings.webhooks.signer,
+            "webhooks.signer",
+            settings.webhooks.config,
+            "webhooks.config",
+        )
+    )
+    wanted.append(
+        ("ref_store", settings.refs.store, "refs.store", settings.refs.config, "refs.config")
+    )
 
     for kind, configs, path in (
         ("provider", settings.providers.config, "providers.config"),
@@ -131,7 +165,11 @@ def build_runtime(
         public_ingest_url=settings.server.ingest_url,
     )
     built: dict[PluginKind, dict[str, Any]] = {
-        "provider": {}, "routing_strategy": {}, "room_transport": {}, "webhook_signer": {}, "ref_store": {},
+        "provider": {},
+        "routing_strategy": {},
+        "room_transport": {},
+        "webhook_signer": {},
+        "ref_store": {},
     }
     for selection in selections:
         plugin = selection.record.factory(selection.config, context)

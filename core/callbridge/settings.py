@@ -277,13 +277,17 @@ def resolve_secret_refs(node: Any, environ: Mapping[str, str], key_path: str = "
             except OSError as exc:
                 raise ConfigError(f"{key_path}: cannot read {path}: {exc.strerror}") from None
         if any(str(key).startswith("$") for key in node):
-            raise ConfigError(f"{key_path}: a secret reference is {{$env: NAME}} or {{$file: PATH}}")
+            raise ConfigError(
+                f"{key_path}: a secret reference is {{$env: NAME}} or {{$file: PATH}}"
+            )
         return {
             key: resolve_secret_refs(value, environ, f"{key_path}.{key}" if key_path else str(key))
             for key, value in node.items()
         }
     if isinstance(node, list):
-        return [resolve_secret_refs(item, environ, f"{key_path}[{i}]") for i, item in enumerate(node)]
+        return [
+            resolve_secret_refs(item, environ, f"{key_path}[{i}]") for i, item in enumerate(node)
+        ]
     return node
 
 

@@ -28,7 +28,11 @@ def build_tracer_provider(
     elif settings.traces == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint) if settings.otlp_endpoint else OTLPSpanExporter()
+        exporter = (
+            OTLPSpanExporter(endpoint=settings.otlp_endpoint)
+            if settings.otlp_endpoint
+            else OTLPSpanExporter()
+        )
         provider.add_span_processor(BatchSpanProcessor(exporter))
     for processor in extra_processors or ():
         provider.add_span_processor(processor)
@@ -51,7 +55,8 @@ class TracedPlugin:
     """Proxy over a plugin object: each public method call runs in a ``<kind>.<method>`` span.
 
     Only plugin objects themselves are wrapped; per-frame objects they return (room legs,
-    media streams) are not, so the media path carries no tracing overhead.
+    media streams) are not, so the media path carries no tracing overhead. Spans are made only
+    inside a trace (a call), so work outside calls never starts stray root traces.
     """
 
     def __init__(self, target: Any, kind: str, tracer: Tracer) -> None:
@@ -74,6 +79,8 @@ class TracedPlugin:
 
             @functools.wraps(value)
             async def traced_async(*args: Any, **kwargs: Any) -> Any:
+                if not trace.get_current_span().get_span_context().is_valid:
+                    return await value(*args, **kwargs)
                 with tracer.start_as_current_span(span_name) as span:
                     span.set_attribute("callbridge.plugin", str(plugin_name))
                     return await value(*args, **kwargs)
@@ -82,6 +89,8 @@ class TracedPlugin:
 
         @functools.wraps(value)
         def traced_sync(*args: Any, **kwargs: Any) -> Any:
+            if not trace.get_current_span().get_span_context().is_valid:
+                return value(*args, **kwargs)
             with tracer.start_as_current_span(span_name) as span:
                 span.set_attribute("callbridge.plugin", str(plugin_name))
                 return value(*args, **kwargs)

@@ -10,13 +10,16 @@ never contains the token.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import jwt
 from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import Components, SecurityScheme
 
 from callbridge.api.errors import ApiError
@@ -33,6 +36,7 @@ SECURITY_SCHEME_NAME: Final = "apiToken"
 SECURITY_REQUIREMENT: Final[list[dict[str, list[str]]]] = [{SECURITY_SCHEME_NAME: []}]
 
 _CHALLENGE: Final = {"WWW-Authenticate": "Bearer"}
+_STATE_KEY: Final = "callbridge_principal"
 # Signature only: exp and nbf are checked here against the injected clock.
 _DECODE_OPTIONS: Final[Any] = {
     "verify_signature": True,
@@ -96,8 +100,9 @@ def _fail(reason: str) -> ApiError:
     return ApiError(401, reason, _CHALLENGE)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _is_number(value: object) -> TypeGuard[float]:
+    # Python's json accepts NaN and Infinity; a NaN exp would never compare as expired.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def token_from_header(value: str | None) -> str:
@@ -169,11 +174,30 @@ async def authenticate_token(token: str, db: Database, clock: Callable[[], float
     return Principal(apikey=api_key.apikey, permissions=tuple(permissions))
 
 
+async def _principal_for(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    cached = connection.state.get(_STATE_KEY)
+    if isinstance(cached, Principal):
+        return cached
+    token = token_from_header(connection.headers.get("authorization"))
+    app_state = connection.app.state
+    principal = await authenticate_token(token, app_state.db, app_state.get("clock", time.time))
+    connection.state[_STATE_KEY] = principal
+    return principal
+
+
 async def authenticate(request: Request[Any, Any, Any]) -> Principal:
     """Litestar dependency (``Provide(authenticate)``): the caller's :class:`Principal`.
 
-    Reads ``request.app.state.db`` and ``request.app.state.clock``.
+    Reads ``request.app.state.db`` and ``request.app.state.clock``; the result is cached on
+    the request, so it may also run as :func:`auth_guard`.
     """
-    token = token_from_header(request.headers.get("authorization"))
-    state = request.app.state
-    return await authenticate_token(token, state.db, state.get("clock", time.time))
+    return await _principal_for(request)
+
+
+async def auth_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Litestar guard that authenticates before the request body is read.
+
+    Guards run before Litestar parses the body, so an unauthenticated request gets 401 even when
+    its body is malformed, and never learns about validation.
+    """
+    await _principal_for(connection)

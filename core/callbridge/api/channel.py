@@ -37,7 +37,7 @@ class AsgiSocketChannel:
             self.closed = True
             try:
                 await self._socket.send({"type": "websocket.close", "code": code, "reason": reason})
-            except Exception:  # noqa: S110 - the peer may already be gone
+            except Exception:
                 pass
 
     async def _send(self, message: dict[str, object]) -> None:

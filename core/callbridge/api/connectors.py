@@ -25,7 +25,7 @@ from litestar.openapi.spec import Schema
 from litestar.params import Body, Parameter
 from msgspec import UNSET, UnsetType
 
-from callbridge.api.auth import SECURITY_REQUIREMENT, Principal, authenticate
+from callbridge.api.auth import SECURITY_REQUIREMENT, Principal, auth_guard, authenticate
 from callbridge.api.errors import ApiError, ErrorBody, error_response, validation_message
 from callbridge.store.models import Connector
 from callbridge.store.repository import Repository, transaction
@@ -38,6 +38,7 @@ _DateTime = Annotated[
     msgspec.Meta(
         description="ISO 8601 UTC timestamp with milliseconds.",
         examples=["2026-06-21T14:30:45.123Z"],
+        # Litestar copies extra_json_schema["extra"] into the OpenAPI schema of the field.
         extra_json_schema={"extra": {"format": "date-time"}},
     ),
 ]
@@ -265,6 +266,7 @@ class ConnectorController(Controller):
 
     path = "/v2/connectors"
     tags = ["connectors"]
+    guards = [auth_guard]  # 401 before the body is even parsed
     dependencies = {"principal": Provide(authenticate)}
     security = SECURITY_REQUIREMENT
     exception_handlers = {ValidationException: _validation_error}
@@ -337,7 +339,7 @@ class ConnectorController(Controller):
         "/{connector_id:str}",
         summary="Get a connector",
         description="Never includes the webhook URL.",
-        responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
+        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND},
     )
     async def get_connector(
         self, request: Request[Any, Any, Any], principal: Principal, connector_id: str
@@ -378,7 +380,7 @@ class ConnectorController(Controller):
         status_code=200,
         summary="Rotate the webhook key",
         description="Returns the new `webhookUrl`; the previous URL stops working at once.",
-        responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
+        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND},
     )
     async def rotate_key(
         self, request: Request[Any, Any, Any], principal: Principal, connector_id: str
@@ -398,7 +400,7 @@ class ConnectorController(Controller):
         status_code=200,
         summary="Delete a connector",
         description="Its webhook URL stops working at once.",
-        responses={401: _UNAUTHORIZED, 404: _NOT_FOUND},
+        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND},
     )
     async def delete_connector(
         self, request: Request[Any, Any, Any], principal: Principal, connector_id: str

@@ -120,6 +120,14 @@ def _http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException)
     return error_response(exc.status_code, message, exc.headers)
 
 
+def _undecodable_body_handler(
+    request: Request[Any, Any, Any], exc: UnicodeDecodeError
+) -> Response[Any]:
+    # msgspec raises UnicodeDecodeError (not DecodeError) for a JSON body that is not UTF-8,
+    # and Litestar lets it through; it is the client's fault, not ours.
+    return error_response(400, "body: not valid UTF-8")
+
+
 def _unhandled_exception_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     logger.error(
         "unhandled %s on %s %s",
@@ -135,11 +143,13 @@ def exception_handlers() -> ExceptionHandlersMap:
     """The app-level ``exception_handlers`` mapping: every error becomes ``{"message": ...}``.
 
     ``ApiError`` keeps its status and message; Litestar ``HTTPException`` keeps its status
-    (validation errors name the field, 5xx are masked); anything else is logged and becomes
+    (validation errors name the field, 5xx are masked); a body that is not UTF-8 is a 400;
+    anything else is logged and becomes
     ``500 {"message": "Internal server error"}``.
     """
     return {
         ApiError: _api_error_handler,
         HTTPException: _http_exception_handler,
+        UnicodeDecodeError: _undecodable_body_handler,
         Exception: _unhandled_exception_handler,
     }

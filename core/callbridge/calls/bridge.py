@@ -83,7 +83,9 @@ class CallBridge:
             asyncio.create_task(self._wait_hangup(), name="hangup"),
         }
         try:
-            done, _ = await asyncio.wait(tasks, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                tasks, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
             if not done:
                 return "max-duration"
             finished = next(iter(done))
@@ -104,10 +106,17 @@ class CallBridge:
                     leg.send_audio(frame)
             elif isinstance(event, DtmfIn):
                 self.stats.dtmf += 1
-                await leg.send_event({"event": "dtmf", "digit": event.digit, "callId": self.call_id})
+                await leg.send_event(
+                    {"event": "dtmf", "digit": event.digit, "callId": self.call_id}
+                )
             elif isinstance(event, MarkEcho):
                 await leg.send_event(
-                    {"event": "mark", "name": event.name, "cleared": event.cleared, "callId": self.call_id}
+                    {
+                        "event": "mark",
+                        "name": event.name,
+                        "cleared": event.cleared,
+                        "callId": self.call_id,
+                    }
                 )
             elif isinstance(event, StreamStopped):
                 return "caller-hangup" if event.reason == "stop" else f"stream-{event.reason}"

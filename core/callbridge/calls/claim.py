@@ -28,15 +28,23 @@ log = structlog.get_logger("callbridge.claim")
 async def claim_ref(runtime: Runtime, provider_name: str, ref: str) -> RefRecord | None:
     """Consume ``ref`` for ``provider_name``; ``None`` (logged, without the ref) if refused."""
     if provider_name not in runtime.providers or not ref or len(ref) > 256:
-        log.warning("media claim refused", provider=provider_name, reason="unknown provider or bad ref")
+        log.warning(
+            "media claim refused", provider=provider_name, reason="unknown provider or bad ref"
+        )
         return None
     record = await runtime.ref_store.claim(ref)
     if record is None:
-        log.warning("media claim refused", provider=provider_name, reason="unknown, expired or used ref")
+        log.warning(
+            "media claim refused", provider=provider_name, reason="unknown, expired or used ref"
+        )
         return None
     if record.provider != provider_name:
-        log.warning("media claim refused", provider=provider_name, call_id=record.call_id,
-                    reason="ref belongs to another provider")
+        log.warning(
+            "media claim refused",
+            provider=provider_name,
+            call_id=record.call_id,
+            reason="ref belongs to another provider",
+        )
         return None
     return record
 
@@ -45,13 +53,16 @@ async def run_claimed_call(runtime: Runtime, record: RefRecord, channel: SocketC
     """Bridge one accepted media socket until the call ends."""
     context = context_from_trace_parent(record.trace_parent)
     with (
-        runtime.tracer.start_as_current_span("call.media", context=context, kind=SpanKind.SERVER) as span,
+        runtime.tracer.start_as_current_span(
+            "call.media", context=context, kind=SpanKind.SERVER
+        ) as span,
         structlog.contextvars.bound_contextvars(
             call_id=record.call_id, provider=record.provider, connector_id=record.connector_id
         ),
     ):
         span.set_attribute("callbridge.call_id", record.call_id)
         span.set_attribute("callbridge.room_id", record.room_id)
+        span.add_event("ref claimed")
         stream = runtime.providers[record.provider].open_stream(channel)
         started_at = time.monotonic()
         reason = "unknown"
@@ -111,9 +122,9 @@ async def run_claimed_call(runtime: Runtime, record: RefRecord, channel: SocketC
             log.info("call ended", reason=reason, duration_s=duration)
 
 
-async def _wait_for_start(stream: MediaStream, timeout: float) -> StreamStarted | None:
+async def _wait_for_start(stream: MediaStream, limit_seconds: float) -> StreamStarted | None:
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit_seconds):
             while True:
                 event = await stream.receive()
                 if isinstance(event, StreamStarted):
@@ -121,5 +132,5 @@ async def _wait_for_start(stream: MediaStream, timeout: float) -> StreamStarted 
                 if isinstance(event, StreamStopped):
                     return None
     except TimeoutError:
-        log.warning("media socket sent no start", timeout_s=timeout)
+        log.warning("media socket sent no start", timeout_s=limit_seconds)
         return None

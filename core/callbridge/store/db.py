@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_PATH = Path(__file__).parent / "migrations"
 # Arbitrary constant: serialises concurrent ``migrate()`` calls of several replicas (PostgreSQL).
 _MIGRATION_LOCK_ID = 0x63_62_72_64_67_65  # "cbrdge"
+# Execution option: take SQLite's write lock at BEGIN (so two processes migrate one by one).
+_SQLITE_IMMEDIATE = "callbridge_sqlite_immediate"
 
 
 def _is_memory_sqlite(url: URL) -> bool:
@@ -46,7 +48,8 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        immediate = connection.get_execution_options().get(_SQLITE_IMMEDIATE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 class Database:
@@ -89,17 +92,20 @@ class Database:
     async def migrate(self) -> None:
         """Apply every pending migration (alembic ``upgrade head``); a no-op when up to date.
 
-        On PostgreSQL the upgrade holds a transaction-scoped advisory lock, so replicas that
-        start together migrate one after the other.
+        The whole upgrade is one transaction holding a lock (a PostgreSQL advisory lock, or
+        SQLite's write lock), so processes that start together migrate one after the other.
         """
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_PATH))
-        async with self.engine.begin() as connection:
-            if self.dialect == "postgresql":
-                await connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
-                )
-            await connection.run_sync(_upgrade, config)
+        async with self.engine.connect() as connection:
+            if self.dialect == "sqlite":
+                connection = await connection.execution_options(**{_SQLITE_IMMEDIATE: True})
+            async with connection.begin():
+                if self.dialect == "postgresql":
+                    await connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                    )
+                await connection.run_sync(_upgrade, config)
         logger.info("database schema is up to date (%s)", self.dialect)
 
     async def dispose(self) -> None:

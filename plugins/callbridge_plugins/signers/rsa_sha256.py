@@ -46,7 +46,9 @@ class RsaSha256Signer:
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as exc:
-            raise PluginError(f"webhooks.config.rsa_sha256.private_key: not a PEM key ({exc})") from None
+            raise PluginError(
+                f"webhooks.config.rsa_sha256.private_key: not a PEM key ({exc})"
+            ) from None
         if not isinstance(key, rsa.RSAPrivateKey):
             raise PluginError("webhooks.config.rsa_sha256.private_key: not an RSA key")
         self._key = key

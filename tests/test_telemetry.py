@@ -1,0 +1,71 @@
+"""One trace per call, plugin spans for free, and no secret in span attributes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from websockets.asyncio.client import connect
+
+from tests import twilio_wire as tw
+from tests.servers import FakeClock, InProcessServer, create_connector, start_in_process
+
+
+@pytest.fixture
+def traced_server(tmp_path: Path) -> Iterator[tuple[InProcessServer, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    server = start_in_process(
+        tmp_path, clock=FakeClock(), span_processors=[SimpleSpanProcessor(exporter)]
+    )
+    try:
+        yield server, exporter
+    finally:
+        server.stop()
+
+
+async def test_one_trace_per_call(
+    traced_server: tuple[InProcessServer, InMemorySpanExporter],
+) -> None:
+    server, exporter = traced_server
+    connector = create_connector(server.url, server.token(), defaultRoomId="traced")
+    answer = await tw.post_webhook(connector.webhook_url, tw.voice_webhook_form())
+    ref = (answer.stream_url or "").rsplit("/", 1)[1]
+    stream_sid, call_sid = "MZ" + secrets.token_hex(16), "CA" + secrets.token_hex(16)
+    async with connect(answer.stream_url or "") as socket:
+        await socket.send(tw.connected())
+        await socket.send(tw.start(stream_sid, call_sid))
+        await socket.send(tw.media(stream_sid, b"\xff" * 160, 2, 1))
+        await socket.send(tw.stop(stream_sid, call_sid, 3))
+        await asyncio.sleep(0.3)
+
+    for _ in range(50):
+        names = [span.name for span in exporter.get_finished_spans()]
+        if "call.media" in names:
+            break
+        await asyncio.sleep(0.05)
+    spans = exporter.get_finished_spans()
+    by_name = {span.name: span for span in spans}
+    webhook, media = by_name["call.webhook"], by_name["call.media"]
+    assert media.context.trace_id == webhook.context.trace_id
+    assert media.parent is not None and media.parent.span_id == webhook.context.span_id
+    assert {span.context.trace_id for span in spans} == {webhook.context.trace_id}, "one trace"
+    names = {span.name for span in spans}
+    assert {
+        "routing_strategy.route",
+        "ref_store.issue",
+        "provider.parse_webhook",
+        "room_transport.join",
+    } <= names
+    assert media.attributes["callbridge.end_reason"] == "caller-hangup"
+    assert media.attributes["callbridge.media.frames_in"] == 1
+    assert webhook.attributes["callbridge.call_id"] == media.attributes["callbridge.call_id"]
+
+    webhook_key = connector.webhook_url.rsplit("/", 1)[1]
+    for span in spans:
+        text = repr(dict(span.attributes or {})) + span.name
+        assert ref not in text and webhook_key not in text
