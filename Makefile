@@ -21,7 +21,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check core plugins tests
+	$(BIN)/ruff check core plugins tests benchmarks
+	$(BIN)/ruff format --check core plugins tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

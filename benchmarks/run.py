@@ -120,3 +120,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    from benchmarks import calls
+
+    calls.main()

@@ -20,7 +20,7 @@ from callbridge.settings import load_settings
 from callbridge.store.db import Database
 from callbridge.store.repository import transaction
 
-PROVIDERS = ["twilio"]
+PROVIDERS = ["twilio", "plivo", "telnyx", "custom"]
 PUBLIC_API_URL = "https://cb.example.test"
 
 
@@ -42,6 +42,7 @@ class ApiServer:
     client: httpx.AsyncClient
     db: Database
     clock: FakeClock
+    app: Any = None
 
 
 @dataclass
@@ -100,10 +101,17 @@ async def serve_api(data_dir: Path) -> AsyncIterator[ApiServer]:
         port = server.servers[0].sockets[0].getsockname()[1]
         base_url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-            yield ApiServer(base_url=base_url, client=client, db=db, clock=clock)
+            yield ApiServer(base_url=base_url, client=client, db=db, clock=clock, app=app)
     finally:
         server.should_exit = True
         await task
+
+
+@asynccontextmanager
+async def serving_app(data_dir: Path) -> AsyncIterator[tuple[ApiServer, Litestar]]:
+    """:func:`serve_api`, also yielding the app object (for its runtime and credential box)."""
+    async with serve_api(data_dir) as server:
+        yield server, server.app
 
 
 async def new_tenant(server: ApiServer) -> ApiUnderTest:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_provider_api import FakeProviderApi, running_fake_provider_api
 from tests.servers import FakeClock, InProcessServer, ServerProcess, start_in_process, start_process
 
 
@@ -33,3 +34,10 @@ def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def fake_provider_api() -> Iterator[FakeProviderApi]:
+    """A local fake of the providers' REST APIs that records what it receives."""
+    with running_fake_provider_api() as api:
+        yield api

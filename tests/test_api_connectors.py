@@ -6,13 +6,25 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 import pytest
 import pytest_asyncio
+from litestar import Litestar
+from sqlalchemy import select, text
 
-from callbridge.api.errors import NOT_FOUND_BODY
+from callbridge.api.connectors import (
+    _provider_options_schemas,
+    check_credentials,
+    check_markup_style,
+    resolve_codec,
+)
+from callbridge.api.errors import NOT_FOUND_BODY, ApiError
+from callbridge.crypto import CredentialBox
+from callbridge.protocols import CodecSpec
+from callbridge.store.models import Base
 from callbridge.store.repository import Repository, transaction
 from tests.api_app import (
     PROVIDERS,
@@ -20,7 +32,7 @@ from tests.api_app import (
     ApiServer,
     ApiUnderTest,
     new_tenant,
-    serve_api,
+    serving_app,
 )
 
 CONNECTOR_ID = re.compile(r"^cn_[a-z0-9]{16}$")
@@ -37,8 +49,24 @@ PUBLIC_FIELDS = {
     "defaultRoomId",
     "defaultRuleId",
     "region",
+    "codec",
+    "sampleRate",
+    "markupStyle",
+    "verifySignatures",
+    "hasCredentials",
     "createdAt",
     "updatedAt",
+}
+MEDIA_DEFAULTS = {
+    "codec": None,
+    "sampleRate": None,
+    "markupStyle": None,
+    "verifySignatures": False,
+    "hasCredentials": False,
+}
+TWILIO_CREDENTIALS = {
+    "accountSid": "AC" + "7" * 32,
+    "authToken": "plaintext-auth-token-0123456789abcdef",
 }
 CHOICES = ", ".join(PROVIDERS)
 
@@ -49,9 +77,24 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def api_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ApiServer]:
-    async with serve_api(tmp_path_factory.mktemp("api")) as server:
-        yield server
+async def served(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[ApiServer, Litestar]]:
+    async with serving_app(tmp_path_factory.mktemp("api")) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def api_server(served: tuple[ApiServer, Litestar]) -> ApiServer:
+    return served[0]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def box(served: tuple[ApiServer, Litestar]) -> CredentialBox:
+    """The running app's credential box."""
+    credential_box = served[1].state.runtime.credential_box
+    assert isinstance(credential_box, CredentialBox)
+    return credential_box
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -101,6 +144,7 @@ async def test_create_returns_the_videosdk_shape(api: ApiUnderTest) -> None:
     assert data["defaultRoomId"] == "abcd-efgh-ijkl"
     assert data["defaultRuleId"] is None
     assert data["region"] == "us002"
+    assert {k: data[k] for k in MEDIA_DEFAULTS} == MEDIA_DEFAULTS
     assert TIMESTAMP.fullmatch(data["createdAt"])
     assert abs(_epoch(data["createdAt"]) - time.time()) < 60
 
@@ -141,10 +185,10 @@ async def test_list_and_get_never_show_the_webhook_key(api: ApiUnderTest) -> Non
     assert set(got.json()["data"]) == PUBLIC_FIELDS
     assert got.json()["data"] == {k: v for k, v in first.items() if k != "webhookUrl"}
 
-    for text in (listed.text, got.text):
-        assert "webhookUrl" not in text and "whk_" not in text
+    for body_text in (listed.text, got.text):
+        assert "webhookUrl" not in body_text and "whk_" not in body_text
         for key in keys:
-            assert key not in text
+            assert key not in body_text
 
 
 async def test_list_pages(api: ApiUnderTest) -> None:
@@ -536,3 +580,368 @@ async def test_openapi_document(api: ApiUnderTest) -> None:
         for status in statuses - {"200", "201"}:
             error_schema = operation["responses"][status]["content"]["application/json"]
             assert error_schema["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+# --------------------------------------------------------------------------- media options
+
+
+async def test_codec_defaults_and_resolution(api: ApiUnderTest) -> None:
+    plain = await _create(api)
+    assert (plain["codec"], plain["sampleRate"]) == (None, None)
+    named = await _create(api, codec="PCMU")
+    assert (named["codec"], named["sampleRate"]) == ("PCMU", 8000)  # first supported rate
+    explicit = await _create(api, codec="PCMU", sampleRate=8000)
+    assert (explicit["codec"], explicit["sampleRate"]) == ("PCMU", 8000)
+    cleared = await _create(api, codec=None, sampleRate=None, markupStyle=None)
+    assert {k: cleared[k] for k in MEDIA_DEFAULTS} == MEDIA_DEFAULTS
+
+    got = await api.client.get(f"/v2/connectors/{named['id']}", headers=api.headers)
+    assert (got.json()["data"]["codec"], got.json()["data"]["sampleRate"]) == ("PCMU", 8000)
+
+
+async def test_patch_codec(api: ApiUnderTest) -> None:
+    created = await _create(api)
+    url = f"/v2/connectors/{created['id']}"
+    set_codec = await api.client.patch(url, json={"codec": "PCMU"}, headers=api.headers)
+    assert set_codec.status_code == 200, set_codec.text
+    assert (set_codec.json()["data"]["codec"], set_codec.json()["data"]["sampleRate"]) == (
+        "PCMU",
+        8000,
+    )
+    rate_only = await api.client.patch(url, json={"sampleRate": 8000}, headers=api.headers)
+    assert rate_only.status_code == 200, rate_only.text
+    bad_rate = await api.client.patch(url, json={"sampleRate": 16000}, headers=api.headers)
+    assert bad_rate.status_code == 400
+    assert bad_rate.json()["message"] == "sampleRate: twilio supports PCMU/8000"
+    cleared = await api.client.patch(url, json={"codec": None}, headers=api.headers)
+    assert cleared.status_code == 200
+    assert (cleared.json()["data"]["codec"], cleared.json()["data"]["sampleRate"]) == (None, None)
+    orphan_rate = await api.client.patch(url, json={"sampleRate": 8000}, headers=api.headers)
+    assert orphan_rate.status_code == 400
+    assert orphan_rate.json()["message"].startswith("sampleRate: needs a codec")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"codec": "PCMA"}, "codec: twilio supports PCMU/8000"),
+        ({"codec": "L16"}, "codec: twilio supports PCMU/8000"),
+        ({"codec": "L16", "sampleRate": 16000}, "codec: twilio supports PCMU/8000"),
+        ({"codec": "PCMU", "sampleRate": 16000}, "sampleRate: twilio supports PCMU/8000"),
+        ({"sampleRate": 8000}, "sampleRate: needs a codec (twilio supports PCMU/8000)"),
+        ({"markupStyle": "connect"}, "markupStyle: twilio has no markup styles"),
+        ({"verifySignatures": True}, "verifySignatures: requires credentials"),
+    ],
+)
+async def test_provider_option_validation(
+    api: ApiUnderTest, body: dict[str, Any], message: str
+) -> None:
+    response = await api.client.post(
+        "/v2/connectors", json={"provider": "twilio", **body}, headers=api.headers
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["message"] == message
+    created = await _create(api)
+    patched = await api.client.patch(
+        f"/v2/connectors/{created['id']}", json=body, headers=api.headers
+    )
+    assert patched.status_code == 400, patched.text
+    assert patched.json()["message"].startswith(message)
+    async with transaction(api.db) as repo:
+        assert await repo.count_connectors(api.apikey) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "starts_with"),
+    [
+        ({"codec": "G729"}, "codec:"),
+        ({"codec": "pcmu"}, "codec:"),
+        ({"codec": 1}, "codec:"),
+        ({"sampleRate": 44100}, "sampleRate:"),
+        ({"sampleRate": "8000"}, "sampleRate:"),
+        ({"sampleRate": 8000.5}, "sampleRate:"),
+        ({"markupStyle": ""}, "markupStyle:"),
+        ({"markupStyle": "s" * 33}, "markupStyle:"),
+        ({"markupStyle": 3}, "markupStyle:"),
+        ({"verifySignatures": "yes"}, "verifySignatures:"),
+        ({"verifySignatures": None}, "verifySignatures:"),
+        ({"credentials": "token"}, "credentials:"),
+        ({"credentials": ["a"]}, "credentials:"),
+        ({"credentials": {"accountSid": 5, "authToken": "x"}}, "credentials"),
+        (
+            {"credentials": {"accountSid": "", "authToken": "x"}},
+            "credentials.accountSid: must be 1-512 characters without NUL",
+        ),
+        (
+            {"credentials": {"accountSid": "a" * 513, "authToken": "x"}},
+            "credentials.accountSid: must be 1-512",
+        ),
+        (
+            {"credentials": {"accountSid": "AC1", "authToken": "a\x00b"}},
+            "credentials.authToken: must be 1-512",
+        ),
+        ({"credentials": {"k" * 65: "x"}}, "credentials"),
+        ({"credentials": {f"k{n}": "x" for n in range(17)}}, "credentials"),
+        ({"credentials": {"accountSid": "AC1"}}, "credentials.authToken: is required"),
+        ({"credentials": {}}, "credentials.accountSid: is required"),
+        (
+            {"credentials": {**TWILIO_CREDENTIALS, "apiKey": "k"}},
+            "credentials.apiKey: unknown field (twilio takes accountSid, authToken)",
+        ),
+        (
+            {"credentials": {"authId": "MA1", "authToken": "t"}},
+            "credentials.authId: unknown field",
+        ),
+        (
+            {"verifySignatures": True, "credentials": None},
+            "verifySignatures: requires credentials",
+        ),
+    ],
+)
+async def test_option_type_validation(
+    api: ApiUnderTest, body: dict[str, Any], starts_with: str
+) -> None:
+    response = await api.client.post(
+        "/v2/connectors", json={"provider": "twilio", **body}, headers=api.headers
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["message"].startswith(starts_with)
+    for value in TWILIO_CREDENTIALS.values():
+        assert value not in response.text
+    async with transaction(api.db) as repo:
+        assert await repo.count_connectors(api.apikey) == 0
+
+
+async def test_option_limits_are_inclusive(api: ApiUnderTest) -> None:
+    credentials = {"accountSid": "a" * 512, "authToken": "b"}
+    data = await _create(api, credentials=credentials)
+    assert data["hasCredentials"] is True
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+async def _all_responses_text(api: ApiUnderTest, connector_id: str) -> list[str]:
+    url = f"/v2/connectors/{connector_id}"
+    texts = [
+        (await api.client.get(url, headers=api.headers)).text,
+        (await api.client.get("/v2/connectors", headers=api.headers)).text,
+        (await api.client.patch(url, json={"name": "p"}, headers=api.headers)).text,
+        (await api.client.post(f"{url}/rotate-key", headers=api.headers)).text,
+        (await api.client.get("/schema/openapi.json")).text,
+    ]
+    return texts
+
+
+async def test_credentials_are_write_only_and_encrypted(
+    api: ApiUnderTest,
+    box: CredentialBox,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = await api.client.post(
+        "/v2/connectors",
+        json={"provider": "twilio", "credentials": TWILIO_CREDENTIALS, "verifySignatures": True},
+        headers=api.headers,
+    )
+    assert response.status_code == 201, response.text
+    data = response.json()["data"]
+    assert set(data) == PUBLIC_FIELDS | {"webhookUrl"}
+    assert data["hasCredentials"] is True and data["verifySignatures"] is True
+    texts = [response.text, *await _all_responses_text(api, data["id"])]
+    for body in texts[:-1]:  # the API responses (the last one is the OpenAPI document)
+        assert '"credentials"' not in body and "accountSid" not in body
+    for body in texts:
+        for value in TWILIO_CREDENTIALS.values():
+            assert value not in body
+
+    async with api.db.session() as session:
+        token = (
+            await session.execute(
+                text("SELECT credentials FROM connectors WHERE id = :id"), {"id": data["id"]}
+            )
+        ).scalar_one()
+    assert token.startswith("v1.")
+    assert box.decrypt(token, data["id"]) == TWILIO_CREDENTIALS
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        box.decrypt(token, "cn_0000000000000000")  # bound to its connector
+
+    dump: list[str] = []
+    async with api.db.engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            for row in await connection.execute(select(table)):
+                dump.extend(str(value) for value in row)
+    for value in TWILIO_CREDENTIALS.values():
+        assert value not in "\n".join(dump)
+
+    logged = caplog.text + "".join(capfd.readouterr())
+    for value in TWILIO_CREDENTIALS.values():
+        assert value not in logged
+
+
+async def test_credentials_replace_and_remove(api: ApiUnderTest, box: CredentialBox) -> None:
+    created = await _create(api, credentials=TWILIO_CREDENTIALS)
+    assert created["hasCredentials"] is True and created["verifySignatures"] is False
+    url = f"/v2/connectors/{created['id']}"
+
+    async def stored() -> str | None:
+        async with api.db.session() as session:
+            connector = await Repository(session).get_connector(api.apikey, created["id"])
+            assert connector is not None
+            return connector.credentials
+
+    first_token = await stored()
+    replacement = {"accountSid": "AC" + "9" * 32, "authToken": "second-token"}
+    replaced = await api.client.patch(url, json={"credentials": replacement}, headers=api.headers)
+    assert replaced.status_code == 200 and replaced.json()["data"]["hasCredentials"] is True
+    second_token = await stored()
+    assert second_token is not None and second_token != first_token
+    assert box.decrypt(second_token, created["id"]) == replacement
+
+    on = await api.client.patch(url, json={"verifySignatures": True}, headers=api.headers)
+    assert on.status_code == 200 and on.json()["data"]["verifySignatures"] is True
+    # removing the credentials while signature checks stay on is refused
+    refused = await api.client.patch(url, json={"credentials": None}, headers=api.headers)
+    assert refused.status_code == 400
+    assert refused.json()["message"].startswith("verifySignatures: requires credentials")
+    assert await stored() == second_token
+    # both in one request works
+    both = await api.client.patch(
+        url, json={"credentials": None, "verifySignatures": False}, headers=api.headers
+    )
+    assert both.status_code == 200, both.text
+    assert both.json()["data"]["hasCredentials"] is False
+    assert both.json()["data"]["verifySignatures"] is False
+    assert await stored() is None
+
+    # credentials and verifySignatures together on a connector that had none
+    again = await api.client.patch(
+        url,
+        json={"credentials": TWILIO_CREDENTIALS, "verifySignatures": True},
+        headers=api.headers,
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["data"]["verifySignatures"] is True
+
+
+async def test_patch_keeps_credentials_when_absent(api: ApiUnderTest, box: CredentialBox) -> None:
+    created = await _create(api, credentials=TWILIO_CREDENTIALS, verifySignatures=True)
+    url = f"/v2/connectors/{created['id']}"
+    response = await api.client.patch(url, json={"name": "renamed"}, headers=api.headers)
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert (data["name"], data["hasCredentials"], data["verifySignatures"]) == (
+        "renamed",
+        True,
+        True,
+    )
+    rotated = await api.client.post(f"{url}/rotate-key", headers=api.headers)
+    assert rotated.json()["data"]["hasCredentials"] is True
+    async with api.db.session() as session:
+        connector = await Repository(session).get_connector(api.apikey, created["id"])
+    assert connector is not None and connector.credentials is not None
+    assert box.decrypt(connector.credentials, created["id"]) == TWILIO_CREDENTIALS
+
+
+async def test_other_tenant_cannot_set_credentials(api: ApiUnderTest) -> None:
+    created = await _create(api)
+    response = await api.client.patch(
+        f"/v2/connectors/{created['id']}",
+        json={"credentials": TWILIO_CREDENTIALS},
+        headers=api.other_headers,
+    )
+    assert response.status_code == 404
+    got = await api.client.get(f"/v2/connectors/{created['id']}", headers=api.headers)
+    assert got.json()["data"]["hasCredentials"] is False
+
+
+async def test_openapi_documents_provider_options(api: ApiUnderTest) -> None:
+    doc = (await api.client.get("/schema/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    for name in ("CreateConnectorRequest", "UpdateConnectorRequest"):
+        properties = schemas[name]["properties"]
+        codec, rate = properties["codec"]["oneOf"], properties["sampleRate"]["oneOf"]
+        assert sorted(codec[0]["enum"]) == ["L16", "PCMA", "PCMU"] and codec[1] == {"type": "null"}
+        assert sorted(rate[0]["enum"]) == [8000, 16000] and rate[1] == {"type": "null"}
+        styles = properties["markupStyle"]["oneOf"]
+        assert styles == [{"type": "string", "enum": ["connect", "start"]}, {"type": "null"}]
+        credentials = properties["credentials"]["oneOf"]
+        assert credentials[-1] == {"type": "null"}
+        assert [sorted(c["required"]) for c in credentials[:-1]] == [
+            ["accountSid", "authToken"],
+            ["authId", "authToken"],
+            ["apiKey", "publicKey"],
+            ["signingSecret"],
+        ]
+        closed = credentials[0]
+        assert closed["additionalProperties"] is False
+        assert closed["required"] == ["accountSid", "authToken"]
+        assert closed["properties"]["authToken"]["maxLength"] == 512
+        assert closed["properties"]["authToken"]["minLength"] == 1
+    data = schemas["ConnectorData"]["properties"]
+    assert "credentials" not in data and data["hasCredentials"]["type"] == "boolean"
+    assert set(schemas["ConnectorData"]["required"]) == PUBLIC_FIELDS
+    assert set(schemas["ConnectorWithWebhookUrl"]["required"]) == PUBLIC_FIELDS | {"webhookUrl"}
+
+
+# --------------------------------------------------------------------------- other providers
+
+
+@dataclass
+class FakeProvider:
+    """The option attributes of a provider richer than Twilio (Plivo/Telnyx-like)."""
+
+    supported_codecs: tuple[CodecSpec, ...] = (
+        CodecSpec("PCMU", 8000),
+        CodecSpec("PCMA", 8000),
+        CodecSpec("L16", 8000),
+        CodecSpec("L16", 16000),
+    )
+    markup_styles: tuple[str, ...] = ("connect", "start")
+    credential_fields: tuple[str, ...] = ("apiKey", "publicKey")
+
+
+async def test_option_checks_for_a_richer_provider() -> None:
+    provider = FakeProvider()
+    assert resolve_codec("acme", provider, None, None) == (None, None)
+    assert resolve_codec("acme", provider, "L16", None) == ("L16", 8000)
+    assert resolve_codec("acme", provider, "L16", 16000) == ("L16", 16000)
+    assert resolve_codec("acme", provider, "PCMA", None) == ("PCMA", 8000)
+    choices = "acme supports PCMU/8000, PCMA/8000, L16/8000, L16/16000"
+    with pytest.raises(ApiError, match=f"^sampleRate: {choices}$"):
+        resolve_codec("acme", provider, "PCMA", 16000)
+    with pytest.raises(ApiError, match=r"^codec: "):
+        resolve_codec("acme", FakeProvider(supported_codecs=(CodecSpec(),)), "L16", None)
+    # a provider object without the attribute streams PCMU 8 kHz only
+    assert resolve_codec("old", object(), "PCMU", None) == ("PCMU", 8000)
+
+    check_markup_style("acme", provider, "start")
+    check_markup_style("acme", provider, None)
+    with pytest.raises(ApiError, match=r"^markupStyle: must be one of: connect, start$"):
+        check_markup_style("acme", provider, "stream")
+
+    check_credentials("acme", provider, {"apiKey": "k", "publicKey": "p"})
+    with pytest.raises(ApiError, match=r"^credentials\.publicKey: is required$"):
+        check_credentials("acme", provider, {"apiKey": "k"})
+    with pytest.raises(ApiError, match=r"^credentials: old takes no credentials$"):
+        check_credentials("old", object(), {"apiKey": "k"})
+
+
+async def test_schema_options_join_the_enabled_providers() -> None:
+    twilio_like = FakeProvider(
+        supported_codecs=(CodecSpec(),),
+        markup_styles=(),
+        credential_fields=("accountSid", "authToken"),
+    )
+    options = _provider_options_schemas(
+        [("twilio", twilio_like), ("acme", FakeProvider()), ("same", FakeProvider())]
+    )
+    assert options["codec"][0].enum == ["PCMU", "PCMA", "L16"]
+    assert options["sampleRate"][0].enum == [8000, 16000]
+    assert options["markupStyle"][0].enum == ["connect", "start"]
+    assert [o.required for o in options["credentials"]] == [
+        ["accountSid", "authToken"],
+        ["apiKey", "publicKey"],
+    ]
+    assert all(o.additional_properties is False for o in options["credentials"])

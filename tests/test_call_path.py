@@ -162,7 +162,12 @@ async def test_caller_audio_reaches_room_and_survives_malformed_messages(
                 else:
                     events.append(json.loads(message))
 
+        async def drain_provider_socket() -> None:
+            async for _ in socket:
+                pass
+
         listener = asyncio.create_task(listen())
+        drain = asyncio.create_task(drain_provider_socket())
         garbage = [
             "not json",
             "[]",
@@ -191,6 +196,7 @@ async def test_caller_audio_reaches_room_and_survives_malformed_messages(
         await socket.close()
         await asyncio.sleep(0.1)
         listener.cancel()
+        drain.cancel()
     audio = np.concatenate(heard)
     loud = audio[np.abs(audio) > 1000]
     assert len(loud) > 16000 * 0.8, "about 1.5 s of the tone arrived after the garbage"

@@ -7,6 +7,7 @@ webhook in ``PROVIDER_SAMPLES``.
 from __future__ import annotations
 
 import asyncio
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -17,16 +18,19 @@ import pytest
 from callbridge.plugins import build_plugin_manager
 from callbridge.protocols import (
     CallInfo,
+    CodecSpec,
     ConnectorView,
     Participant,
     PluginContext,
     Provider,
+    ProviderCredentials,
     RefRecord,
     RefStore,
     RoomTransport,
     Route,
     RoutingContext,
     RoutingStrategy,
+    StreamOptions,
     StreamStopped,
     WebhookError,
     WebhookRequest,
@@ -46,6 +50,24 @@ PROVIDER_SAMPLES: dict[str, dict[str, str]] = {
         "Direction": "inbound",
         "From": "+14155550100",
         "To": "+14155550199",
+    },
+    "plivo": {
+        "CallUUID": "11111111-2222-3333-4444-555555555555",
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "From": "14155550100",
+        "To": "14155550101",
+    },
+    "custom": {"callId": "pbx-1712345678.42", "from": "+14155550100", "to": "+14155550199"},
+    "telnyx": {
+        "AccountSid": "3e6f995f-85f7-4705-9741-53b116d28237",
+        "ApiVersion": "2010-04-01",
+        "CallSid": "v3:u5OAKGEPT3Dx8SZSSDRWEMdNH2OripQhO",
+        "CallSidLegacy": "ff55a038-6f5d-11ef-9692-02420aeffb1f",
+        "CallStatus": "ringing",
+        "ConnectionId": "1684641123236054244",
+        "From": "+13122010094",
+        "To": "+13122123456",
     },
 }
 
@@ -105,20 +127,50 @@ async def test_provider_contract(name: str, tmp_path: Path) -> None:
     url = provider.stream_url("wss://cb.example.com/ingest", ref)
     assert url.startswith("wss://cb.example.com/ingest/") and ref in url
 
-    answer = provider.answer_markup(call, url, Route(room_id="room-1", strategy="test"))
-    root = ET.fromstring(answer.body)
-    assert root.tag == "Response"
-    assert url in ET.tostring(root, encoding="unicode").replace("&amp;", "&")
-    assert "xml" in answer.media_type
+    assert provider.supported_codecs and all(
+        isinstance(c, CodecSpec) for c in provider.supported_codecs
+    )
+    assert isinstance(provider.markup_styles, tuple)
+    assert provider.credential_fields and all(
+        isinstance(f, str) for f in provider.credential_fields
+    )
+    assert isinstance(provider.echoes_marks_on_clear, bool)
+    for codec in provider.supported_codecs:
+        for style in provider.markup_styles or (None,):
+            options = StreamOptions(codec=codec, markup_style=style)
+            answer = provider.answer_markup(
+                call, url, Route(room_id="room-1", strategy="t"), options
+            )
+            assert url in _document_text(answer.body, answer.media_type)
+            assert isinstance(provider.call_ends_with_stream(options), bool)
 
-    rejected = ET.fromstring(provider.reject_markup("Sorry & goodbye").body)
-    assert rejected.tag == "Response"
-    assert "Sorry & goodbye" in "".join(rejected.itertext())
+    rejected = provider.reject_markup("Sorry & goodbye")
+    assert "Sorry & goodbye" in _document_text(rejected.body, rejected.media_type)
 
-    stream = provider.open_stream(ClosedChannel())
+    credentials = ProviderCredentials({field: "x" * 32 for field in provider.credential_fields})
+    with pytest.raises(WebhookError) as caught:
+        provider.verify_webhook(webhook(PROVIDER_SAMPLES[name]), credentials)
+    assert caught.value.status == 403, "an unsigned webhook is refused"
+
+    stream = provider.open_stream(
+        ClosedChannel(), StreamOptions(codec=provider.supported_codecs[0])
+    )
     assert isinstance(await stream.receive(), StreamStopped)
     assert isinstance(await stream.receive(), StreamStopped)
     await stream.close()
+    await provider.aclose()
+
+
+def _document_text(body: str, media_type: str) -> str:
+    """Every string of an XML or JSON answer document, unescaped."""
+    if "json" in media_type:
+        return json.dumps(json.loads(body), ensure_ascii=False)
+    root = ET.fromstring(body)
+    assert root.tag == "Response"
+    parts = list(root.itertext())
+    for element in root.iter():
+        parts.extend(element.attrib.values())
+    return " ".join(parts)
 
 
 # --------------------------------------------------------------------------- routing

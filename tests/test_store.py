@@ -7,17 +7,20 @@ import hashlib
 import re
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from callbridge.store.db import Database
+from callbridge.store.db import MIGRATIONS_PATH, Database
 from callbridge.store.ids import hash_webhook_key
 from callbridge.store.models import Base, Call
 from callbridge.store.repository import DuplicateCallError, Repository, transaction
@@ -28,6 +31,7 @@ WEBHOOK_KEY = re.compile(r"^whk_[A-Za-z0-9]{32}$")
 CALL_ID = re.compile(r"^call_[a-z0-9]{20}$")
 API_KEY = re.compile(r"^ak_[A-Za-z0-9_-]{24}$")
 START = 1_781_000_000.0  # 2026-06-09
+HEAD = "0002"
 
 
 class StepClock:
@@ -114,9 +118,9 @@ async def test_migrations_apply_from_empty_and_are_idempotent(database: Database
     assert "connectors" not in await _tables(database)
     await database.migrate()
     assert {"api_keys", "connectors", "calls", "alembic_version"} <= await _tables(database)
-    assert await _version(database) == ["0001"]
+    assert await _version(database) == [HEAD]
     await database.migrate()
-    assert await _version(database) == ["0001"]
+    assert await _version(database) == [HEAD]
 
 
 async def test_concurrent_migrations_take_turns(database: Database) -> None:
@@ -125,7 +129,7 @@ async def test_concurrent_migrations_take_turns(database: Database) -> None:
         await asyncio.gather(database.migrate(), twin.migrate(), database.migrate())
     finally:
         await twin.dispose()
-    assert await _version(database) == ["0001"]
+    assert await _version(database) == [HEAD]
 
 
 async def test_models_match_the_migrations(db: Database) -> None:
@@ -462,3 +466,235 @@ async def test_repository_on_a_caller_session(db: Database, clock: StepClock) ->
     async with transaction(db, clock) as repo:
         got = await repo.get_connector(apikey, connector_id)
         assert got is not None and got.name is None
+
+
+# --------------------------------------------------------------------------- migration 0002
+
+
+async def _migrate_to(db: Database, revision: str, *, down: bool = False) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_PATH))
+
+    def run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+    async with db.engine.begin() as connection:
+        await connection.run_sync(run)
+
+
+async def _columns(db: Database, table: str) -> dict[str, Any]:
+    def read(connection: Connection) -> dict[str, Any]:
+        return {column["name"]: column for column in inspect(connection).get_columns(table)}
+
+    async with db.engine.connect() as connection:
+        return await connection.run_sync(read)
+
+
+async def test_upgrade_from_0001_keeps_rows(database: Database) -> None:
+    await _migrate_to(database, "0001")
+    assert await _version(database) == ["0001"]
+    created = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
+    if database.dialect == "sqlite":
+        created = created.replace(tzinfo=None)
+    async with database.engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO api_keys (apikey, secret, name, created_at) "
+                "VALUES ('ak_old', :secret, 'old', :at)"
+            ),
+            {"secret": "s" * 43, "at": created},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO connectors (id, apikey, provider, name, default_room_id, "
+                "webhook_key_hash, created_at, updated_at) VALUES ('cn_0000000000000001', "
+                "'ak_old', 'twilio', 'kept', 'room-1', :hash, :at, :at)"
+            ),
+            {"hash": "a" * 64, "at": created},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO calls (id, apikey, connector_id, provider, provider_call_id, "
+                "status, created_at) VALUES ('call_00000000000000000001', 'ak_old', "
+                "'cn_0000000000000001', 'twilio', 'CA1', 'ended', :at)"
+            ),
+            {"at": created},
+        )
+
+    await database.migrate()
+    assert await _version(database) == [HEAD]
+    connectors = await _columns(database, "connectors")
+    new_columns = {"codec", "sample_rate", "markup_style", "verify_signatures", "credentials"}
+    assert new_columns <= set(connectors)
+    assert connectors["verify_signatures"]["nullable"] is False
+    for name in new_columns - {"verify_signatures"}:
+        assert connectors[name]["nullable"] is True, name
+    assert (await _columns(database, "calls"))["account_id"]["nullable"] is True
+
+    async with transaction(database) as repo:
+        connector = await repo.get_connector("ak_old", "cn_0000000000000001")
+        assert connector is not None
+        assert (connector.name, connector.default_room_id, connector.provider) == (
+            "kept",
+            "room-1",
+            "twilio",
+        )
+        assert connector.created_at.timestamp() == datetime(2026, 6, 1, 10, tzinfo=UTC).timestamp()
+        assert connector.verify_signatures is False
+        assert (connector.codec, connector.sample_rate, connector.markup_style) == (
+            None,
+            None,
+            None,
+        )
+        assert connector.credentials is None
+        call = await repo.get_call("ak_old", "call_00000000000000000001")
+        assert call is not None and call.status == "ended" and call.account_id is None
+        fresh, _ = await repo.create_connector(
+            "ak_old",
+            "plivo",
+            codec="L16",
+            sample_rate=16000,
+            verify_signatures=True,
+            credentials_token="v1.opaque",
+        )
+    async with transaction(database) as repo:
+        got = await repo.get_connector("ak_old", fresh.id)
+        assert got is not None and got.verify_signatures is True and got.sample_rate == 16000
+
+
+async def test_downgrade_to_0001_and_back(db: Database, clock: StepClock) -> None:
+    apikey, connector_id = await _connector(db, clock)
+    await _migrate_to(db, "0001", down=True)
+    assert await _version(db) == ["0001"]
+    assert "credentials" not in await _columns(db, "connectors")
+    assert "account_id" not in await _columns(db, "calls")
+    await db.migrate()
+    assert await _version(db) == [HEAD]
+    async with transaction(db, clock) as repo:
+        assert await repo.get_connector(apikey, connector_id) is not None
+
+
+async def test_connector_media_options_and_credentials_token(
+    db: Database, clock: StepClock
+) -> None:
+    apikey = await _new_key(db, clock)
+    async with transaction(db, clock) as repo:
+        plain, _ = await repo.create_connector(apikey, "twilio")
+        connector, _ = await repo.create_connector(
+            apikey,
+            "telnyx",
+            codec="PCMA",
+            sample_rate=8000,
+            markup_style="start",
+            verify_signatures=True,
+            credentials_token="v1.sealed-token",
+            connector_id="cn_abcdefghij012345",
+        )
+    assert connector.id == "cn_abcdefghij012345"
+    assert "sealed-token" not in repr(connector)
+    async with transaction(db, clock) as repo:
+        got = await repo.get_connector(apikey, plain.id)
+        assert got is not None
+        assert (got.codec, got.sample_rate, got.markup_style, got.credentials) == (
+            None,
+            None,
+            None,
+            None,
+        )
+        assert got.verify_signatures is False
+        got = await repo.get_connector(apikey, connector.id)
+        assert got is not None
+        assert (got.codec, got.sample_rate, got.markup_style) == ("PCMA", 8000, "start")
+        assert got.verify_signatures is True and got.credentials == "v1.sealed-token"
+
+    clock.advance(5)
+    async with transaction(db, clock) as repo:
+        updated = await repo.update_connector(
+            apikey,
+            connector.id,
+            codec="PCMU",
+            sample_rate=None,
+            markup_style=None,
+            verify_signatures=False,
+            credentials_token=None,
+        )
+        assert updated is not None
+    async with transaction(db, clock) as repo:
+        got = await repo.get_connector(apikey, connector.id)
+        assert got is not None
+        assert (got.codec, got.sample_rate, got.markup_style, got.credentials) == (
+            "PCMU",
+            None,
+            None,
+            None,
+        )
+        assert got.verify_signatures is False
+        assert got.updated_at.timestamp() == START + 5
+        with pytest.raises(TypeError, match="credentials"):
+            await repo.update_connector(apikey, connector.id, credentials="x")
+        with pytest.raises(TypeError, match="verify_signatures"):
+            await repo.update_connector(apikey, connector.id, verify_signatures=None)
+
+
+async def test_call_account_id(db: Database, clock: StepClock) -> None:
+    apikey, connector_id = await _connector(db, clock)
+    async with transaction(db, clock) as repo:
+        call = await repo.create_call(
+            apikey=apikey,
+            connector_id=connector_id,
+            provider="twilio",
+            provider_call_id="CA-acct",
+            account_id="AC0123",
+        )
+        with pytest.raises(ValueError, match="NUL"):
+            await repo.create_call(
+                apikey=apikey,
+                connector_id=connector_id,
+                provider="twilio",
+                provider_call_id="CA-x",
+                account_id="AC\x00",
+            )
+    async with transaction(db, clock) as repo:
+        got = await repo.get_call(apikey, call.id)
+        assert got is not None and got.account_id == "AC0123"
+
+
+async def test_list_and_count_calls(db: Database, clock: StepClock) -> None:
+    apikey, first_connector = await _connector(db, clock)
+    async with transaction(db, clock) as repo:
+        second_connector = (await repo.create_connector(apikey, "twilio"))[0].id
+    other, other_connector = await _connector(db, clock)
+    ids = []
+    for n in range(5):
+        clock.advance(1)
+        async with transaction(db, clock) as repo:
+            call = await repo.create_call(
+                apikey=apikey,
+                connector_id=first_connector if n % 2 == 0 else second_connector,
+                provider="twilio",
+                provider_call_id=f"CA{n}",
+            )
+            if n == 1:
+                await repo.mark_call_ended(call.id, "caller-hangup")
+            ids.append(call.id)
+    async with transaction(db, clock) as repo:
+        await repo.create_call(
+            apikey=other, connector_id=other_connector, provider="twilio", provider_call_id="CAo"
+        )
+    newest_first = list(reversed(ids))
+    async with transaction(db, clock) as repo:
+        assert [c.id for c in await repo.list_calls(apikey)] == newest_first
+        assert await repo.count_calls(apikey) == 5
+        page = await repo.list_calls(apikey, limit=2, offset=1)
+        assert [c.id for c in page] == newest_first[1:3]
+        by_connector = await repo.list_calls(apikey, connector_id=first_connector)
+        assert [c.id for c in by_connector] == [ids[4], ids[2], ids[0]]
+        assert await repo.count_calls(apikey, connector_id=first_connector) == 3
+        ended = await repo.list_calls(apikey, status="ended")
+        assert [c.id for c in ended] == [ids[1]]
+        assert await repo.count_calls(apikey, connector_id=second_connector, status="started") == 1
+        assert await repo.list_calls(apikey, connector_id=other_connector) == []
+        assert await repo.count_calls(other) == 1
+        assert await repo.list_calls(apikey, connector_id="cn_\x00") == []
+        assert await repo.count_calls(apikey, status="\x00") == 0

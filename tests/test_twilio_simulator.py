@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
+from twilio.request_validator import RequestValidator
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -28,7 +29,11 @@ from callbridge.media.framing import Pacer
 from callbridge.media.g711 import ulaw_decode, ulaw_encode
 from callbridge.media.tones import ToneGenerator
 from callbridge.media.wav import read_wav, write_wav
-from callbridge_plugins.simulators.twilio import simulate_twilio_call, twilio_signature
+from callbridge_plugins.simulators.twilio import (
+    _signed_webhook_url,
+    simulate_twilio_call,
+    twilio_signature,
+)
 
 Behaviour = Callable[[ServerConnection, str], Awaitable[None]]
 
@@ -379,7 +384,7 @@ async def test_get_webhook_and_signatures(fake_server: FakeTwilioFacingServer) -
         fake_server.webhook_url,
         seconds=0.1,
         method="GET",
-        credentials={"auth_token": "test_auth_token"},
+        credentials={"authToken": "test_auth_token"},
         extra_params={"FromCountry": "US"},
     )
     summary = await simulate_twilio_call(options)
@@ -396,6 +401,47 @@ async def test_get_webhook_and_signatures(fake_server: FakeTwilioFacingServer) -
     (handshake,) = fake_server.handshakes
     expected = twilio_signature("test_auth_token", fake_server.stream_url)
     assert handshake.headers["X-Twilio-Signature"] == expected
+    validator = RequestValidator("test_auth_token")
+    assert validator.validate(url, {}, request["headers"]["x-twilio-signature"])
+    assert validator.validate(fake_server.stream_url, {}, expected)
+
+
+async def test_post_webhook_is_signed_and_uses_the_account_sid(
+    fake_server: FakeTwilioFacingServer,
+) -> None:
+    account_sid = "AC" + "5" * 32
+    options = CallOptions(
+        fake_server.webhook_url + "?roomId=r%201",
+        seconds=0.1,
+        credentials={"accountSid": account_sid, "authToken": "test_auth_token"},
+    )
+    summary = await simulate_twilio_call(options)
+    assert summary.outcome == "completed"
+
+    (request,) = fake_server.webhook_requests
+    form = {name: values[0] for name, values in parse_qs(request["body"]).items()}
+    assert form["AccountSid"] == account_sid
+    assert fake_server.logs[0][1]["start"]["accountSid"] == account_sid
+    url = "http://" + request["headers"]["host"] + request["target"]
+    signature = request["headers"]["x-twilio-signature"]
+    assert RequestValidator("test_auth_token").validate(url, form, signature)
+    assert not RequestValidator("another_token").validate(url, form, signature)
+
+
+async def test_unsigned_calls_carry_no_signature(fake_server: FakeTwilioFacingServer) -> None:
+    options = CallOptions(fake_server.webhook_url, seconds=0.1, credentials={"accountSid": "AC1"})
+    summary = await simulate_twilio_call(options)
+    assert summary.outcome == "completed"
+    assert "x-twilio-signature" not in fake_server.webhook_requests[0]["headers"]
+    assert "X-Twilio-Signature" not in fake_server.handshakes[0].headers
+
+
+def test_https_webhook_urls_are_signed_without_their_port() -> None:
+    assert _signed_webhook_url("https://cb.example.com:8443/v2/hooks/twilio/k?a=1") == (
+        "https://cb.example.com/v2/hooks/twilio/k?a=1"
+    )
+    assert _signed_webhook_url("http://127.0.0.1:8000/h") == "http://127.0.0.1:8000/h"
+    assert _signed_webhook_url("https://cb.example.com/h") == "https://cb.example.com/h"
 
 
 def test_signature_matches_published_vectors() -> None:

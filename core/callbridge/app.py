@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from callbridge import __version__
 from callbridge.api.auth import security_components
+from callbridge.api.calls import CallController
 from callbridge.api.connectors import ConnectorController, document_providers
 from callbridge.api.errors import exception_handlers
 from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, voice_webhook
@@ -82,6 +83,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             ConnectorController,
+            CallController,
             voice_webhook,
             ingest_with_path_ref,
             ingest_with_query_ref,

@@ -103,6 +103,8 @@ def cmd_call(args: argparse.Namespace) -> int:
         record_path=args.record,
         seconds=args.seconds,
         dtmf=args.dtmf or "",
+        method=args.method,
+        credentials=dict(args.credential or []),
     )
     summary = asyncio.run(simulator(options))
     _print_summary(summary, args.json)
@@ -135,6 +137,13 @@ def _print_summary(summary: object, as_json: bool) -> None:
         print(json.dumps(summary.to_dict()))  # type: ignore[attr-defined]
     else:
         print(summary.format())  # type: ignore[attr-defined]
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError("expected NAME=VALUE")
+    return name, value
 
 
 def _add_audio_options(parser: argparse.ArgumentParser) -> None:
@@ -172,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--from", dest="from_number", default="+14155550100")
     call.add_argument("--to", dest="to_number", default="+14155550199")
     call.add_argument("--dtmf", metavar="DIGITS", help="key presses to send after 1 s")
+    call.add_argument(
+        "--method", choices=["POST", "GET"], default="POST", help="voice webhook HTTP method"
+    )
+    call.add_argument(
+        "--credential",
+        action="append",
+        type=_key_value,
+        metavar="NAME=VALUE",
+        help="provider credential to sign requests with, e.g. authToken=… (repeatable)",
+    )
     _add_audio_options(call)
     call.set_defaults(handler=cmd_call)
 

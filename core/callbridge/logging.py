@@ -75,7 +75,9 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
-    logging.getLogger("alembic").setLevel(max(numeric_level, logging.WARNING))
+    # Driver loggers quote SQL parameters (API key secrets among them) at debug level.
+    for noisy in ("alembic", "aiosqlite", "sqlalchemy", "asyncpg"):
+        logging.getLogger(noisy).setLevel(max(numeric_level, logging.WARNING))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []

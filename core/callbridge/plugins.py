@@ -15,6 +15,9 @@ ENTRY_POINT_GROUP = "callbridge"
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "callbridge_plugins.providers.twilio",
+    "callbridge_plugins.providers.plivo",
+    "callbridge_plugins.providers.telnyx",
+    "callbridge_plugins.providers.custom",
     "callbridge_plugins.routing.room_query",
     "callbridge_plugins.routing.default_room",
     "callbridge_plugins.rooms.local",

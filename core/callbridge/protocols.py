@@ -31,12 +31,14 @@ class PluginContext:
         clock: wall-clock seconds (``time.time`` in production; tests inject a fake).
         public_api_url: the public base URL of the REST API, e.g. ``https://cb.example.com``.
         public_ingest_url: the public base URL of media sockets, e.g. ``wss://cb.example.com/ingest``.
+        ref_ttl_seconds: how long a ref stays claimable after the answer (``refs.ttl_seconds``).
     """
 
     data_dir: Path
     clock: Callable[[], float]
     public_api_url: str
     public_ingest_url: str
+    ref_ttl_seconds: float = 90.0
 
 
 class PluginError(Exception):
@@ -117,6 +119,77 @@ class CodecSpec:
     sample_rate: int = 8000
 
 
+@dataclass(frozen=True)
+class StreamOptions:
+    """How one call's media stream is set up, decided at intake and carried in the ref.
+
+    Attributes:
+        codec: codec on the provider leg (one of the provider's ``supported_codecs``).
+        markup_style: provider-specific answer style (Telnyx: ``connect`` or ``start``);
+            ``None`` means the provider's default.
+    """
+
+    codec: CodecSpec = CodecSpec()
+    markup_style: str | None = None
+
+
+class ProviderCredentials:
+    """A connector's decrypted provider credentials (camelCase names, e.g. ``authToken``).
+
+    Never logged: ``repr`` shows the names only.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = dict(values)
+
+    def get(self, name: str) -> str | None:
+        return self._values.get(name)
+
+    def require(self, name: str) -> str:
+        value = self._values.get(name)
+        if not value:
+            raise PluginError(f"credentials: {name} is not set")
+        return value
+
+    def names(self) -> list[str]:
+        return sorted(self._values)
+
+    def __repr__(self) -> str:
+        return f"ProviderCredentials({', '.join(self.names())})"
+
+
+@dataclass(frozen=True)
+class HangupTarget:
+    """The call a provider REST hang-up ends.
+
+    Attributes:
+        provider_call_id: Twilio ``CallSid``, Plivo ``CallUUID``, Telnyx ``call_control_id``.
+        account_id: the provider account id from the webhook or stream, when given.
+    """
+
+    provider_call_id: str
+    account_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HangupResult:
+    """What the provider's REST API answered.
+
+    Attributes:
+        ok: the call is over (hung up now, or it had already ended).
+        already_ended: the provider said the call no longer existed (404, 20404, 90018...).
+        status: HTTP status code, 0 when the request failed before an answer.
+        detail: short reason for logs (no secrets).
+    """
+
+    ok: bool
+    already_ended: bool = False
+    status: int = 0
+    detail: str = ""
+
+
 @dataclass(slots=True)
 class StreamStarted:
     """The provider socket said which stream and call it carries."""
@@ -143,10 +216,19 @@ class DtmfIn:
 
 @dataclass(slots=True)
 class MarkEcho:
-    """The provider reports a mark we placed as reached (``cleared`` when flushed by a clear)."""
+    """The provider reports a mark we placed as reached (``cleared`` when flushed by a clear).
+
+    The bridge decides the status it reports to the room from its own record of the clears
+    it sent; ``cleared`` is the provider adapter's hint only.
+    """
 
     name: str
     cleared: bool = False
+
+
+@dataclass(slots=True)
+class ClearDone:
+    """The provider confirms a clear (Plivo ``clearedAudio``); not every provider sends one."""
 
 
 @dataclass(slots=True)
@@ -156,7 +238,7 @@ class StreamStopped:
     reason: str = "stop"
 
 
-StreamEvent = StreamStarted | AudioIn | DtmfIn | MarkEcho | StreamStopped
+StreamEvent = StreamStarted | AudioIn | DtmfIn | MarkEcho | ClearDone | StreamStopped
 
 
 @runtime_checkable
@@ -201,19 +283,50 @@ class MediaStream(Protocol):
 
 @runtime_checkable
 class Provider(Protocol):
-    """A telephony provider: voice-webhook parsing, answer markup and media-socket adapter."""
+    """A telephony provider: voice-webhook parsing, answer markup, media-socket adapter,
+    request signatures and REST hang-up.
+
+    Attributes:
+        name: the provider's registered name (``twilio``), also the URL segment.
+        supported_codecs: codecs this provider can stream; the first is the default.
+        markup_styles: answer styles the provider offers; the first is the default (empty when
+            there is only one).
+        credential_fields: camelCase names of the credentials a connector may hold
+            (Twilio: ``accountSid``, ``authToken``).
+        echoes_marks_on_clear: the provider echoes every pending mark when it clears
+            (Twilio, Telnyx); otherwise pending marks are reported cleared on :class:`ClearDone`.
+    """
 
     name: str
+    supported_codecs: tuple[CodecSpec, ...]
+    markup_styles: tuple[str, ...]
+    credential_fields: tuple[str, ...]
+    echoes_marks_on_clear: bool
 
     def parse_webhook(self, request: WebhookRequest) -> CallInfo:
         """Turn the voice webhook into a :class:`CallInfo`; raise :class:`WebhookError` if bad."""
+        ...
+
+    def verify_webhook(self, request: WebhookRequest, credentials: ProviderCredentials) -> None:
+        """Check the provider's signature on the voice webhook; raise ``WebhookError(…, 403)``
+        with the reason when it is missing or wrong."""
+        ...
+
+    def verify_handshake(
+        self, public_url: str, headers: Mapping[str, str], credentials: ProviderCredentials
+    ) -> None:
+        """Check the provider's signature on the media-socket upgrade request (``public_url`` is
+        the configured public ingest URL of the request, ``wss://…``); raise
+        ``WebhookError(…, 403)`` when wrong. Providers that do not sign handshakes do nothing."""
         ...
 
     def stream_url(self, ingest_base_url: str, ref: str) -> str:
         """The media-socket URL carrying ``ref`` that the markup points the provider to."""
         ...
 
-    def answer_markup(self, call: CallInfo, stream_url: str, route: Route) -> Markup:
+    def answer_markup(
+        self, call: CallInfo, stream_url: str, route: Route, options: StreamOptions
+    ) -> Markup:
         """Markup that makes the provider open a bidirectional media socket to ``stream_url``."""
         ...
 
@@ -221,8 +334,21 @@ class Provider(Protocol):
         """Markup that tells the caller the call cannot be connected, then hangs up."""
         ...
 
-    def open_stream(self, channel: SocketChannel) -> MediaStream:
-        """Adapt an accepted media socket."""
+    def call_ends_with_stream(self, options: StreamOptions) -> bool:
+        """Whether the provider ends the call when the media stream ends; if not, the bridge
+        hangs up by REST when the stream ends (Telnyx ``start`` style)."""
+        ...
+
+    def open_stream(self, channel: SocketChannel, options: StreamOptions) -> MediaStream:
+        """Adapt an accepted media socket; audio flows in ``options.codec``."""
+        ...
+
+    async def hangup(self, target: HangupTarget, credentials: ProviderCredentials) -> HangupResult:
+        """End the call through the provider's REST API; "already ended" answers are ``ok``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release HTTP clients and the like."""
         ...
 
 
@@ -264,7 +390,7 @@ class Route:
         room_id: the room the call joins.
         strategy: name of the strategy that decided.
         transport: room transport name; ``None`` means ``rooms.default``.
-        codec: codec on the provider leg; ``None`` means the provider's default.
+        codec: codec on the provider leg; ``None`` means the connector's or provider's default.
         metadata: small extra data passed to the room as participant metadata.
     """
 
@@ -369,9 +495,11 @@ class RefRecord:
     provider_call_id: str
     room_id: str
     transport: str | None = None
-    codec: CodecSpec | None = None
+    options: StreamOptions = StreamOptions()
+    account_id: str | None = None
     from_number: str | None = None
     to_number: str | None = None
+    verify_signatures: bool = False
     trace_parent: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
 

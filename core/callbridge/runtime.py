@@ -16,9 +16,11 @@ from callbridge.plugins import build_plugin_manager
 from callbridge.protocols import (
     PluginContext,
     Provider,
+    ProviderCredentials,
     RefStore,
     RoomTransport,
     RoutingStrategy,
+    WebhookError,
     WebhookSigner,
 )
 from callbridge.registry import Registry
@@ -128,12 +130,45 @@ class Runtime:
     tracer: Tracer
     clock: Callable[[], float]
     active_calls: dict[str, Any] = field(default_factory=dict)
+    _credential_box: Any = None
 
     @property
     def default_room_transport(self) -> RoomTransport:
         return self.room_transports[self.settings.rooms.default]
 
+    @property
+    def credential_box(self) -> Any:
+        """The AES-GCM box for connector credentials (its key is loaded at start)."""
+        if self._credential_box is None:
+            from callbridge.crypto import CredentialBox, load_credentials_key
+
+            self._credential_box = CredentialBox(load_credentials_key(self.settings))
+        return self._credential_box
+
+    def credentials_of(self, connector: Any) -> ProviderCredentials:
+        """The connector's decrypted provider credentials.
+
+        Raises:
+            WebhookError: (403) the connector holds none, or they cannot be decrypted.
+        """
+        credentials = self.optional_credentials(connector)
+        if credentials is None:
+            raise WebhookError(
+                "signature checks are on but the connector holds no credentials", 403
+            )
+        return credentials
+
+    def optional_credentials(self, connector: Any) -> ProviderCredentials | None:
+        token = getattr(connector, "credentials", None)
+        if not token:
+            return None
+        try:
+            return ProviderCredentials(self.credential_box.decrypt(token, connector.id))
+        except ValueError:
+            raise WebhookError("the connector's credentials cannot be decrypted", 403) from None
+
     async def start(self) -> None:
+        self.credential_box  # noqa: B018 - load or create the key before the first call
         await self.db.migrate()
         for transport in self.room_transports.values():
             await transport.start()
@@ -141,6 +176,8 @@ class Runtime:
     async def stop(self) -> None:
         for transport in self.room_transports.values():
             await transport.aclose()
+        for provider in self.providers.values():
+            await provider.aclose()
         await self.ref_store.aclose()
         await self.db.dispose()
         self.tracer_provider.shutdown()
@@ -163,6 +200,7 @@ def build_runtime(
         clock=clock,
         public_api_url=settings.server.api_url,
         public_ingest_url=settings.server.ingest_url,
+        ref_ttl_seconds=settings.refs.ttl_seconds,
     )
     built: dict[PluginKind, dict[str, Any]] = {
         "provider": {},

@@ -157,7 +157,8 @@ class ProviderSettings(_PluginSection):
     """Telephony providers."""
 
     enabled: list[str] = Field(
-        default_factory=lambda: ["twilio"], description="Provider plugins to enable."
+        default_factory=lambda: ["twilio", "plivo", "telnyx", "custom"],
+        description="Provider plugins to enable.",
     )
 
 
@@ -204,6 +205,17 @@ class TelemetrySettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Level.")
 
 
+class SecuritySettings(_Section):
+    """Keys protecting data at rest."""
+
+    credentials_key: SecretStr | None = Field(
+        None,
+        description="Base64 of 32 random bytes: the AES-256-GCM key that encrypts provider "
+        "credentials in the database ({$env} or {$file}). Default: a key generated once and "
+        "kept in {data_dir}/credentials.key (every replica must share the same key).",
+    )
+
+
 class PluginLoadSettings(_Section):
     """External plugins (installed distributions exposing ``callbridge`` entry points)."""
 
@@ -234,6 +246,7 @@ class Settings(BaseSettings):
     rooms: RoomSettings = Field(default_factory=RoomSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     plugins: PluginLoadSettings = Field(default_factory=PluginLoadSettings)
 
     @model_validator(mode="after")

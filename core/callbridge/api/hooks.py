@@ -62,13 +62,27 @@ async def voice_webhook(request: Request, provider: str, webhook_key: str) -> Re
 
 async def _ingest(socket: WebSocket, provider: str, ref: str) -> None:  # type: ignore[type-arg]
     runtime = _runtime(socket)
-    record = await claim_ref(runtime, provider, ref)
+    record = await claim_ref(
+        runtime,
+        provider,
+        ref,
+        public_url=_public_ingest_url(runtime, socket),
+        headers={name.lower(): value for name, value in socket.headers.items()},
+    )
     if record is None:
         # Closing before accepting makes the server refuse the handshake (HTTP 403).
         await socket.close(code=4403, reason="")
         return
     await socket.accept()
     await run_claimed_call(runtime, record, AsgiSocketChannel(socket))
+
+
+def _public_ingest_url(runtime: Runtime, socket: WebSocket) -> str:  # type: ignore[type-arg]
+    """The URL the provider connected to, as configured publicly (proxies rewrite hosts)."""
+    raw_path = (socket.scope.get("raw_path") or socket.scope["path"].encode()).decode("latin-1")
+    suffix = raw_path[len("/ingest") :] if raw_path.startswith("/ingest") else raw_path
+    query = socket.scope.get("query_string", b"").decode("latin-1")
+    return runtime.settings.server.ingest_url + suffix + (f"?{query}" if query else "")
 
 
 @websocket("/ingest/{provider:str}/{ref:str}")

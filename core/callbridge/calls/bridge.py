@@ -12,6 +12,7 @@ from callbridge.media.framing import ByteFramer, FrameAssembler, Pacer
 from callbridge.media.resample import StreamResampler
 from callbridge.protocols import (
     AudioIn,
+    ClearDone,
     DtmfIn,
     MarkEcho,
     MediaStream,
@@ -56,6 +57,7 @@ class CallBridge:
         started: StreamStarted,
         leg: RoomLeg,
         *,
+        echoes_marks_on_clear: bool = True,
         lead_frames: int = 3,
     ) -> None:
         self.call_id = call_id
@@ -69,6 +71,10 @@ class CallBridge:
         self._caller_frames = ByteFramer(self.codec.frame_bytes)
         self._pacer = Pacer(FRAME_SECONDS, lead=lead_frames)
         self._hangup = asyncio.Event()
+        self._echoes_marks_on_clear = echoes_marks_on_clear
+        # Marks sent to the provider and not yet reported, in order; True once a clear was sent
+        # after them, so their echo (or the clear confirmation) reports them "cleared".
+        self._pending_marks: dict[str, bool] = {}
 
     def request_hangup(self) -> None:
         """End the call from outside (API hang-up, server drain)."""
@@ -110,14 +116,14 @@ class CallBridge:
                     {"event": "dtmf", "digit": event.digit, "callId": self.call_id}
                 )
             elif isinstance(event, MarkEcho):
-                await leg.send_event(
-                    {
-                        "event": "mark",
-                        "name": event.name,
-                        "cleared": event.cleared,
-                        "callId": self.call_id,
-                    }
-                )
+                cleared = self._pending_marks.pop(event.name, False)
+                await self._report_mark(event.name, cleared)
+            elif isinstance(event, ClearDone):
+                if not self._echoes_marks_on_clear:
+                    flushed = [name for name, cleared in self._pending_marks.items() if cleared]
+                    for name in flushed:
+                        del self._pending_marks[name]
+                        await self._report_mark(name, True)
             elif isinstance(event, StreamStopped):
                 return "caller-hangup" if event.reason == "stop" else f"stream-{event.reason}"
 
@@ -146,13 +152,30 @@ class CallBridge:
                 self.stats.clears += 1
                 self._caller_frames.clear()
                 self._pacer.reset()
+                for name in self._pending_marks:
+                    self._pending_marks[name] = True
                 await self.stream.send_clear()
-            elif kind == "mark" and isinstance(event.get("name"), str):
+            elif kind == "mark" and _valid_mark_name(event.get("name")):
                 self.stats.marks += 1
+                self._pending_marks[event["name"]] = False
                 await self.stream.send_mark(event["name"])
             elif kind == "hangup":
                 return "room-hangup"
 
+    async def _report_mark(self, name: str, cleared: bool) -> None:
+        await self.leg.send_event(
+            {
+                "event": "mark",
+                "name": name,
+                "status": "cleared" if cleared else "played",
+                "callId": self.call_id,
+            }
+        )
+
     async def _wait_hangup(self) -> str:
         await self._hangup.wait()
         return "api-hangup"
+
+
+def _valid_mark_name(name: object) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= 128

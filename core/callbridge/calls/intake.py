@@ -1,9 +1,10 @@
-"""The voice webhook: find the connector, parse, route, issue a ref and answer with markup."""
+"""The voice webhook: find the connector, verify, parse, route, issue a ref, answer with markup."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -14,9 +15,11 @@ from callbridge.calls.routing import route_call
 from callbridge.protocols import (
     CallInfo,
     ConnectorView,
+    Provider,
     RefRecord,
     Route,
     RoutingContext,
+    StreamOptions,
     WebhookError,
     WebhookRequest,
 )
@@ -40,6 +43,10 @@ class WebhookAnswer:
 NOT_FOUND = WebhookAnswer(404, "", "application/json", found=False)
 
 
+def _error(exc: WebhookError) -> WebhookAnswer:
+    return WebhookAnswer(exc.status, json.dumps({"message": str(exc)}), "application/json")
+
+
 async def handle_voice_webhook(
     runtime: Runtime, provider_name: str, webhook_key: str, request: WebhookRequest
 ) -> WebhookAnswer:
@@ -59,11 +66,13 @@ async def handle_voice_webhook(
         span.set_attribute("callbridge.provider", provider_name)
         span.set_attribute("callbridge.connector_id", connector.id)
         try:
+            if connector.verify_signatures:
+                provider.verify_webhook(request, runtime.credentials_of(connector))
             call = provider.parse_webhook(request)
         except WebhookError as exc:
             span.set_status(Status(StatusCode.ERROR, str(exc)))
             log.warning("webhook rejected", reason=str(exc), status=exc.status)
-            return WebhookAnswer(exc.status, json.dumps({"message": str(exc)}), "application/json")
+            return _error(exc)
         view = ConnectorView(
             id=connector.id,
             apikey=connector.apikey,
@@ -85,6 +94,7 @@ async def handle_voice_webhook(
                     from_number=call.from_number,
                     to_number=call.to_number,
                     room_id=route.room_id if route else None,
+                    account_id=call.account_id,
                 )
                 retry = False
             except DuplicateCallError as duplicate:
@@ -98,42 +108,74 @@ async def handle_voice_webhook(
                 span.set_status(Status(StatusCode.ERROR, outcome.reason))
                 markup = provider.reject_markup(runtime.settings.routing.reject_message)
                 return WebhookAnswer(200, markup.body, markup.media_type)
-            return await _answer(runtime, provider_name, view, row.id, call, route, retry)
+            record = RefRecord(
+                call_id=row.id,
+                apikey=connector.apikey,
+                connector_id=connector.id,
+                provider=provider_name,
+                provider_call_id=call.provider_call_id,
+                room_id=route.room_id,
+                transport=route.transport,
+                options=stream_options(provider, connector, route),
+                account_id=call.account_id,
+                from_number=call.from_number,
+                to_number=call.to_number,
+                verify_signatures=bool(connector.verify_signatures),
+                trace_parent=current_trace_parent(),
+                metadata=dict(route.metadata),
+            )
+            return await _answer(runtime, provider, record, call, route, retry)
+
+
+def stream_options(provider: Provider, connector: Any, route: Route) -> StreamOptions:
+    """The codec (route, else connector, else the provider's default) and markup style."""
+    supported = provider.supported_codecs
+    codec = supported[0]
+    connector_codec = [
+        spec
+        for spec in supported
+        if spec.name == connector.codec and connector.sample_rate in (None, spec.sample_rate)
+    ]
+    if connector_codec:
+        codec = connector_codec[0]
+    if route.codec is not None:
+        if route.codec in supported:
+            codec = route.codec
+        else:
+            log.warning(
+                "route codec not supported by provider; using the connector's",
+                codec=f"{route.codec.name}/{route.codec.sample_rate}",
+            )
+    return StreamOptions(codec=codec, markup_style=connector.markup_style)
 
 
 async def _answer(
     runtime: Runtime,
-    provider_name: str,
-    connector: ConnectorView,
-    call_id: str,
+    provider: Provider,
+    record: RefRecord,
     call: CallInfo,
     route: Route,
     retry: bool,
 ) -> WebhookAnswer:
-    provider = runtime.providers[provider_name]
-    record = RefRecord(
-        call_id=call_id,
-        apikey=connector.apikey,
-        connector_id=connector.id,
-        provider=provider_name,
-        provider_call_id=call.provider_call_id,
-        room_id=route.room_id,
-        transport=route.transport,
-        codec=route.codec,
-        from_number=call.from_number,
-        to_number=call.to_number,
-        trace_parent=current_trace_parent(),
-        metadata=dict(route.metadata),
-    )
     ref = await runtime.ref_store.issue(
         record,
         runtime.settings.refs.ttl_seconds,
-        idempotency_key=f"{connector.id}:{call.provider_call_id}",
+        idempotency_key=f"{record.connector_id}:{call.provider_call_id}",
     )
     stream_url = provider.stream_url(runtime.settings.server.ingest_url, ref)
-    markup = provider.answer_markup(call, stream_url, route)
-    trace.get_current_span().set_attribute("callbridge.room_id", route.room_id)
-    log.info("call routed", room_id=route.room_id, strategy=route.strategy, retry=retry)
+    markup = provider.answer_markup(call, stream_url, route, record.options)
+    span = trace.get_current_span()
+    span.set_attribute("callbridge.room_id", route.room_id)
+    span.set_attribute(
+        "callbridge.codec", f"{record.options.codec.name}/{record.options.codec.sample_rate}"
+    )
+    log.info(
+        "call routed",
+        room_id=route.room_id,
+        strategy=route.strategy,
+        codec=record.options.codec.name,
+        retry=retry,
+    )
     return WebhookAnswer(200, markup.body, markup.media_type)
 
 

@@ -24,7 +24,7 @@ class CallOptions:
         method: HTTP method of the voice webhook (``POST`` form body, or ``GET`` query).
         extra_params: more webhook parameters; they override the simulator's own values.
         credentials: provider credentials the simulator signs its requests with, by name
-            (Twilio: ``auth_token``); empty means requests go unsigned.
+            (Twilio: ``accountSid``, ``authToken``); empty means requests go unsigned.
     """
 
     webhook_url: str

@@ -10,15 +10,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -78,7 +82,12 @@ class ApiKey(Base):
 
 
 class Connector(Base):
-    """A provider connector; only the SHA-256 of its secret webhook key is stored."""
+    """A provider connector; only the SHA-256 of its secret webhook key is stored.
+
+    ``codec``/``sample_rate``/``markup_style`` are ``None`` for the provider's default.
+    ``credentials`` is an opaque :class:`callbridge.crypto.CredentialBox` token (AES-GCM,
+    bound to the connector id); the repository never encrypts or decrypts it.
+    """
 
     __tablename__ = "connectors"
 
@@ -94,8 +103,15 @@ class Connector(Base):
     webhook_key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    codec: Mapped[str | None] = mapped_column(String(8))
+    sample_rate: Mapped[int | None] = mapped_column(Integer())
+    markup_style: Mapped[str | None] = mapped_column(String(32))
+    verify_signatures: Mapped[bool] = mapped_column(
+        Boolean(), default=False, server_default=false()
+    )
+    credentials: Mapped[str | None] = mapped_column(Text())
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never show the credentials token
         return f"Connector(id={self.id!r}, apikey={self.apikey!r}, provider={self.provider!r})"
 
 
@@ -129,6 +145,7 @@ class Call(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    account_id: Mapped[str | None] = mapped_column(String(255))
 
     def __repr__(self) -> str:
         return f"Call(id={self.id!r}, connector_id={self.connector_id!r}, status={self.status!r})"

@@ -9,6 +9,9 @@ the outbox rows it causes can commit together. Methods flush but never commit. T
 Every connector and call query is scoped to an API key, except the lookups the webhook and
 media paths need (:meth:`Repository.find_connector_by_webhook_key`,
 :meth:`Repository.get_call_by_provider_id`, the ``mark_call_*`` transitions).
+
+Connector credentials are stored as the opaque token the caller gives (see
+:mod:`callbridge.crypto`); nothing here encrypts, decrypts or inspects them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,7 +45,21 @@ if TYPE_CHECKING:
 Clock = Callable[[], float]
 
 MIN_SECRET_LENGTH = 32
-UPDATABLE_CONNECTOR_FIELDS = frozenset({"name", "default_room_id", "default_rule_id", "region"})
+UPDATABLE_CONNECTOR_FIELDS = frozenset(
+    {
+        "name",
+        "default_room_id",
+        "default_rule_id",
+        "region",
+        "codec",
+        "sample_rate",
+        "markup_style",
+        "verify_signatures",
+        "credentials_token",
+    }
+)
+# update_connector field name -> model attribute, where they differ
+_CONNECTOR_ATTRIBUTES = {"credentials_token": "credentials"}
 
 
 def _storable(*values: str | None) -> bool:
@@ -129,12 +146,28 @@ class Repository:
         default_room_id: str | None = None,
         default_rule_id: str | None = None,
         region: str | None = None,
+        *,
+        codec: str | None = None,
+        sample_rate: int | None = None,
+        markup_style: str | None = None,
+        verify_signatures: bool = False,
+        credentials_token: str | None = None,
+        connector_id: str | None = None,
     ) -> tuple[Connector, str]:
-        """Create a connector; returns it and its plaintext webhook key (shown once, not stored)."""
+        """Create a connector; returns it and its plaintext webhook key (shown once, not stored).
+
+        Args:
+            codec, sample_rate, markup_style: media options; ``None`` = the provider's default.
+            verify_signatures: check provider signatures on this connector's calls.
+            credentials_token: the already-encrypted credentials (opaque here).
+            connector_id: the id to use (from :func:`~callbridge.store.ids.new_connector_id`),
+                when the caller needs it beforehand, e.g. to bind encrypted credentials to it;
+                a fresh one by default.
+        """
         key = new_webhook_key()
         now = self.now()
         connector = Connector(
-            id=new_connector_id(),
+            id=connector_id or new_connector_id(),
             apikey=apikey,
             provider=provider,
             name=name,
@@ -144,6 +177,11 @@ class Repository:
             webhook_key_hash=hash_webhook_key(key),
             created_at=now,
             updated_at=now,
+            codec=codec,
+            sample_rate=sample_rate,
+            markup_style=markup_style,
+            verify_signatures=verify_signatures,
+            credentials=credentials_token,
         )
         self.session.add(connector)
         await self.session.flush()
@@ -176,24 +214,28 @@ class Repository:
         )
 
     async def update_connector(
-        self, apikey: str, connector_id: str, **fields: str | None
+        self, apikey: str, connector_id: str, **fields: str | int | bool | None
     ) -> Connector | None:
         """Set the given fields (``None`` clears one); ``None`` if not found for this key.
 
-        Allowed fields: ``name``, ``default_room_id``, ``default_rule_id``, ``region``.
+        Allowed fields: ``name``, ``default_room_id``, ``default_rule_id``, ``region``,
+        ``codec``, ``sample_rate``, ``markup_style``, ``verify_signatures`` (a bool, never
+        ``None``) and ``credentials_token`` (the encrypted token; ``None`` removes it).
 
         Raises:
-            TypeError: another field name was given.
+            TypeError: another field name was given, or ``verify_signatures`` is not a bool.
         """
         unknown = set(fields) - UPDATABLE_CONNECTOR_FIELDS
         if unknown:
             raise TypeError(f"cannot update connector field(s): {', '.join(sorted(unknown))}")
+        if "verify_signatures" in fields and not isinstance(fields["verify_signatures"], bool):
+            raise TypeError("verify_signatures must be a bool")
         connector = await self.get_connector(apikey, connector_id)
         if connector is None:
             return None
         if fields:
             for field, value in fields.items():
-                setattr(connector, field, value)
+                setattr(connector, _CONNECTOR_ATTRIBUTES.get(field, field), value)
             connector.updated_at = self.now()
             await self.session.flush()
         return connector
@@ -247,8 +289,11 @@ class Repository:
         from_number: str | None = None,
         to_number: str | None = None,
         room_id: str | None = None,
+        account_id: str | None = None,
     ) -> Call:
         """Record a new call in status ``started``.
+
+        ``account_id`` is the provider account the call belongs to (for REST hang-up).
 
         The insert runs in a savepoint, so a duplicate leaves the caller's transaction usable.
 
@@ -257,7 +302,7 @@ class Repository:
                 (a provider retrying its webhook); the existing call is attached.
             ValueError: a value contains a NUL character (PostgreSQL cannot store it).
         """
-        if not _storable(provider_call_id, from_number, to_number, room_id):
+        if not _storable(provider_call_id, from_number, to_number, room_id, account_id):
             raise ValueError("call fields must not contain NUL characters")
         call = Call(
             id=new_call_id(),
@@ -268,6 +313,7 @@ class Repository:
             from_number=from_number,
             to_number=to_number,
             room_id=room_id,
+            account_id=account_id,
             status="started",
             created_at=self.now(),
         )
@@ -300,6 +346,50 @@ class Repository:
         return await self.session.scalar(
             select(Call).where(Call.id == call_id, Call.apikey == apikey)
         )
+
+    def _calls_of(
+        self, apikey: str, connector_id: str | None, status: str | None
+    ) -> list[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = [Call.apikey == apikey]
+        if connector_id is not None:
+            conditions.append(Call.connector_id == connector_id)
+        if status is not None:
+            conditions.append(Call.status == status)
+        return conditions
+
+    async def list_calls(
+        self,
+        apikey: str,
+        *,
+        connector_id: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Call]:
+        """This API key's calls, newest first, optionally of one connector and/or status."""
+        if not _storable(apikey, connector_id, status):
+            return []
+        statement = (
+            select(Call)
+            .where(*self._calls_of(apikey, connector_id, status))
+            .order_by(Call.created_at.desc(), Call.id.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        return list(await self.session.scalars(statement))
+
+    async def count_calls(
+        self, apikey: str, *, connector_id: str | None = None, status: str | None = None
+    ) -> int:
+        """How many calls :meth:`list_calls` would list without paging."""
+        if not _storable(apikey, connector_id, status):
+            return 0
+        statement = (
+            select(func.count())
+            .select_from(Call)
+            .where(*self._calls_of(apikey, connector_id, status))
+        )
+        return int(await self.session.scalar(statement) or 0)
 
     async def mark_call_answered(self, call_id: str) -> Call | None:
         """Move a ``started`` call to ``answered``.

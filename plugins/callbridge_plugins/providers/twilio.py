@@ -1,4 +1,5 @@
-"""Twilio Media Streams: voice webhook, TwiML ``<Connect><Stream>`` and the media-socket adapter.
+"""Twilio Media Streams: voice webhook, TwiML ``<Connect><Stream>``, the media-socket adapter,
+``X-Twilio-Signature`` checks and the REST hang-up.
 
 Wire format: ``/work/shared/PROTOCOLS.md`` §2. Twilio's bidirectional streams carry only μ-law
 (PCMU) at 8 kHz, so every stream this provider opens uses that codec.
@@ -6,16 +7,21 @@ Wire format: ``/work/shared/PROTOCOLS.md`` §2. Twilio's bidirectional streams c
 
 from __future__ import annotations
 
+import base64
 import binascii
+import hashlib
+import hmac
 import json
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import parse_qs, parse_qsl, quote, urlsplit, urlunsplit
 
+import httpx
 import msgspec
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from callbridge import hookimpl
@@ -25,12 +31,16 @@ from callbridge.protocols import (
     CallInfo,
     CodecSpec,
     DtmfIn,
+    HangupResult,
+    HangupTarget,
     MarkEcho,
     Markup,
     PluginContext,
+    ProviderCredentials,
     Route,
     SocketChannel,
     StreamEvent,
+    StreamOptions,
     StreamStarted,
     StreamStopped,
     WebhookError,
@@ -62,10 +72,17 @@ _MAX_EXTRA_CHARS = 256
 # Characters XML 1.0 cannot carry at all, even escaped.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
+_FORM_TYPE = "application/x-www-form-urlencoded"
+_DEFAULT_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
+
+API_TIMEOUT_SECONDS = 10.0
+"""Time limit of one REST request to Twilio."""
+
+log = structlog.get_logger("callbridge.providers.twilio")
 
 
 class TwilioConfig(BaseModel):
-    """Options of the ``twilio`` provider (section ``providers.twilio``)."""
+    """Options of the ``twilio`` provider (section ``providers.config.twilio``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +97,12 @@ class TwilioConfig(BaseModel):
         "StreamName in stream status callbacks. Omitted when unset (Twilio then uses the "
         "StreamSid).",
     )
+    api_base_url: str = Field(
+        default="https://api.twilio.com",
+        description="Base URL of Twilio's REST API, without a trailing path. The hang-up posts "
+        "to `{api_base_url}/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`. Set a "
+        "regional host (`https://api.dublin.ie1.twilio.com`) or, in tests, a fake API.",
+    )
 
 
 class TwilioProvider:
@@ -89,10 +112,15 @@ class TwilioProvider:
     """
 
     name = "twilio"
+    supported_codecs = (TWILIO_CODEC,)
+    markup_styles = ()
+    credential_fields = ("accountSid", "authToken")
+    echoes_marks_on_clear = True
 
     def __init__(self, config: TwilioConfig, context: PluginContext) -> None:
         self.config = config
         self.context = context
+        self._http: httpx.AsyncClient | None = None
 
     def parse_webhook(self, request: WebhookRequest) -> CallInfo:
         """Read Twilio's form-encoded voice webhook (POST body or GET query).
@@ -133,13 +161,15 @@ class TwilioProvider:
         """
         return f"{ingest_base_url.rstrip('/')}/twilio/{quote(ref, safe='')}"
 
-    def answer_markup(self, call: CallInfo, stream_url: str, route: Route) -> Markup:
+    def answer_markup(
+        self, call: CallInfo, stream_url: str, route: Route, options: StreamOptions
+    ) -> Markup:
         """TwiML that opens a bidirectional stream to ``stream_url``.
 
         The stream carries ``<Parameter>`` elements ``callId`` (the CallSid), ``roomId``, and
         ``from``/``to`` when known; they reach the socket as ``start.customParameters``.
-        ``route.codec`` is ignored: Twilio's bidirectional streams only carry PCMU at 8 kHz,
-        so any other requested codec falls back to that one.
+        ``options.codec`` is always PCMU at 8 kHz: Twilio's bidirectional streams carry nothing
+        else (it is the only entry of ``supported_codecs``).
         """
         response = ET.Element("Response")
         connect = ET.SubElement(response, "Connect")
@@ -165,9 +195,125 @@ class TwilioProvider:
         ET.SubElement(response, "Hangup")
         return Markup(body=_render(response), media_type="text/xml")
 
-    def open_stream(self, channel: SocketChannel) -> TwilioMediaStream:
+    def call_ends_with_stream(self, options: StreamOptions) -> bool:
+        """``<Connect>`` ends the call when the stream ends (no verb follows it)."""
+        return True
+
+    def open_stream(self, channel: SocketChannel, options: StreamOptions) -> TwilioMediaStream:
         """Adapt an accepted Twilio media socket."""
         return TwilioMediaStream(channel)
+
+    def verify_webhook(self, request: WebhookRequest, credentials: ProviderCredentials) -> None:
+        """Check ``X-Twilio-Signature`` on the voice webhook (PROTOCOLS §2.5).
+
+        The signed text is ``request.public_url`` (the configured public URL, query included)
+        followed, for a form-encoded POST, by every body parameter as name then value, sorted by
+        name and then value. The HMAC-SHA1 key is the ``authToken`` credential. As the official
+        validator does, the URL is tried as given, without its port and with the scheme's
+        default port, since Twilio drops ports on HTTPS callbacks and its back end is not
+        consistent. A body Twilio signs by hash (JSON, ``?bodySHA256=`` in the URL) must hash to
+        that value; the signature then covers the URL alone.
+
+        Raises:
+            WebhookError: (403) the header is missing or does not match, the body hash differs,
+                a non-form body carries no ``bodySHA256``, or ``authToken`` is not set.
+        """
+        token = _auth_token(credentials)
+        signature = _signature_header(request.headers)
+        params: list[tuple[str, str]] = []
+        body_hash = parse_qs(urlsplit(request.public_url).query).get("bodySHA256")
+        if body_hash:
+            actual = hashlib.sha256(request.body).hexdigest()
+            if not hmac.compare_digest(actual.encode(), body_hash[0].lower().encode()):
+                raise WebhookError("X-Twilio-Signature: the body does not match bodySHA256", 403)
+        elif request.method.upper() == "POST" and request.body:
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type != _FORM_TYPE:
+                raise WebhookError(
+                    "X-Twilio-Signature: a non-form body must come with bodySHA256", 403
+                )
+            params = parse_qsl(
+                request.body.decode("utf-8", errors="replace"), keep_blank_values=True
+            )
+        urls = _port_variants(request.public_url)
+        if not _matches(token, signature, urls, _param_variants(params)):
+            raise WebhookError("X-Twilio-Signature does not match", 403)
+
+    def verify_handshake(
+        self, public_url: str, headers: Mapping[str, str], credentials: ProviderCredentials
+    ) -> None:
+        """Check ``X-Twilio-Signature`` on the media-socket upgrade (PROTOCOLS §2.5).
+
+        Twilio signs the ``wss://`` URL exactly as written in the TwiML, with no parameters;
+        ``public_url`` is that URL rebuilt from the configured public ingest URL. The variant
+        with a trailing ``/`` added (or removed), as Twilio's security page suggests, and the
+        port variants of :meth:`verify_webhook` are accepted too.
+
+        Raises:
+            WebhookError: (403) the header is missing or does not match, or ``authToken`` is
+                not set.
+        """
+        token = _auth_token(credentials)
+        signature = _signature_header(headers)
+        urls = [
+            variant
+            for url in (public_url, _toggle_trailing_slash(public_url))
+            for variant in _port_variants(url)
+        ]
+        if not _matches(token, signature, urls, [""]):
+            raise WebhookError("X-Twilio-Signature does not match", 403)
+
+    async def hangup(self, target: HangupTarget, credentials: ProviderCredentials) -> HangupResult:
+        """End the call through Twilio's Calls API.
+
+        Sends ``POST {api_base_url}/2010-04-01/Accounts/{accountSid}/Calls/{CallSid}.json``
+        with the form ``Status=completed`` and HTTP Basic ``accountSid:authToken``.
+
+        The account is always the credentials' ``accountSid`` (a differing
+        ``target.account_id`` is logged). 2xx is success; 404 (Twilio's code ``20404``, or no
+        body) means the call had already ended, which is success too. Anything else, or a
+        request that fails, is returned as not ``ok`` with the status and a short detail.
+        """
+        account_sid = credentials.get("accountSid")
+        auth_token = credentials.get("authToken")
+        if not account_sid or not auth_token:
+            return HangupResult(
+                ok=False, detail="credentials: accountSid and authToken are required"
+            )
+        if target.account_id and target.account_id != account_sid:
+            log.warning(
+                "call belongs to another account than the credentials; using the credentials'",
+                call_account_sid=target.account_id,
+                credentials_account_sid=account_sid,
+            )
+        url = (
+            f"{self.config.api_base_url.rstrip('/')}/2010-04-01/Accounts/"
+            f"{quote(account_sid, safe='')}/Calls/{quote(target.provider_call_id, safe='')}.json"
+        )
+        try:
+            response = await self._client().post(
+                url, data={"Status": "completed"}, auth=(account_sid, auth_token)
+            )
+        except httpx.HTTPError as exc:
+            return HangupResult(ok=False, detail=f"request failed: {type(exc).__name__}")
+        status = response.status_code
+        if response.is_success:
+            return HangupResult(ok=True, status=status)
+        detail = _error_detail(response)
+        if status == 404:
+            return HangupResult(ok=True, already_ended=True, status=status, detail=detail)
+        return HangupResult(ok=False, status=status, detail=detail)
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=API_TIMEOUT_SECONDS)
+        return self._http
+
+    async def aclose(self) -> None:
+        """Close the REST client, if one was opened."""
+        if self._http is not None:
+            client, self._http = self._http, None
+            await client.aclose()
 
 
 class TwilioMediaStream:
@@ -383,6 +529,76 @@ class TwilioMediaStream:
             return
         self._closed = True
         await self._channel.close()
+
+
+def _auth_token(credentials: ProviderCredentials) -> bytes:
+    token = credentials.get("authToken")
+    if not token:
+        raise WebhookError("credentials: authToken is not set", 403)
+    return token.encode()
+
+
+def _signature_header(headers: Mapping[str, str]) -> bytes:
+    signature = headers.get("x-twilio-signature") or next(
+        (value for name, value in headers.items() if name.lower() == "x-twilio-signature"), None
+    )
+    if not signature:
+        raise WebhookError("X-Twilio-Signature is missing", 403)
+    return signature.strip().encode()
+
+
+def _matches(token: bytes, signature: bytes, urls: list[str], params: list[str]) -> bool:
+    # Every candidate is computed and compared, so timing says nothing about which one failed.
+    found = False
+    for url in dict.fromkeys(urls):
+        for text in params:
+            digest = hmac.new(token, (url + text).encode(), hashlib.sha1).digest()
+            found |= hmac.compare_digest(base64.b64encode(digest), signature)
+    return found
+
+
+def _param_variants(params: list[tuple[str, str]]) -> list[str]:
+    """The signed parameter text: names sorted, each name's values sorted; the official Python
+    validator also drops repeated identical values, so that form is accepted as well."""
+    every = "".join(name + value for name, value in sorted(params))
+    unique = "".join(name + value for name, value in sorted(set(params)))
+    return list(dict.fromkeys((every, unique)))
+
+
+def _port_variants(url: str) -> list[str]:
+    """``url`` as given, without its port, and with the scheme's default port when it has none."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return [url]
+    host = parts.netloc.rpartition("@")[2]
+    userinfo = parts.netloc[: len(parts.netloc) - len(host)]
+    if port is not None:
+        bare = host[: host.rfind(":")]
+        return [url, urlunsplit(parts._replace(netloc=userinfo + bare))]
+    default = _DEFAULT_PORTS.get(parts.scheme.lower())
+    if default is None:
+        return [url]
+    return [url, urlunsplit(parts._replace(netloc=f"{userinfo}{host}:{default}"))]
+
+
+def _toggle_trailing_slash(url: str) -> str:
+    parts = urlsplit(url)
+    path = parts.path[:-1] if parts.path.endswith("/") else parts.path + "/"
+    return urlunsplit(parts._replace(path=path))
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """``HTTP 401`` plus Twilio's error code and message when the body is its error JSON."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    parts = [f"HTTP {response.status_code}"]
+    if isinstance(body, dict):
+        parts += [f"{key} {body[key]}" for key in ("code", "message") if body.get(key)]
+    return ", ".join(parts)[:300]
 
 
 def _xml_text(value: str) -> str:

@@ -3,7 +3,9 @@
 It behaves as Twilio does (``/work/shared/PROTOCOLS.md`` §2): posts the voice webhook, follows
 the TwiML ``<Connect><Stream>``, opens the media socket, streams μ-law audio and DTMF in real
 time, plays the server's audio through a playback buffer (so marks and ``clear`` behave as on
-Twilio), and ends with ``stop``. Along the way it checks what the server does and records
+Twilio), and ends with ``stop``. Given the ``authToken`` credential it signs the webhook and the
+socket handshake with ``X-Twilio-Signature`` as Twilio does; a given ``accountSid`` becomes the
+call's ``AccountSid``. Along the way it checks what the server does and records
 departures from the protocol in the summary's events:
 
 - ``{"event": "protocol-error", "reason": ...}``: a server message that is binary, not a JSON
@@ -33,7 +35,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -65,12 +67,24 @@ def twilio_signature(auth_token: str, url: str, params: dict[str, str] | None = 
 async def simulate_twilio_call(options: CallOptions) -> Summary:
     """Play Twilio's side of one call against a callbridge server and report what happened.
 
+    ``options.credentials`` may hold ``authToken`` (sign the webhook and the socket handshake)
+    and ``accountSid`` (the webhook's and ``start``'s ``AccountSid``, unless ``extra_params``
+    sets one).
+
     Outcomes: ``completed`` (the caller hung up after ``options.seconds``), ``completed (server
     closed)``, ``webhook failed: HTTP <code>`` or ``webhook failed: <reason>``, ``rejected:
     <Say text>`` (TwiML without ``<Connect><Stream>``), ``invalid stream url: <reason>``,
     ``refused: HTTP <code>`` (media-socket handshake refused) and ``failed: <reason>``.
     """
     return await _TwilioCall(options).run()
+
+
+def _signed_webhook_url(url: str) -> str:
+    # Twilio drops any port from HTTPS voice-callback URLs before signing (PROTOCOLS §2.5).
+    parts = urlsplit(url)
+    if parts.scheme != "https" or parts.port is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0]))
 
 
 def _sid(prefix: str) -> str:
@@ -152,10 +166,14 @@ class _PlaybackBuffer:
 class _TwilioCall:
     def __init__(self, options: CallOptions) -> None:
         self.options = options
-        self.account_sid = options.extra_params.get("AccountSid") or _sid("AC")
+        self.account_sid = (
+            options.extra_params.get("AccountSid")
+            or options.credentials.get("accountSid")
+            or _sid("AC")
+        )
         self.call_sid = options.extra_params.get("CallSid") or _sid("CA")
         self.stream_sid = _sid("MZ")
-        self.auth_token = options.credentials.get("auth_token")
+        self.auth_token = options.credentials.get("authToken")
         self.events: list[dict[str, Any]] = []
         self.error_count = 0
         self.frames_sent = 0
@@ -226,7 +244,9 @@ class _TwilioCall:
             url += ("&" if "?" in url else "?") + urlencode(params)
         if self.auth_token:
             signed = params if method != "GET" else None
-            headers["X-Twilio-Signature"] = twilio_signature(self.auth_token, url, signed)
+            headers["X-Twilio-Signature"] = twilio_signature(
+                self.auth_token, _signed_webhook_url(url), signed
+            )
         try:
             async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
                 if method == "GET":

@@ -1,0 +1,251 @@
+"""``/v2/calls``: list, get and hang up calls.
+
+Same conventions as the Connectors API: ``{"message": ..., "data": ...}``, camelCase fields,
+token authentication before anything else, and another API key's call answers exactly like an
+unknown one (404).
+
+Hang-up: a call bridged on this server (``request.app.state.runtime.active_calls``) is asked
+to end (``202``; the bridge then ends it, hangs up at the provider and records the end). A call
+that is not bridged here yet (``started``: the provider has not opened its media socket) or any
+more (``answered`` but no bridge on this server, e.g. a row left by a crash) is marked ended
+with reason ``api-hangup`` (``200``). An ended or failed call answers ``409``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import Provide
+from litestar.exceptions import ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+
+from callbridge.api.auth import SECURITY_REQUIREMENT, Principal, auth_guard, authenticate
+from callbridge.api.connectors import (
+    MAX_PAGE,
+    MAX_PER_PAGE,
+    PageInfo,
+    format_timestamp,
+)
+from callbridge.api.errors import ApiError, ErrorBody, error_response, validation_message
+from callbridge.store.models import Call
+from callbridge.store.repository import Repository, transaction
+
+API_HANGUP_REASON: Final = "api-hangup"
+CallStatus = Literal["started", "answered", "ended", "failed"]
+_ENDED: Final = frozenset({"ended", "failed"})
+
+_DateTime = Annotated[
+    str,
+    msgspec.Meta(
+        description="ISO 8601 UTC timestamp with milliseconds.",
+        examples=["2026-06-21T14:30:45.123Z"],
+        extra_json_schema={"extra": {"format": "date-time"}},
+    ),
+]
+
+
+class CallData(msgspec.Struct, rename="camel"):
+    """One phone call."""
+
+    id: str
+    connector_id: str
+    provider: str
+    provider_call_id: Annotated[
+        str, msgspec.Meta(description="The provider's call id (Twilio CallSid, Plivo CallUUID…).")
+    ]
+    from_: str | None = msgspec.field(name="from")
+    to: str | None
+    room_id: str | None
+    status: CallStatus
+    end_reason: str | None
+    created_at: _DateTime
+    answered_at: _DateTime | None
+    ended_at: _DateTime | None
+
+
+class CallResponse(msgspec.Struct):
+    message: str
+    data: CallData
+
+
+class CallListResponse(msgspec.Struct, rename="camel"):
+    message: str
+    page_info: PageInfo
+    data: list[CallData]
+
+
+def _optional_timestamp(value: Any) -> str | None:
+    return format_timestamp(value) if value is not None else None
+
+
+def call_data(call: Call) -> CallData:
+    """The API shape of a call row."""
+    return CallData(
+        id=call.id,
+        connector_id=call.connector_id,
+        provider=call.provider,
+        provider_call_id=call.provider_call_id,
+        from_=call.from_number,
+        to=call.to_number,
+        room_id=call.room_id,
+        status=call.status,  # type: ignore[arg-type]
+        end_reason=call.end_reason,
+        created_at=format_timestamp(call.created_at),
+        answered_at=_optional_timestamp(call.answered_at),
+        ended_at=_optional_timestamp(call.ended_at),
+    )
+
+
+def _clock(request: Request[Any, Any, Any]) -> Any:
+    return request.app.state.get("clock", time.time)
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    return error_response(400, validation_message(exc))
+
+
+_BAD_REQUEST = ResponseSpec(
+    data_container=ErrorBody,
+    description="Invalid request; the message names the offending parameter.",
+    generate_examples=False,
+)
+_UNAUTHORIZED = ResponseSpec(
+    data_container=ErrorBody,
+    description="Missing, malformed, expired or unverifiable API token.",
+    generate_examples=False,
+)
+_NOT_FOUND = ResponseSpec(
+    data_container=ErrorBody,
+    description="No such call for this API key.",
+    generate_examples=False,
+)
+_CONFLICT = ResponseSpec(
+    data_container=ErrorBody,
+    description="The call has already ended.",
+    generate_examples=False,
+)
+_ENDED_HERE = ResponseSpec(
+    data_container=CallResponse,
+    description="The call was not bridged on this server; it is now recorded as ended "
+    "(`endReason` `api-hangup`).",
+    generate_examples=False,
+)
+
+
+class CallController(Controller):
+    """The Calls API."""
+
+    path = "/v2/calls"
+    tags = ["calls"]
+    guards = [auth_guard]
+    dependencies = {"principal": Provide(authenticate)}
+    security = SECURITY_REQUIREMENT
+    exception_handlers = {ValidationException: _validation_error}
+
+    @get(
+        "/",
+        summary="List calls",
+        description="Newest first; filter by connector and/or status.",
+        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED},
+    )
+    async def list_calls(
+        self,
+        request: Request[Any, Any, Any],
+        principal: Principal,
+        page: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="1-based page number.")] = 1,
+        perPage: Annotated[
+            int, Parameter(ge=1, le=MAX_PER_PAGE, description="Items per page.")
+        ] = 20,
+        connectorId: Annotated[
+            str | None,
+            Parameter(
+                min_length=1,
+                max_length=32,
+                pattern=r"^[^\x00]*$",
+                description="Only calls of this connector.",
+            ),
+        ] = None,
+        status: Annotated[
+            CallStatus | None, Parameter(description="Only calls in this status.")
+        ] = None,
+    ) -> CallListResponse:
+        per_page = perPage
+        async with request.app.state.db.session() as session:
+            repo = Repository(session)
+            total = await repo.count_calls(
+                principal.apikey, connector_id=connectorId, status=status
+            )
+            calls = await repo.list_calls(
+                principal.apikey,
+                connector_id=connectorId,
+                status=status,
+                limit=per_page,
+                offset=(page - 1) * per_page,
+            )
+        return CallListResponse(
+            message="Calls fetched successfully",
+            page_info=PageInfo(
+                current_page=page,
+                per_page=per_page,
+                last_page=max(1, math.ceil(total / per_page)),
+                total=total,
+            ),
+            data=[call_data(call) for call in calls],
+        )
+
+    @get(
+        "/{call_id:str}",
+        summary="Get a call",
+        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND},
+    )
+    async def get_call(
+        self, request: Request[Any, Any, Any], principal: Principal, call_id: str
+    ) -> CallResponse:
+        async with request.app.state.db.session() as session:
+            call = await Repository(session).get_call(principal.apikey, call_id)
+        if call is None:
+            raise ApiError(404, "Not found")
+        return CallResponse(message="Call fetched successfully", data=call_data(call))
+
+    @post(
+        "/{call_id:str}/hangup",
+        status_code=202,
+        summary="Hang up a call",
+        description="202: the call is bridged on this server and is being ended (the bridge "
+        "hangs up at the provider and records the end). 200: the call was not bridged here "
+        "and is now recorded as ended. 409: it had already ended.",
+        responses={
+            200: _ENDED_HERE,
+            400: _BAD_REQUEST,
+            401: _UNAUTHORIZED,
+            404: _NOT_FOUND,
+            409: _CONFLICT,
+        },
+    )
+    async def hangup_call(
+        self, request: Request[Any, Any, Any], principal: Principal, call_id: str
+    ) -> Response[CallResponse]:
+        async with request.app.state.db.session() as session:
+            call = await Repository(session).get_call(principal.apikey, call_id)
+        if call is None:
+            raise ApiError(404, "Not found")
+        runtime = request.app.state.get("runtime")
+        active = getattr(runtime, "active_calls", None) or {}
+        bridge = active.get(call.id)
+        if bridge is not None:
+            bridge.request_hangup()
+            return Response(
+                CallResponse(message="Hang-up requested", data=call_data(call)), status_code=202
+            )
+        if call.status in _ENDED:
+            raise ApiError(409, "call already ended")
+        async with transaction(request.app.state.db, _clock(request)) as repo:
+            ended = await repo.mark_call_ended(call.id, API_HANGUP_REASON)
+        if ended is None:  # it ended meanwhile
+            raise ApiError(409, "call already ended")
+        return Response(CallResponse(message="Call ended", data=call_data(ended)), status_code=200)
