@@ -295,6 +295,37 @@ async def test_room_hangup_ends_the_call_at_twilio(
     assert (call["status"], call["endReason"]) == ("ended", "room-hangup")
 
 
+async def test_api_hangup_ends_the_call_at_twilio(
+    server: InProcessServer, fake_provider_api: FakeProviderApi
+) -> None:
+    connector = verifying_connector(server, "api-hangup-room")
+    call_sid = "CA" + secrets.token_hex(16)
+    async with participant_in(server, "api-hangup-room") as participant:
+        options = simulator_options(connector, seconds=6, extra_params={"CallSid": call_sid})
+        caller = asyncio.create_task(simulate_twilio_call(options))
+        joined = await participant.next_event("participant-joined")
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{server.url}/v2/calls/{joined['participantId']}/hangup",
+                headers={"Authorization": server.token()},
+            )
+        assert response.status_code == 202, response.text
+        left = await participant.next_event("participant-left")
+        assert left["participantId"] == joined["participantId"]
+        summary = await asyncio.wait_for(caller, 10)
+    assert summary.outcome == "completed (server closed)"
+    (request,) = await asyncio.to_thread(fake_provider_api.wait_for, 1)
+    assert request.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{call_sid}.json"
+    assert request.form() == {"Status": "completed"}
+    call = await ended_call(server, connector)
+    assert (call["status"], call["endReason"]) == ("ended", "api-hangup")
+    async with httpx.AsyncClient() as client:
+        again = await client.post(
+            f"{server.url}/v2/calls/{call['id']}/hangup", headers={"Authorization": server.token()}
+        )
+    assert again.status_code == 409
+
+
 async def test_twilio_20404_on_hangup_counts_as_already_ended(
     server: InProcessServer, fake_provider_api: FakeProviderApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
