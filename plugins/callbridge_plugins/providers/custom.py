@@ -45,6 +45,8 @@ from callbridge.protocols import (
     WebhookError,
     WebhookRequest,
 )
+from callbridge_plugins.providers._stream import DTMF_DIGITS
+from callbridge_plugins.providers._webhook import is_form
 from callbridge_plugins.simulators.custom import (
     SIGNATURE_HEADER,
     get_content,
@@ -66,13 +68,11 @@ _CALL_ID = re.compile(r"[A-Za-z0-9._:@+=~-]{1,128}")
 _METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
-_DTMF_DIGITS = frozenset("0123456789*#ABCD")
 _MAX_NUMBER_CHARS = 128
 _MAX_METADATA_ENTRIES = 16
 _MAX_METADATA_VALUE_CHARS = 256
 _MAX_MARK_NAME_CHARS = 128
 _MAX_HEADER_CHARS = 4096
-_FORM_TYPE = "application/x-www-form-urlencoded"
 _JSON_FIELDS = frozenset({"callId", "from", "to", "metadata"})
 
 
@@ -123,8 +123,7 @@ class CustomProvider:
         Raises:
             WebhookError: (400) ``"<field>: <what is wrong>"``.
         """
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if request.method == "GET" or content_type == _FORM_TYPE:
+        if request.method == "GET" or is_form(request):
             fields: dict[str, Any] = {
                 name: value
                 for name in ("callId", "from", "to")
@@ -332,7 +331,7 @@ class CustomMediaStream:
 
     def _dtmf(self, data: dict[str, Any]) -> DtmfIn | None:
         digit = data.get("digit")
-        if not isinstance(digit, str) or digit not in _DTMF_DIGITS:
+        if not isinstance(digit, str) or digit not in DTMF_DIGITS:
             return None
         return DtmfIn(digit)
 

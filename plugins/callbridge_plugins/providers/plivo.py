@@ -10,7 +10,6 @@ played, and confirms ``clearAudio`` with ``clearedAudio``.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -22,18 +21,15 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, urlparse, urlunparse
 
 import httpx
-import msgspec
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from callbridge import hookimpl
 from callbridge.plugin_types import ProviderPlugin
 from callbridge.protocols import (
-    AudioIn,
     CallInfo,
     ClearDone,
     CodecSpec,
-    DtmfIn,
     HangupResult,
     HangupTarget,
     MarkEcho,
@@ -43,13 +39,16 @@ from callbridge.protocols import (
     ProviderCredentials,
     Route,
     SocketChannel,
-    StreamEvent,
     StreamOptions,
     StreamStarted,
-    StreamStopped,
     WebhookError,
     WebhookRequest,
 )
+from callbridge_plugins.providers._markup import render, speak_and_hang_up
+from callbridge_plugins.providers._rest import RestClient
+from callbridge_plugins.providers._stream import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
+from callbridge_plugins.providers._stream import JsonMediaStream
+from callbridge_plugins.providers._webhook import is_form, kept_params
 from callbridge_plugins.simulators.plivo import simulate_plivo_call
 
 log = structlog.get_logger("callbridge.providers.plivo")
@@ -64,25 +63,17 @@ CONTENT_TYPES: dict[CodecSpec, str] = {
 }
 """The XML ``contentType`` of each supported codec."""
 
-MAX_MESSAGE_CHARS = 64 * 1024
-"""Plivo's limit on one media-socket message; longer ones are counted malformed and dropped."""
-
 SIGNATURE_HEADER = "x-plivo-signature-v3"
 MAIN_ACCOUNT_SIGNATURE_HEADER = "x-plivo-signature-ma-v3"
 NONCE_HEADER = "x-plivo-signature-v3-nonce"
 
 _ENCODINGS = {"audio/x-mulaw": "PCMU", "audio/x-l16": "L16"}
 _MEDIA_TYPES = {"PCMU": "audio/x-mulaw", "L16": "audio/x-l16"}
-_DTMF_DIGITS = frozenset("0123456789*#ABCD")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _NUMBER = re.compile(r"\+?([1-9][0-9]{1,14})")
 _EXTRA_FIELDS = ("CallStatus", "ForwardedFrom", "CallerName", "ALegUUID", "ALegRequestUUID")
-_MAX_EXTRA_CHARS = 256
 _MAX_NONCE_CHARS = 128
 _MAX_EXTRA_HEADERS_CHARS = 4096
-# Characters XML 1.0 cannot carry at all, even escaped.
-_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 _HTTP_SCHEMES = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
 
 
@@ -181,7 +172,7 @@ class NonceCache:
 # --------------------------------------------------------------------------- provider
 
 
-class PlivoProvider:
+class PlivoProvider(RestClient):
     """The server side of Plivo: parses the answer-URL request, answers Plivo XML, adapts the
     media socket, checks V3 signatures and hangs up by REST.
 
@@ -198,7 +189,6 @@ class PlivoProvider:
         self.config = config
         self.context = context
         self.nonces = NonceCache(context.clock, config.nonce_ttl_seconds, config.nonce_cache_size)
-        self._http: httpx.AsyncClient | None = None
 
     def parse_webhook(self, request: WebhookRequest) -> CallInfo:
         """Read Plivo's answer-URL request (POST form body or GET query).
@@ -214,11 +204,6 @@ class PlivoProvider:
         call_uuid = request.param("CallUUID")
         if call_uuid is None or not _UUID.fullmatch(call_uuid):
             raise WebhookError("CallUUID is missing or malformed", 400)
-        extra = {
-            name: value[:_MAX_EXTRA_CHARS]
-            for name in _EXTRA_FIELDS
-            if (value := request.param(name))
-        }
         return CallInfo(
             provider=self.name,
             provider_call_id=call_uuid,
@@ -226,7 +211,7 @@ class PlivoProvider:
             to_number=_e164(request.param("To")),
             direction=request.param("Direction") or None,
             account_id=None,
-            extra=extra,
+            extra=kept_params(request, _EXTRA_FIELDS),
         )
 
     def stream_url(self, ingest_base_url: str, ref: str) -> str:
@@ -261,16 +246,12 @@ class PlivoProvider:
             contentType=content_type,
         )
         stream.text = stream_url
-        return Markup(body=_render(response), media_type="application/xml")
+        return Markup(body=render(response), media_type="application/xml")
 
     def reject_markup(self, message: str) -> Markup:
         """``<Response><Speak>message</Speak><Hangup/></Response>`` (the configured default
         message when ``message`` is empty)."""
-        response = ET.Element("Response")
-        speak = ET.SubElement(response, "Speak")
-        speak.text = _XML_INVALID.sub("", message or self.config.reject_message)
-        ET.SubElement(response, "Hangup")
-        return Markup(body=_render(response), media_type="application/xml")
+        return speak_and_hang_up("Speak", message or self.config.reject_message, "application/xml")
 
     def call_ends_with_stream(self, options: StreamOptions) -> bool:
         """Nothing follows ``<Stream>`` in the XML, so the call ends with the stream."""
@@ -292,8 +273,7 @@ class PlivoProvider:
             WebhookError: (403) with the reason.
         """
         params: dict[str, list[str]] = {}
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if request.method.upper() == "POST" and content_type == "application/x-www-form-urlencoded":
+        if request.method.upper() == "POST" and is_form(request):
             params = parse_qs(
                 request.body.decode("utf-8", errors="replace"), keep_blank_values=True
             )
@@ -366,39 +346,27 @@ class PlivoProvider:
             f"{self.config.api_base_url.rstrip('/')}/v1/Account/{quote(auth_id, safe='')}"
             f"/Call/{quote(target.provider_call_id, safe='')}/"
         )
-        try:
-            response = await self._client().delete(url, auth=(auth_id, auth_token))
-        except httpx.HTTPError as exc:
-            return HangupResult(ok=False, detail=f"request failed: {type(exc).__name__}")
-        status = response.status_code
-        if response.is_success:
-            return HangupResult(ok=True, status=status, detail="hung up")
-        if status == 404:
-            return HangupResult(ok=True, already_ended=True, status=status, detail="not found")
-        return HangupResult(ok=False, status=status, detail=f"HTTP {status}")
+        return await self._hangup_request(
+            "DELETE", url, _hangup_refusal, success_detail="hung up", auth=(auth_id, auth_token)
+        )
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(
-                timeout=self.config.api_timeout_seconds,
-                headers={"User-Agent": "callbridge"},
-            )
-        return self._http
-
-    async def aclose(self) -> None:
-        """Close the REST client, if one was opened."""
-        if self._http is not None:
-            client, self._http = self._http, None
-            await client.aclose()
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=self.config.api_timeout_seconds,
+            headers={"User-Agent": "callbridge"},
+        )
 
 
 # --------------------------------------------------------------------------- media socket
 
 
-class PlivoMediaStream:
+class PlivoMediaStream(JsonMediaStream):
     """A Plivo media socket as provider-neutral events and commands.
 
-    Satisfies :class:`callbridge.protocols.MediaStream`.
+    Satisfies :class:`callbridge.protocols.MediaStream`. ``stream_id`` is Plivo's ``streamId``
+    and ``provider_call_id`` its ``callId`` (the CallUUID), both from ``start``. Plivo's usual
+    end is a socket close (reason ``closed``); with nothing after ``<Stream>``, closing the
+    socket ends the call.
 
     Audio flows in the codec the XML asked for; if ``start.mediaFormat`` names another
     supported codec, the ``start`` is trusted (and the disagreement logged), since that is what
@@ -416,73 +384,18 @@ class PlivoMediaStream:
         other than ``inbound``.
     """
 
+    _stream_id_field = "streamId"
+    _label = "Plivo"
+
     def __init__(self, channel: SocketChannel, codec: CodecSpec = PLIVO_CODECS[0]) -> None:
-        self.malformed = 0
-        self.ignored = 0
-        self._channel = channel
+        super().__init__(channel)
         self._codec = codec
-        self._stream_id: str | None = None
-        self._provider_call_id: str | None = None
-        self._play_prefix = ""
-        self._stopped: StreamStopped | None = None
-        self._closed = False
         self._logged_kinds: set[str] = set()
-
-    @property
-    def stream_id(self) -> str | None:
-        """Plivo's ``streamId`` once ``start`` has been received, else ``None``."""
-        return self._stream_id
-
-    @property
-    def provider_call_id(self) -> str | None:
-        """Plivo's ``callId`` (the CallUUID) from ``start``, else ``None``."""
-        return self._provider_call_id
 
     @property
     def codec(self) -> CodecSpec:
         """The codec audio flows in (``start.mediaFormat`` once received)."""
         return self._codec
-
-    async def receive(self) -> StreamEvent:
-        """Next event; :class:`StreamStopped` once the stream ends (then keeps returning it).
-
-        A ``stop`` message gives reason ``stop``; a socket close (Plivo's usual end) gives
-        ``closed``. Malformed and ignored messages are skipped.
-        """
-        while self._stopped is None:
-            message = await self._channel.receive()
-            if message is None:
-                self._stopped = StreamStopped("closed")
-                break
-            if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
-                self.malformed += 1
-                continue
-            event = self._parse(message)
-            if event is not None:
-                return event
-        return self._stopped
-
-    def _parse(self, message: str) -> StreamEvent | None:
-        try:
-            data = msgspec.json.decode(message)
-        except msgspec.DecodeError:
-            self.malformed += 1
-            return None
-        if not isinstance(data, dict):
-            self.malformed += 1
-            return None
-        kind = data.get("event")
-        if kind == "media":
-            return self._media(data)
-        if not isinstance(kind, str):
-            self.malformed += 1
-            return None
-        handler = self._handlers.get(kind)
-        if handler is None:
-            self._ignore(kind, data)
-            return None
-        event: StreamEvent | None = handler(self, data)
-        return event
 
     def _ignore(self, kind: str, data: dict[str, Any]) -> None:
         self.ignored += 1
@@ -493,26 +406,6 @@ class PlivoMediaStream:
             # Once per kind: an unknown event repeated per frame must not flood the logs.
             self._logged_kinds.add(kind)
             log.info("plivo stream event ignored", kind=kind[:64])
-
-    def _media(self, data: dict[str, Any]) -> AudioIn | None:
-        media = data.get("media")
-        if self._stream_id is None or not isinstance(media, dict) or self._foreign(data):
-            self.malformed += 1
-            return None
-        track = media.get("track")
-        if track is not None and track != "inbound":
-            self.ignored += 1
-            return None
-        payload = media.get("payload")
-        if not isinstance(payload, str) or not payload:
-            self.malformed += 1
-            return None
-        try:
-            audio = binascii.a2b_base64(payload, strict_mode=True)
-        except ValueError:  # binascii.Error, and non-ASCII text
-            self.malformed += 1
-            return None
-        return AudioIn(audio)
 
     def _start(self, data: dict[str, Any]) -> StreamStarted | None:
         start = data.get("start")
@@ -539,22 +432,13 @@ class PlivoMediaStream:
             "sampleRate": self._codec.sample_rate,
         }
         encoded = json.dumps({"event": "playAudio", "media": media}, separators=(",", ":"))
-        self._play_prefix = encoded[:-2] + ',"payload":"'
+        self._audio_prefix = encoded[:-2] + ',"payload":"'
         return StreamStarted(
             stream_id=stream_id,
             provider_call_id=call_id,
             codec=self._codec,
             custom_parameters=_extra_headers(data.get("extra_headers")),
         )
-
-    def _dtmf(self, data: dict[str, Any]) -> DtmfIn | None:
-        dtmf = data.get("dtmf")
-        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-        valid = isinstance(digit, str) and digit in _DTMF_DIGITS
-        if self._stream_id is None or not valid or self._foreign(data):
-            self.malformed += 1
-            return None
-        return DtmfIn(digit)
 
     def _played(self, data: dict[str, Any]) -> MarkEcho | None:
         name = data.get("name")
@@ -569,37 +453,14 @@ class PlivoMediaStream:
             return None
         return ClearDone()
 
-    def _stop(self, data: dict[str, Any]) -> StreamStopped:
-        self._stopped = StreamStopped("stop")
-        return self._stopped
-
     _handlers: ClassVar[dict[str, Callable[[PlivoMediaStream, dict[str, Any]], Any]]] = {
         "start": _start,
-        "dtmf": _dtmf,
+        "dtmf": JsonMediaStream._dtmf,
         "playedStream": _played,
         "played": _played,  # the older name in Plivo's support FAQ
         "clearedAudio": _cleared,
-        "stop": _stop,
+        "stop": JsonMediaStream._stop,
     }
-
-    def _foreign(self, data: dict[str, Any]) -> bool:
-        stream_id = data.get("streamId")
-        return stream_id is not None and stream_id != self._stream_id
-
-    def _require_stream(self) -> str:
-        if self._stream_id is None:
-            raise RuntimeError("the Plivo stream has not started yet (no start message)")
-        return self._stream_id
-
-    async def send_audio(self, payload: bytes) -> None:
-        """Send one 20 ms frame in the stream codec as ``playAudio``.
-
-        Raises:
-            RuntimeError: before ``start`` has been received.
-        """
-        self._require_stream()
-        encoded = binascii.b2a_base64(payload, newline=False).decode("ascii")
-        await self._channel.send_text(self._play_prefix + encoded + '"}}')
 
     async def send_mark(self, name: str) -> None:
         """Send a ``checkpoint``; Plivo answers ``playedStream`` once the audio before it has
@@ -619,13 +480,6 @@ class PlivoMediaStream:
         """
         message = {"event": "clearAudio", "streamId": self._require_stream()}
         await self._channel.send_text(json.dumps(message, separators=(",", ":")))
-
-    async def close(self) -> None:
-        """Close the socket (idempotent); with nothing after ``<Stream>``, the call ends."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._channel.close()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -677,8 +531,10 @@ def _extra_headers(value: object) -> dict[str, str]:
     return {key.strip(): val.strip() for key, sep, val in pairs if sep and key.strip()}
 
 
-def _render(element: ET.Element) -> str:
-    return _XML_DECLARATION + ET.tostring(element, encoding="unicode")
+def _hangup_refusal(response: httpx.Response) -> tuple[bool, str]:
+    if response.status_code == 404:
+        return True, "not found"
+    return False, f"HTTP {response.status_code}"
 
 
 @hookimpl

@@ -13,13 +13,12 @@ import binascii
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 import httpx
-import msgspec
 import structlog
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -35,7 +34,6 @@ from callbridge.protocols import (
     DtmfIn,
     HangupResult,
     HangupTarget,
-    MarkEcho,
     Markup,
     PluginContext,
     ProviderCredentials,
@@ -48,6 +46,16 @@ from callbridge.protocols import (
     WebhookError,
     WebhookRequest,
 )
+from callbridge_plugins.providers._markup import render, speak_and_hang_up, xml_text
+from callbridge_plugins.providers._rest import API_TIMEOUT_SECONDS as API_TIMEOUT_SECONDS
+from callbridge_plugins.providers._rest import RestClient
+from callbridge_plugins.providers._stream import (
+    DTMF_DIGITS,
+    MAX_MESSAGE_CHARS,
+    JsonMediaStream,
+    PendingMarks,
+)
+from callbridge_plugins.providers._webhook import MAX_PARAM_CHARS, kept_params
 from callbridge_plugins.simulators.telnyx import simulate_telnyx_call
 
 log = structlog.get_logger("callbridge.providers.telnyx")
@@ -58,13 +66,10 @@ MARKUP_STYLES = ("connect", "start")
 """``connect``: ``<Connect><Stream>``, the call ends with the stream. ``start``:
 ``<Start><Stream>`` + ``<Pause>``, the call outlives the stream (callbridge hangs up by REST)."""
 
-MAX_MESSAGE_CHARS = 64 * 1024
-"""Media-socket messages longer than this are counted as malformed and dropped."""
 SIGNATURE_TOLERANCE_SECONDS = 300
 """Largest accepted distance between ``telnyx-timestamp`` and now (the Telnyx SDK default)."""
 PAUSE_SECONDS = 86400
 """``<Pause length>`` that keeps a ``start``-style call up while the stream runs."""
-API_TIMEOUT_SECONDS = 10.0
 ALREADY_ENDED_CODE = "90018"
 """Telnyx error code of a hang-up for a call that has already ended (HTTP 422)."""
 
@@ -72,18 +77,13 @@ SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
 
 _CODECS = {"PCMU": PCMU, "PCMA": PCMA}
-_DTMF_DIGITS = frozenset("0123456789*#ABCD")
 # Printable ASCII, no spaces: Telnyx call-control ids look like ``v3:u5OAKGEPT3Dx8SZSS…``.
 _CALL_ID = re.compile(r"[\x21-\x7e]{1,256}")
 _E164_DIGITS = re.compile(r"\+?([1-9][0-9]{6,14})")
 _COUNTER = re.compile(r"[0-9]{1,18}")
 _EXTRA_FIELDS = ("CallSidLegacy", "CallStatus", "ConnectionId", "ApiVersion", "CallerName")
-_MAX_EXTRA_CHARS = 256
 _MAX_EARLY_EVENTS = 50
 _LOGGED_ERRORS = 5
-# Characters XML 1.0 cannot carry at all, even escaped.
-_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 
 
 class TelnyxConfig(BaseModel):
@@ -118,7 +118,7 @@ class TelnyxConfig(BaseModel):
     )
 
 
-class TelnyxProvider:
+class TelnyxProvider(RestClient):
     """The server side of Telnyx TeXML: parses the webhook, answers TeXML, checks Ed25519
     signatures, adapts the media socket and hangs up through the Call Control API.
 
@@ -137,7 +137,6 @@ class TelnyxProvider:
             config.markup_style,
             *(style for style in MARKUP_STYLES if style != config.markup_style),
         )
-        self._http: httpx.AsyncClient | None = None
 
     # ------------------------------------------------------------------ webhook and markup
 
@@ -156,19 +155,14 @@ class TelnyxProvider:
         call_sid = request.param("CallSid")
         if call_sid is None or not _CALL_ID.fullmatch(call_sid):
             raise WebhookError("CallSid is missing or malformed", 400)
-        extra = {
-            name: value[:_MAX_EXTRA_CHARS]
-            for name in _EXTRA_FIELDS
-            if (value := request.param(name))
-        }
         return CallInfo(
             provider=self.name,
             provider_call_id=call_sid,
             from_number=_e164(request.param("From")),
             to_number=_e164(request.param("To")),
             direction=request.param("Direction") or None,
-            account_id=(request.param("AccountSid") or "")[:_MAX_EXTRA_CHARS] or None,
-            extra=extra,
+            account_id=(request.param("AccountSid") or "")[:MAX_PARAM_CHARS] or None,
+            extra=kept_params(request, _EXTRA_FIELDS),
         )
 
     def stream_url(self, ingest_base_url: str, ref: str) -> str:
@@ -212,7 +206,7 @@ class TelnyxProvider:
             verb,
             "Stream",
             {
-                "url": _xml_text(stream_url),
+                "url": xml_text(stream_url),
                 "bidirectionalMode": "rtp",
                 "bidirectionalCodec": codec.name,
                 "bidirectionalSamplingRate": str(codec.sample_rate),
@@ -223,15 +217,11 @@ class TelnyxProvider:
         )
         if style == "start":
             ET.SubElement(response, "Pause", length=str(PAUSE_SECONDS))
-        return Markup(body=_render(response), media_type="text/xml")
+        return Markup(body=render(response), media_type="text/xml")
 
     def reject_markup(self, message: str) -> Markup:
         """TeXML that says ``message`` (or the configured default when empty), then hangs up."""
-        response = ET.Element("Response")
-        say = ET.SubElement(response, "Say")
-        say.text = _xml_text(message or self.config.reject_message)
-        ET.SubElement(response, "Hangup")
-        return Markup(body=_render(response), media_type="text/xml")
+        return speak_and_hang_up("Say", message or self.config.reject_message, "text/xml")
 
     def call_ends_with_stream(self, options: StreamOptions) -> bool:
         """``connect``: yes (no verb follows ``</Connect>``). ``start``: no, the ``<Pause>``
@@ -306,36 +296,19 @@ class TelnyxProvider:
             f"{self.config.api_base_url.rstrip('/')}/v2/calls/"
             f"{quote(target.provider_call_id, safe=':')}/actions/hangup"
         )
-        try:
-            response = await self._client().post(
-                url, json={}, headers={"Authorization": f"Bearer {api_key}"}
-            )
-        except httpx.HTTPError as exc:
-            return HangupResult(ok=False, detail=f"request failed: {type(exc).__name__}")
-        status = response.status_code
-        if response.is_success:
-            return HangupResult(ok=True, status=status)
-        codes, detail = _error_codes(response)
-        if status == 422 and ALREADY_ENDED_CODE in codes:
-            return HangupResult(ok=True, already_ended=True, status=status, detail=detail)
-        return HangupResult(ok=False, status=status, detail=detail)
-
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=API_TIMEOUT_SECONDS)
-        return self._http
-
-    async def aclose(self) -> None:
-        """Close the REST client, if one was opened."""
-        if self._http is not None:
-            client, self._http = self._http, None
-            await client.aclose()
+        return await self._hangup_request(
+            "POST", url, _hangup_refusal, json={}, headers={"Authorization": f"Bearer {api_key}"}
+        )
 
 
-class TelnyxMediaStream:
+class TelnyxMediaStream(JsonMediaStream):
     """A Telnyx media socket as provider-neutral events and commands.
 
-    Satisfies :class:`callbridge.protocols.MediaStream`.
+    Satisfies :class:`callbridge.protocols.MediaStream`. ``stream_id`` is Telnyx's
+    ``stream_id`` and ``provider_call_id`` the ``start.call_control_id``, both from ``start``;
+    ``connected`` is consumed silently. With ``enableReconnect="false"`` Telnyx does not
+    reconnect a closed socket; in ``connect`` style it then runs the TeXML after
+    ``</Connect>`` (none).
 
     Inbound media is put back in order by ``media.chunk`` (else ``sequence_number``) through a
     :class:`~callbridge.media.reorder.ReorderBuffer`; what it still holds is released when the
@@ -358,34 +331,20 @@ class TelnyxMediaStream:
     ``cleared=True`` (Telnyx echoes every pending mark on ``clear``).
     """
 
+    _stream_id_field = "stream_id"
+    _label = "Telnyx"
+
     def __init__(
         self, channel: SocketChannel, options: StreamOptions, *, reorder_depth: int = 4
     ) -> None:
-        self.malformed = 0
-        self.ignored = 0
+        super().__init__(channel)
         self.errors = 0
         self.reorder: ReorderBuffer[bytes] = ReorderBuffer(reorder_depth)
-        self._channel = channel
         self._options = options
-        self._stream_id: str | None = None
-        self._provider_call_id: str | None = None
         self._codec = options.codec
         self._ready: deque[StreamEvent] = deque()
         self._early: list[StreamEvent] = []
-        self._stopped: StreamStopped | None = None
-        self._closed = False
-        self._pending_marks: Counter[str] = Counter()
-        self._cleared_marks: Counter[str] = Counter()
-
-    @property
-    def stream_id(self) -> str | None:
-        """Telnyx's ``stream_id`` once ``start`` has been received, else ``None``."""
-        return self._stream_id
-
-    @property
-    def provider_call_id(self) -> str | None:
-        """``start.call_control_id`` once ``start`` has been received, else ``None``."""
-        return self._provider_call_id
+        self._marks = PendingMarks()
 
     @property
     def codec(self) -> CodecSpec:
@@ -395,7 +354,8 @@ class TelnyxMediaStream:
     async def receive(self) -> StreamEvent:
         """Next event; :class:`StreamStopped` once the stream ends (then keeps returning it).
 
-        ``connected`` is consumed silently; malformed and ignored messages are skipped.
+        What the reorder buffer holds is delivered before the stop; malformed and ignored
+        messages are skipped.
         """
         while True:
             if self._ready:
@@ -423,47 +383,18 @@ class TelnyxMediaStream:
         else:
             self.malformed += 1
 
-    def _parse(self, message: str) -> None:
-        try:
-            data = msgspec.json.decode(message)
-        except msgspec.DecodeError:
-            self.malformed += 1
-            return
-        if not isinstance(data, dict):
-            self.malformed += 1
-            return
-        kind = data.get("event")
-        if kind == "media":
-            self._media(data)
-            return
-        if not isinstance(kind, str):
-            self.malformed += 1
-            return
-        handler = self._handlers.get(kind)
-        if handler is None:
-            self.ignored += 1
-            return
-        handler(self, data)
-
     def _media(self, data: dict[str, Any]) -> None:
         media = data.get("media")
         if not isinstance(media, dict) or self._foreign(data):
             self.malformed += 1
             return
-        track = media.get("track")
-        if track is not None and track != "inbound":
-            self.ignored += 1
+        audio = self._inbound_audio(media)
+        if audio is None:
             return
         seq = _counter(media.get("chunk"))
         if seq is None:
             seq = _counter(data.get("sequence_number"))
-        payload = media.get("payload")
-        if seq is None or not isinstance(payload, str) or not payload:
-            self.malformed += 1
-            return
-        try:
-            audio = binascii.a2b_base64(payload, strict_mode=True)
-        except ValueError:  # binascii.Error, and non-ASCII text
+        if seq is None:
             self.malformed += 1
             return
         for released in self.reorder.push(seq, audio):
@@ -524,7 +455,7 @@ class TelnyxMediaStream:
     def _dtmf(self, data: dict[str, Any]) -> None:
         dtmf = data.get("dtmf")
         digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-        if not isinstance(digit, str) or digit not in _DTMF_DIGITS or self._foreign(data):
+        if not isinstance(digit, str) or digit not in DTMF_DIGITS or self._foreign(data):
             self.malformed += 1
             return
         self._emit(DtmfIn(digit))
@@ -535,13 +466,7 @@ class TelnyxMediaStream:
         if self._stream_id is None or not isinstance(name, str) or self._foreign(data):
             self.malformed += 1
             return
-        if self._cleared_marks[name] > 0:
-            self._cleared_marks[name] -= 1
-            self._ready.append(MarkEcho(name, cleared=True))
-            return
-        if self._pending_marks[name] > 0:
-            self._pending_marks[name] -= 1
-        self._ready.append(MarkEcho(name))
+        self._ready.append(self._marks.echo(name))
 
     def _error(self, data: dict[str, Any]) -> None:
         payload = data.get("payload")
@@ -558,7 +483,7 @@ class TelnyxMediaStream:
             detail=str(payload.get("detail", ""))[:200],
         )
 
-    def _stop(self, data: dict[str, Any]) -> None:
+    def _stop_and_flush(self, data: dict[str, Any]) -> None:
         self._finish(StreamStopped("stop"))
 
     _handlers: ClassVar[dict[str, Callable[[TelnyxMediaStream, dict[str, Any]], None]]] = {
@@ -567,10 +492,11 @@ class TelnyxMediaStream:
         "dtmf": _dtmf,
         "mark": _mark,
         "error": _error,
-        "stop": _stop,
+        "stop": _stop_and_flush,
     }
 
     def _foreign(self, data: dict[str, Any]) -> bool:
+        # Media and DTMF may come before start: until then no stream id is foreign.
         stream_id = data.get("stream_id")
         return (
             stream_id is not None and self._stream_id is not None and stream_id != self._stream_id
@@ -583,23 +509,14 @@ class TelnyxMediaStream:
 
     async def send_mark(self, name: str) -> None:
         """Ask Telnyx to echo ``name`` once the audio sent before it has played."""
-        self._pending_marks[name] += 1
+        self._marks.sent(name)
         message = {"event": "mark", "mark": {"name": name}}
         await self._channel.send_text(json.dumps(message, separators=(",", ":")))
 
     async def send_clear(self) -> None:
         """Stop playback and drop what Telnyx has queued; it echoes every pending mark."""
-        self._cleared_marks.update(self._pending_marks)
-        self._pending_marks.clear()
+        self._marks.clear()
         await self._channel.send_text('{"event":"clear"}')
-
-    async def close(self) -> None:
-        """Close the socket (idempotent). With ``enableReconnect="false"`` Telnyx does not
-        reconnect; in ``connect`` style it then runs the TeXML after ``</Connect>`` (none)."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._channel.close()
 
 
 def _counter(value: Any) -> int | None:
@@ -651,6 +568,11 @@ def _public_key(value: str | None) -> Ed25519PublicKey | None:
         return None
 
 
+def _hangup_refusal(response: httpx.Response) -> tuple[bool, str]:
+    codes, detail = _error_codes(response)
+    return response.status_code == 422 and ALREADY_ENDED_CODE in codes, detail
+
+
 def _error_codes(response: httpx.Response) -> tuple[set[str], str]:
     try:
         body = response.json()
@@ -663,14 +585,6 @@ def _error_codes(response: httpx.Response) -> tuple[set[str], str]:
     titles = [str(e.get("title", ""))[:80] for e in errors if isinstance(e, dict)]
     listed = "; ".join(sorted(codes))
     return codes, f"HTTP {response.status_code} {listed} {' / '.join(titles)}".strip()
-
-
-def _xml_text(value: str) -> str:
-    return _XML_INVALID.sub("", value)
-
-
-def _render(element: ET.Element) -> str:
-    return _XML_DECLARATION + ET.tostring(element, encoding="unicode")
 
 
 @hookimpl

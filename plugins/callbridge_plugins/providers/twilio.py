@@ -8,29 +8,24 @@ Wire format: ``/work/shared/PROTOCOLS.md`` §2. Twilio's bidirectional streams c
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, parse_qsl, quote, urlsplit, urlunsplit
 
 import httpx
-import msgspec
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from callbridge import hookimpl
 from callbridge.plugin_types import ProviderPlugin
 from callbridge.protocols import (
-    AudioIn,
     CallInfo,
     CodecSpec,
-    DtmfIn,
     HangupResult,
     HangupTarget,
     MarkEcho,
@@ -39,24 +34,24 @@ from callbridge.protocols import (
     ProviderCredentials,
     Route,
     SocketChannel,
-    StreamEvent,
     StreamOptions,
     StreamStarted,
-    StreamStopped,
     WebhookError,
     WebhookRequest,
 )
+from callbridge_plugins.providers._markup import render, speak_and_hang_up, xml_text
+from callbridge_plugins.providers._rest import API_TIMEOUT_SECONDS as API_TIMEOUT_SECONDS
+from callbridge_plugins.providers._rest import RestClient
+from callbridge_plugins.providers._stream import MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
+from callbridge_plugins.providers._stream import JsonMediaStream, PendingMarks
+from callbridge_plugins.providers._webhook import is_form, kept_params
 from callbridge_plugins.simulators.twilio import simulate_twilio_call
 
 TWILIO_CODEC = CodecSpec("PCMU", 8000)
 """The only codec a bidirectional Twilio stream carries."""
 
-MAX_MESSAGE_CHARS = 64 * 1024
-"""Media-socket messages longer than this are counted as malformed and dropped."""
-
 _CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
-_DTMF_DIGITS = frozenset("0123456789*#ABCD")
 # Webhook fields worth keeping on the call; CallToken and StirPassportToken are credentials-like.
 _EXTRA_FIELDS = (
     "CallStatus",
@@ -68,15 +63,7 @@ _EXTRA_FIELDS = (
     "ToCountry",
     "StirVerstat",
 )
-_MAX_EXTRA_CHARS = 256
-# Characters XML 1.0 cannot carry at all, even escaped.
-_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
-_FORM_TYPE = "application/x-www-form-urlencoded"
 _DEFAULT_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
-
-API_TIMEOUT_SECONDS = 10.0
-"""Time limit of one REST request to Twilio."""
 
 log = structlog.get_logger("callbridge.providers.twilio")
 
@@ -105,7 +92,7 @@ class TwilioConfig(BaseModel):
     )
 
 
-class TwilioProvider:
+class TwilioProvider(RestClient):
     """The server side of Twilio: parses the voice webhook, answers TwiML, adapts the socket.
 
     Satisfies :class:`callbridge.protocols.Provider`.
@@ -120,7 +107,6 @@ class TwilioProvider:
     def __init__(self, config: TwilioConfig, context: PluginContext) -> None:
         self.config = config
         self.context = context
-        self._http: httpx.AsyncClient | None = None
 
     def parse_webhook(self, request: WebhookRequest) -> CallInfo:
         """Read Twilio's form-encoded voice webhook (POST body or GET query).
@@ -138,11 +124,6 @@ class TwilioProvider:
         account_sid = request.param("AccountSid") or None
         if account_sid is not None and not _ACCOUNT_SID.fullmatch(account_sid):
             raise WebhookError("AccountSid is malformed", 400)
-        extra = {
-            name: value[:_MAX_EXTRA_CHARS]
-            for name in _EXTRA_FIELDS
-            if (value := request.param(name))
-        }
         return CallInfo(
             provider=self.name,
             provider_call_id=call_sid,
@@ -150,7 +131,7 @@ class TwilioProvider:
             to_number=request.param("To") or None,
             direction=request.param("Direction") or None,
             account_id=account_sid,
-            extra=extra,
+            extra=kept_params(request, _EXTRA_FIELDS),
         )
 
     def stream_url(self, ingest_base_url: str, ref: str) -> str:
@@ -175,7 +156,7 @@ class TwilioProvider:
         connect = ET.SubElement(response, "Connect")
         stream = ET.SubElement(connect, "Stream", url=stream_url)
         if self.config.stream_name:
-            stream.set("name", _xml_text(self.config.stream_name))
+            stream.set("name", xml_text(self.config.stream_name))
         parameters = {
             "callId": call.provider_call_id,
             "roomId": route.room_id,
@@ -184,16 +165,12 @@ class TwilioProvider:
         }
         for name, value in parameters.items():
             if value:
-                ET.SubElement(stream, "Parameter", name=name, value=_xml_text(value))
-        return Markup(body=_render(response), media_type="text/xml")
+                ET.SubElement(stream, "Parameter", name=name, value=xml_text(value))
+        return Markup(body=render(response), media_type="text/xml")
 
     def reject_markup(self, message: str) -> Markup:
         """TwiML that says ``message`` (or the configured default when empty), then hangs up."""
-        response = ET.Element("Response")
-        say = ET.SubElement(response, "Say")
-        say.text = _xml_text(message or self.config.reject_message)
-        ET.SubElement(response, "Hangup")
-        return Markup(body=_render(response), media_type="text/xml")
+        return speak_and_hang_up("Say", message or self.config.reject_message, "text/xml")
 
     def call_ends_with_stream(self, options: StreamOptions) -> bool:
         """``<Connect>`` ends the call when the stream ends (no verb follows it)."""
@@ -227,8 +204,7 @@ class TwilioProvider:
             if not hmac.compare_digest(actual.encode(), body_hash[0].lower().encode()):
                 raise WebhookError("X-Twilio-Signature: the body does not match bodySHA256", 403)
         elif request.method.upper() == "POST" and request.body:
-            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if content_type != _FORM_TYPE:
+            if not is_form(request):
                 raise WebhookError(
                     "X-Twilio-Signature: a non-form body must come with bodySHA256", 403
                 )
@@ -290,36 +266,21 @@ class TwilioProvider:
             f"{self.config.api_base_url.rstrip('/')}/2010-04-01/Accounts/"
             f"{quote(account_sid, safe='')}/Calls/{quote(target.provider_call_id, safe='')}.json"
         )
-        try:
-            response = await self._client().post(
-                url, data={"Status": "completed"}, auth=(account_sid, auth_token)
-            )
-        except httpx.HTTPError as exc:
-            return HangupResult(ok=False, detail=f"request failed: {type(exc).__name__}")
-        status = response.status_code
-        if response.is_success:
-            return HangupResult(ok=True, status=status)
-        detail = _error_detail(response)
-        if status == 404:
-            return HangupResult(ok=True, already_ended=True, status=status, detail=detail)
-        return HangupResult(ok=False, status=status, detail=detail)
-
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=API_TIMEOUT_SECONDS)
-        return self._http
-
-    async def aclose(self) -> None:
-        """Close the REST client, if one was opened."""
-        if self._http is not None:
-            client, self._http = self._http, None
-            await client.aclose()
+        return await self._hangup_request(
+            "POST",
+            url,
+            _hangup_refusal,
+            data={"Status": "completed"},
+            auth=(account_sid, auth_token),
+        )
 
 
-class TwilioMediaStream:
+class TwilioMediaStream(JsonMediaStream):
     """A Twilio media socket as provider-neutral events and commands.
 
-    Satisfies :class:`callbridge.protocols.MediaStream`.
+    Satisfies :class:`callbridge.protocols.MediaStream`. ``stream_id`` is Twilio's
+    ``streamSid`` and ``provider_call_id`` its ``CallSid``, both from ``start``; ``connected``
+    is consumed silently.
 
     Counting rules:
         ``malformed`` counts messages that break the protocol and are dropped: binary frames,
@@ -333,90 +294,15 @@ class TwilioMediaStream:
     Mark echoes of marks that were pending when :meth:`send_clear` ran are reported with
     ``cleared=True`` (Twilio echoes every pending mark on ``clear``). An echo that was
     already in flight when the clear was sent is indistinguishable and also reported as
-    cleared.
+    cleared. Once the socket is closed, Twilio runs the TwiML after ``</Connect>``.
     """
 
+    _stream_id_field = "streamSid"
+    _label = "Twilio"
+
     def __init__(self, channel: SocketChannel) -> None:
-        self.malformed = 0
-        self.ignored = 0
-        self._channel = channel
-        self._stream_id: str | None = None
-        self._provider_call_id: str | None = None
-        self._media_prefix = ""
-        self._stopped: StreamStopped | None = None
-        self._closed = False
-        self._pending_marks: Counter[str] = Counter()
-        self._cleared_marks: Counter[str] = Counter()
-
-    @property
-    def stream_id(self) -> str | None:
-        """Twilio's ``streamSid`` once ``start`` has been received, else ``None``."""
-        return self._stream_id
-
-    @property
-    def provider_call_id(self) -> str | None:
-        """Twilio's ``CallSid`` from ``start``, else ``None``."""
-        return self._provider_call_id
-
-    async def receive(self) -> StreamEvent:
-        """Next event; :class:`StreamStopped` once the stream ends (then keeps returning it).
-
-        ``connected`` is consumed silently; malformed and ignored messages are skipped.
-        """
-        while self._stopped is None:
-            message = await self._channel.receive()
-            if message is None:
-                self._stopped = StreamStopped("closed")
-                break
-            if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
-                self.malformed += 1
-                continue
-            event = self._parse(message)
-            if event is not None:
-                return event
-        return self._stopped
-
-    def _parse(self, message: str) -> StreamEvent | None:
-        try:
-            data = msgspec.json.decode(message)
-        except msgspec.DecodeError:
-            self.malformed += 1
-            return None
-        if not isinstance(data, dict):
-            self.malformed += 1
-            return None
-        kind = data.get("event")
-        if kind == "media":
-            return self._media(data)
-        if not isinstance(kind, str):
-            self.malformed += 1
-            return None
-        handler = self._handlers.get(kind)
-        if handler is None:
-            self.ignored += 1
-            return None
-        event: StreamEvent | None = handler(self, data)
-        return event
-
-    def _media(self, data: dict[str, Any]) -> AudioIn | None:
-        media = data.get("media")
-        if self._stream_id is None or not isinstance(media, dict) or self._foreign(data):
-            self.malformed += 1
-            return None
-        track = media.get("track")
-        if track is not None and track != "inbound":
-            self.ignored += 1
-            return None
-        payload = media.get("payload")
-        if not isinstance(payload, str) or not payload:
-            self.malformed += 1
-            return None
-        try:
-            audio = binascii.a2b_base64(payload, strict_mode=True)
-        except ValueError:  # binascii.Error, and non-ASCII text
-            self.malformed += 1
-            return None
-        return AudioIn(audio)
+        super().__init__(channel)
+        self._marks = PendingMarks()
 
     def _connected(self, data: dict[str, Any]) -> None:
         # protocol/version are not checked: a new version is no reason to drop the call.
@@ -439,7 +325,7 @@ class TwilioMediaStream:
             return None
         self._stream_id = stream_id
         self._provider_call_id = call_id
-        self._media_prefix = (
+        self._audio_prefix = (
             '{"event":"media","streamSid":' + json.dumps(stream_id) + ',"media":{"payload":"'
         )
         return StreamStarted(
@@ -449,58 +335,21 @@ class TwilioMediaStream:
             custom_parameters={str(k): str(v) for k, v in parameters.items()},
         )
 
-    def _dtmf(self, data: dict[str, Any]) -> DtmfIn | None:
-        dtmf = data.get("dtmf")
-        digit = dtmf.get("digit") if isinstance(dtmf, dict) else None
-        valid = isinstance(digit, str) and digit in _DTMF_DIGITS
-        if self._stream_id is None or not valid or self._foreign(data):
-            self.malformed += 1
-            return None
-        return DtmfIn(digit)
-
     def _mark(self, data: dict[str, Any]) -> MarkEcho | None:
         mark = data.get("mark")
         name = mark.get("name") if isinstance(mark, dict) else None
         if self._stream_id is None or not isinstance(name, str) or self._foreign(data):
             self.malformed += 1
             return None
-        if self._cleared_marks[name] > 0:
-            self._cleared_marks[name] -= 1
-            return MarkEcho(name, cleared=True)
-        if self._pending_marks[name] > 0:
-            self._pending_marks[name] -= 1
-        return MarkEcho(name)
-
-    def _stop(self, data: dict[str, Any]) -> StreamStopped:
-        self._stopped = StreamStopped("stop")
-        return self._stopped
+        return self._marks.echo(name)
 
     _handlers: ClassVar[dict[str, Callable[[TwilioMediaStream, dict[str, Any]], Any]]] = {
         "connected": _connected,
         "start": _start,
-        "dtmf": _dtmf,
+        "dtmf": JsonMediaStream._dtmf,
         "mark": _mark,
-        "stop": _stop,
+        "stop": JsonMediaStream._stop,
     }
-
-    def _foreign(self, data: dict[str, Any]) -> bool:
-        stream_id = data.get("streamSid")
-        return stream_id is not None and stream_id != self._stream_id
-
-    def _require_stream(self) -> str:
-        if self._stream_id is None:
-            raise RuntimeError("the Twilio stream has not started yet (no start message)")
-        return self._stream_id
-
-    async def send_audio(self, payload: bytes) -> None:
-        """Send one 20 ms frame of μ-law audio (160 bytes) as a ``media`` message.
-
-        Raises:
-            RuntimeError: before ``start`` has been received.
-        """
-        self._require_stream()
-        encoded = binascii.b2a_base64(payload, newline=False).decode("ascii")
-        await self._channel.send_text(self._media_prefix + encoded + '"}}')
 
     async def send_mark(self, name: str) -> None:
         """Ask Twilio to echo ``name`` once the audio sent before it has played.
@@ -509,7 +358,7 @@ class TwilioMediaStream:
             RuntimeError: before ``start`` has been received.
         """
         message = {"event": "mark", "streamSid": self._require_stream(), "mark": {"name": name}}
-        self._pending_marks[name] += 1
+        self._marks.sent(name)
         await self._channel.send_text(json.dumps(message, separators=(",", ":")))
 
     async def send_clear(self) -> None:
@@ -519,16 +368,8 @@ class TwilioMediaStream:
             RuntimeError: before ``start`` has been received.
         """
         message = {"event": "clear", "streamSid": self._require_stream()}
-        self._cleared_marks.update(self._pending_marks)
-        self._pending_marks.clear()
+        self._marks.clear()
         await self._channel.send_text(json.dumps(message, separators=(",", ":")))
-
-    async def close(self) -> None:
-        """Close the socket (idempotent); Twilio then runs the TwiML after ``</Connect>``."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._channel.close()
 
 
 def _auth_token(credentials: ProviderCredentials) -> bytes:
@@ -589,6 +430,11 @@ def _toggle_trailing_slash(url: str) -> str:
     return urlunsplit(parts._replace(path=path))
 
 
+def _hangup_refusal(response: httpx.Response) -> tuple[bool, str]:
+    # 404 (Twilio's 20404, or no body): the call had already ended.
+    return response.status_code == 404, _error_detail(response)
+
+
 def _error_detail(response: httpx.Response) -> str:
     """``HTTP 401`` plus Twilio's error code and message when the body is its error JSON."""
     try:
@@ -599,14 +445,6 @@ def _error_detail(response: httpx.Response) -> str:
     if isinstance(body, dict):
         parts += [f"{key} {body[key]}" for key in ("code", "message") if body.get(key)]
     return ", ".join(parts)[:300]
-
-
-def _xml_text(value: str) -> str:
-    return _XML_INVALID.sub("", value)
-
-
-def _render(element: ET.Element) -> str:
-    return _XML_DECLARATION + ET.tostring(element, encoding="unicode")
 
 
 @hookimpl

@@ -22,38 +22,32 @@ checks what the server does and records departures from the protocol in the summ
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
 import json
 import secrets
 import time
-from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import httpx
 import numpy as np
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
-from callbridge.clients.audio import AudioSource, Recorder, Summary, summarize_recording
+from callbridge.clients.audio import AudioSource, Recorder, Summary
 from callbridge.clients.call import CallOptions
-from callbridge.media.framing import Pacer
+from callbridge.clients.playback import PlaybackBuffer
+from callbridge.clients.simulated_call import SimulatedCall, fetch_webhook, play_out, send_frames
 
 SIGNATURE_HEADER = "X-Callbridge-Signature"
 """Header carrying ``t=<unix seconds>,v1=<hex HMAC-SHA256>`` on webhooks and handshakes."""
 
-FRAME_SECONDS = 0.02
-DTMF_SPACING_SECONDS = 0.25
-HTTP_TIMEOUT_SECONDS = 10.0
 AUDIO_FORMATS = frozenset({8000, 16000})
 """Sample rates an answer may name; the rest of the format is fixed (PCM16-LE, mono, 20 ms)."""
 
 _TOP_LEVEL_FIELDS = ("callId", "from", "to")
-_MAX_ERROR_EVENTS = 50
 
 
 def webhook_content(timestamp: int, body: bytes) -> bytes:
@@ -109,70 +103,18 @@ class _Answer:
     sample_rate: int
 
 
-class _PlaybackBuffer:
-    """The client's outbound queue: audio bytes and mark names, played out in arrival order."""
-
-    def __init__(self) -> None:
-        self._items: deque[bytes | str] = deque()
-        self.buffered_bytes = 0
-
-    def add_audio(self, data: bytes) -> None:
-        if data:
-            self._items.append(data)
-            self.buffered_bytes += len(data)
-
-    def add_mark(self, name: str) -> bool:
-        """Queue a mark; ``True`` when nothing is buffered, so it is reached at once."""
-        if not self._items:
-            return True
-        self._items.append(name)
-        return False
-
-    def play(self, size: int) -> tuple[bytes, list[str]]:
-        """Take up to ``size`` bytes of audio; also return the marks reached meanwhile."""
-        played = bytearray()
-        reached: list[str] = []
-        while self._items and (len(played) < size or isinstance(self._items[0], str)):
-            head = self._items.popleft()
-            if isinstance(head, str):
-                reached.append(head)
-                continue
-            take = size - len(played)
-            played += head[:take]
-            if len(head) > take:
-                self._items.appendleft(head[take:])
-        self.buffered_bytes -= len(played)
-        return bytes(played), reached
-
-    def clear(self) -> tuple[int, list[str]]:
-        """Drop unplayed audio; return how many bytes were dropped and every pending mark."""
-        dropped = self.buffered_bytes
-        marks = [item for item in self._items if isinstance(item, str)]
-        self._items.clear()
-        self.buffered_bytes = 0
-        return dropped, marks
-
-
-class _CustomCall:
+class _CustomCall(SimulatedCall):
     def __init__(self, options: CallOptions) -> None:
-        self.options = options
+        super().__init__(options, 8000)
         extra = dict(options.extra_params)
         self.call_id = extra.pop("callId", None) or "sim-" + secrets.token_hex(12)
         self.from_number = extra.pop("from", None) or options.from_number
         self.to_number = extra.pop("to", None) or options.to_number
         self.metadata = extra
         self.secret = options.credentials.get("signingSecret")
-        self.events: list[dict[str, Any]] = []
-        self.error_count = 0
-        self.frames_sent = 0
-        self.frames_received = 0
-        self.frame_sizes: Counter[int] = Counter()
         self.frame_bytes = 320
-        self.recorder = Recorder(8000)
-        self.playback = _PlaybackBuffer()
+        self.playback = PlaybackBuffer()
         self.server_stopped = False
-        self._send_lock = asyncio.Lock()
-        self._socket: ClientConnection | None = None
 
     async def run(self) -> Summary:
         answer = await self._post_webhook()
@@ -185,26 +127,17 @@ class _CustomCall:
                 answer.sample_rate, tone_hz=self.options.tone_hz, play_path=self.options.play_path
             )
         except (OSError, ValueError) as exc:
-            return self._summary(f"failed: cannot read the audio to play ({exc})")
+            return self.summary(f"failed: cannot read the audio to play ({exc})")
         headers = (
             {SIGNATURE_HEADER: sign_get(self.secret, answer.socket_url)} if self.secret else {}
         )
-        try:
-            async with connect(
-                answer.socket_url,
-                additional_headers=headers,
-                user_agent_header="callbridge-custom-client/1",
-                compression=None,
-                open_timeout=HTTP_TIMEOUT_SECONDS,
-                close_timeout=2,
-            ) as socket:
-                self._socket = socket
-                outcome = await self._stream(socket)
-        except InvalidStatus as exc:
-            return self._summary(f"refused: HTTP {exc.response.status_code}")
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
-            return self._summary(f"failed: cannot open the media socket ({exc})")
-        return self._summary(outcome)
+        outcome = await self.open_media_socket(
+            answer.socket_url,
+            self._stream,
+            headers=headers,
+            user_agent_header="callbridge-custom-client/1",
+        )
+        return self.summary(outcome)
 
     async def _post_webhook(self) -> _Answer | Summary:
         options = self.options
@@ -228,54 +161,50 @@ class _CustomCall:
             headers["Content-Type"] = "application/json"
             if self.secret:
                 headers[SIGNATURE_HEADER] = sign_webhook(self.secret, body)
-        try:
-            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
-                if options.method.upper() == "GET":
-                    response = await http.get(url, headers=headers)
-                else:
-                    response = await http.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return self._summary(f"webhook failed: {type(exc).__name__}: {exc}")
-        if not response.is_success:
-            return self._summary(f"webhook failed: HTTP {response.status_code}")
+        if options.method.upper() == "GET":
+            response = await fetch_webhook("GET", url, headers=headers)
+        else:
+            response = await fetch_webhook("POST", url, headers=headers, content=body)
+        if isinstance(response, str):
+            return self.summary(response)
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
         if content_type != "application/json":
-            return self._summary(f"webhook failed: content type {content_type!r} is not JSON")
+            return self.summary(f"webhook failed: content type {content_type!r} is not JSON")
         try:
             data = response.json()
         except ValueError:
-            return self._summary("webhook failed: the answer is not JSON")
+            return self.summary("webhook failed: the answer is not JSON")
         return self._read_answer(data)
 
     def _read_answer(self, data: Any) -> _Answer | Summary:
         if not isinstance(data, dict):
-            return self._summary("invalid answer: not a JSON object")
+            return self.summary("invalid answer: not a JSON object")
         action = data.get("action")
         if action == "reject":
             message = data.get("message")
             if not isinstance(message, str):
-                self._protocol_error("reject answer without a message")
-            return self._summary(f"rejected: {message or ''}".rstrip())
+                self.protocol_error("reject answer without a message")
+            return self.summary(f"rejected: {message or ''}".rstrip())
         if action != "connect":
-            return self._summary(f"invalid answer: unknown action {action!r}")
+            return self.summary(f"invalid answer: unknown action {action!r}")
         socket_url = data.get("socketUrl")
         if not isinstance(socket_url, str) or urlsplit(socket_url).scheme not in ("ws", "wss"):
-            return self._summary("invalid answer: socketUrl must be a ws:// or wss:// URL")
+            return self.summary("invalid answer: socketUrl must be a ws:// or wss:// URL")
         audio = data.get("audio")
         rate = audio.get("sampleRate") if isinstance(audio, dict) else None
         if not isinstance(rate, int) or rate not in AUDIO_FORMATS:
-            return self._summary("invalid answer: audio.sampleRate must be 8000 or 16000")
+            return self.summary("invalid answer: audio.sampleRate must be 8000 or 16000")
         expected = {"encoding": "pcm_s16le", "sampleRate": rate, "channels": 1, "frameMs": 20}
         if audio != expected:
-            return self._summary(f"invalid answer: audio must be {json.dumps(expected)}")
+            return self.summary(f"invalid answer: audio must be {json.dumps(expected)}")
         if data.get("callId") != self.call_id:
-            self._protocol_error(f"answer callId {data.get('callId')!r} is not the one sent")
+            self.protocol_error(f"answer callId {data.get('callId')!r} is not the one sent")
         room_id = data.get("roomId")
         if not isinstance(room_id, str) or not room_id:
-            self._protocol_error("answer without roomId")
+            self.protocol_error("answer without roomId")
         expires = data.get("expiresInSeconds")
         if isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0:
-            self._protocol_error("answer without a positive expiresInSeconds")
+            self.protocol_error("answer without a positive expiresInSeconds")
         answer = _Answer(socket_url, self.call_id, str(room_id or ""), rate)
         self.events.append(
             {
@@ -292,80 +221,47 @@ class _CustomCall:
             await self._send_json({"event": "start", "callId": self.call_id})
         except ConnectionClosed:
             return "completed (server closed)"
-        receiver = asyncio.create_task(self._receive(socket))
-        playout = asyncio.create_task(self._playout())
-        sender = asyncio.create_task(self._send_media())
-        try:
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            hung_up = sender.done() and sender.exception() is None
-            if sender.done() and not receiver.done():
-                error = sender.exception()
-                if error is not None and not isinstance(error, ConnectionClosed):
-                    raise error
-                if hung_up:
-                    with contextlib.suppress(ConnectionClosed):
-                        await self._send_json({"event": "stop"})
-                await socket.close()
-            await receiver
-            if not hung_up and not self.server_stopped:
-                self._protocol_error("the server closed the socket without a stop message")
-            return "completed" if hung_up else "completed (server closed)"
-        finally:
-            for task in (sender, playout, receiver):
-                task.cancel()
-            await asyncio.gather(sender, playout, receiver, return_exceptions=True)
+        hung_up = await self.exchange_media(
+            socket,
+            handle=self._handle,
+            send=send_frames(self.options, dtmf=self._send_dtmf, frame=self._send_frame),
+            play=play_out(
+                self.playback,
+                self.frame_bytes,
+                hear=self._hear,
+                reached=lambda name: self._echo_mark(name, cleared=False),
+            ),
+            hang_up=lambda: self._send_json({"event": "stop"}),
+        )
+        if not hung_up and not self.server_stopped:
+            self.protocol_error("the server closed the socket without a stop message")
+        return "completed" if hung_up else "completed (server closed)"
 
     async def _send_json(self, message: dict[str, Any]) -> None:
-        assert self._socket is not None
-        async with self._send_lock:
-            await self._socket.send(json.dumps(message, separators=(",", ":")))
+        assert self.socket is not None
+        async with self.send_lock:
+            await self.socket.send(json.dumps(message, separators=(",", ":")))
 
-    async def _send_media(self) -> None:
-        assert self._socket is not None
-        options = self.options
+    async def _send_dtmf(self, tick: int, digit: str) -> None:
+        await self._send_json({"event": "dtmf", "digit": digit})
+
+    async def _send_frame(self, tick: int) -> None:
+        assert self.socket is not None
         samples = self.frame_bytes // 2
-        media_ticks = round(options.seconds / FRAME_SECONDS)
-        digits = deque(
-            (round((options.dtmf_delay + i * DTMF_SPACING_SECONDS) / FRAME_SECONDS), digit)
-            for i, digit in enumerate(options.dtmf)
-        )
-        last_tick = max(media_ticks, digits[-1][0] + 1 if digits else 0)
-        pacer = Pacer(FRAME_SECONDS, lead=0)
-        for tick in range(last_tick):
-            await pacer.wait()
-            while digits and digits[0][0] <= tick:
-                _, digit = digits.popleft()
-                await self._send_json({"event": "dtmf", "digit": digit})
-            if tick < media_ticks:
-                frame = self.source.next_frame(samples).astype("<i2", copy=False).tobytes()
-                async with self._send_lock:
-                    await self._socket.send(frame)
-                self.frames_sent += 1
+        frame = self.source.next_frame(samples).astype("<i2", copy=False).tobytes()
+        async with self.send_lock:
+            await self.socket.send(frame)
+        self.frames_sent += 1
 
-    async def _playout(self) -> None:
-        pacer = Pacer(FRAME_SECONDS, lead=0)
-        while True:
-            await pacer.wait()
-            audio, reached = self.playback.play(self.frame_bytes)
-            usable = len(audio) & ~1
-            if usable:
-                self.recorder.append(np.frombuffer(audio[:usable], dtype="<i2").astype(np.int16))
-            for name in reached:
-                await self._echo_mark(name, cleared=False)
+    def _hear(self, audio: bytes) -> None:
+        usable = len(audio) & ~1
+        if usable:
+            self.recorder.append(np.frombuffer(audio[:usable], dtype="<i2").astype(np.int16))
 
     async def _echo_mark(self, name: str, *, cleared: bool) -> None:
         self.events.append({"event": "mark", "name": name, "cleared": cleared})
         with contextlib.suppress(ConnectionClosed):
             await self._send_json({"event": "mark", "name": name, "cleared": cleared})
-
-    async def _receive(self, socket: ClientConnection) -> None:
-        try:
-            async for message in socket:
-                await self._handle(message)
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else 1006
-            reason = exc.rcvd.reason if exc.rcvd is not None else "no close frame"
-            self.events.append({"event": "closed", "code": code, "reason": reason})
 
     async def _handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -376,16 +272,16 @@ class _CustomCall:
         try:
             data = json.loads(message)
         except ValueError:
-            self._protocol_error("text message is not JSON")
+            self.protocol_error("text message is not JSON")
             return
         if not isinstance(data, dict):
-            self._protocol_error("text message is not a JSON object")
+            self.protocol_error("text message is not a JSON object")
             return
         event = data.get("event")
         if event == "mark":
             name = data.get("name")
             if not isinstance(name, str) or not name:
-                self._protocol_error("mark message without a name")
+                self.protocol_error("mark message without a name")
             elif self.playback.add_mark(name):
                 await self._echo_mark(name, cleared=False)
         elif event == "clear":
@@ -397,27 +293,7 @@ class _CustomCall:
             self.server_stopped = True
             self.events.append({"event": "stop", "reason": data.get("reason")})
         else:
-            self._protocol_error(f"unknown or missing event {event!r}")
+            self.protocol_error(f"unknown or missing event {event!r}")
 
-    def _protocol_error(self, reason: str) -> None:
-        self.error_count += 1
-        if self.error_count <= _MAX_ERROR_EVENTS:
-            self.events.append({"event": "protocol-error", "reason": reason})
-
-    def _summary(self, outcome: str) -> Summary:
-        bad = {size: n for size, n in self.frame_sizes.items() if size != self.frame_bytes}
-        if bad:
-            self.events.append(
-                {"event": "bad-frame-size", "count": sum(bad.values()), "sizes": sorted(bad)}
-            )
-        if self.error_count > _MAX_ERROR_EVENTS:
-            self.events.append({"event": "protocol-errors", "total": self.error_count})
-        if self.options.record_path and self._socket is not None:
-            self.recorder.write(self.options.record_path)
-        return summarize_recording(
-            self.recorder,
-            outcome=outcome,
-            frames_sent=self.frames_sent,
-            frames_received=self.frames_received,
-            events=self.events,
-        )
+    def closing_events(self) -> list[dict[str, Any]]:
+        return self.bad_frame_size_events(lambda size: size != self.frame_bytes)

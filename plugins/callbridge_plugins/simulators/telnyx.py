@@ -36,7 +36,6 @@ Events recorded in the summary:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -46,30 +45,33 @@ import secrets
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import httpx
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
-from callbridge.clients.audio import AudioSource, Recorder, Summary, summarize_recording
+from callbridge.clients.audio import AudioSource, Summary
 from callbridge.clients.call import CallOptions
+from callbridge.clients.playback import PlaybackBuffer
+from callbridge.clients.simulated_call import (
+    FRAME_SECONDS,
+    SimulatedCall,
+    fetch_webhook,
+    send_frames,
+)
 from callbridge.media.codecs import Codec, get_codec
 from callbridge.media.framing import Pacer
 from callbridge.protocols import CodecSpec
 
 SAMPLE_RATE = 8000
-FRAME_SECONDS = 0.02
 FRAME_BYTES = 160
-DTMF_SPACING_SECONDS = 0.25
-HTTP_TIMEOUT_SECONDS = 10.0
 PREBUFFER_FRAMES = 3
 """Playback starts (and restarts after an underrun) once this many frames are queued."""
 SWAP_EVERY = (3, 7)
@@ -77,7 +79,6 @@ SWAP_EVERY = (3, 7)
 
 _TRACKS = {"inbound_track", "outbound_track", "both_tracks"}
 _SIMULATED_CODECS = ("PCMU", "PCMA")
-_MAX_ERROR_EVENTS = 50
 
 
 def private_key_from_seed(seed_b64: str) -> Ed25519PrivateKey:
@@ -165,53 +166,9 @@ class _StreamSetup:
     send_outbound: bool
 
 
-class _PlaybackBuffer:
-    """Telnyx's outbound queue: audio bytes and mark names, played out in arrival order."""
-
-    def __init__(self) -> None:
-        self._items: deque[bytes | str] = deque()
-        self.buffered_bytes = 0
-
-    def add_audio(self, data: bytes) -> None:
-        if data:
-            self._items.append(data)
-            self.buffered_bytes += len(data)
-
-    def add_mark(self, name: str) -> bool:
-        """Queue a mark; ``True`` when nothing is queued, so it is reached at once."""
-        if not self._items:
-            return True
-        self._items.append(name)
-        return False
-
-    def play(self, size: int) -> tuple[bytes, list[str]]:
-        """Take up to ``size`` bytes of audio; also return the marks reached meanwhile."""
-        played = bytearray()
-        reached: list[str] = []
-        while self._items and (len(played) < size or isinstance(self._items[0], str)):
-            head = self._items.popleft()
-            if isinstance(head, str):
-                reached.append(head)
-                continue
-            take = size - len(played)
-            played += head[:take]
-            if len(head) > take:
-                self._items.appendleft(head[take:])
-        self.buffered_bytes -= len(played)
-        return bytes(played), reached
-
-    def clear(self) -> tuple[int, list[str]]:
-        """Drop unplayed audio; return how many bytes were dropped and every pending mark."""
-        dropped = self.buffered_bytes
-        marks = [item for item in self._items if isinstance(item, str)]
-        self._items.clear()
-        self.buffered_bytes = 0
-        return dropped, marks
-
-
-class _TelnyxCall:
+class _TelnyxCall(SimulatedCall):
     def __init__(self, options: CallOptions, *, reorder: bool, seed: int) -> None:
-        self.options = options
+        super().__init__(options, SAMPLE_RATE)
         self.reorder = reorder
         self.rng = random.Random(seed)
         self.account_sid = options.extra_params.get("AccountSid") or str(uuid.uuid4())
@@ -219,18 +176,12 @@ class _TelnyxCall:
         self.stream_id = str(uuid.uuid4())
         self.user_id = str(uuid.uuid4())
         self.private_key = options.credentials.get("privateKey")
-        self.events: list[dict[str, Any]] = []
-        self.error_count = 0
-        self.frames_sent = 0
-        self.frames_received = 0
         self.pairs_swapped = 0
-        self.frame_sizes: Counter[int] = Counter()
-        self.recorder = Recorder(SAMPLE_RATE)
-        self.playback = _PlaybackBuffer()
+        self.playback = PlaybackBuffer()
         self._sequence = 0
         self._chunks: Counter[str] = Counter()
-        self._send_lock = asyncio.Lock()
-        self._socket: ClientConnection | None = None
+        self._next_swap = 0
+        self._held: str | None = None
         self.setup: _StreamSetup | None = None
 
     async def run(self) -> Summary:
@@ -240,35 +191,26 @@ class _TelnyxCall:
                 SAMPLE_RATE, tone_hz=options.tone_hz, play_path=options.play_path
             )
         except (OSError, ValueError) as exc:
-            return self._summary(f"failed: cannot read the audio to play ({exc})")
+            return self.summary(f"failed: cannot read the audio to play ({exc})")
         if self.private_key is not None:
             try:
                 private_key_from_seed(self.private_key)
             except ValueError as exc:
-                return self._summary(f"failed: credentials.{exc}")
+                return self.summary(f"failed: credentials.{exc}")
         answer = await self._fetch_texml()
         if isinstance(answer, str):
-            return self._summary(answer)
+            return self.summary(answer)
         setup = self._stream_setup(answer)
         if isinstance(setup, str):
-            return self._summary(setup)
+            return self.summary(setup)
         self.setup = setup
-        try:
-            async with connect(
-                setup.url,
-                compression=None,
-                open_timeout=HTTP_TIMEOUT_SECONDS,
-                close_timeout=2,
-            ) as socket:
-                self._socket = socket
-                outcome = await self._stream(socket, setup)
-        except InvalidStatus as exc:
-            return self._summary(f"refused: HTTP {exc.response.status_code}")
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
-            return self._summary(f"failed: cannot open the media socket ({exc})")
-        if setup.style == "start":
+        outcome = await self.open_media_socket(
+            setup.url, lambda socket: self._stream(socket, setup)
+        )
+        # Only a stream that ran leaves a call behind (refused and failed ones end it).
+        if setup.style == "start" and outcome.startswith("completed"):
             self.events.append({"event": "call-continues"})
-        return self._summary(outcome)
+        return self.summary(outcome)
 
     # ------------------------------------------------------------------ TeXML
 
@@ -297,13 +239,9 @@ class _TelnyxCall:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         if self.private_key:
             headers.update(telnyx_signature_headers(self.private_key, body, int(time.time())))
-        try:
-            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
-                response = await http.request(method, url, content=body or None, headers=headers)
-        except httpx.HTTPError as exc:
-            return f"webhook failed: {type(exc).__name__}: {exc}"
-        if not response.is_success:
-            return f"webhook failed: HTTP {response.status_code}"
+        response = await fetch_webhook(method, url, headers=headers, content=body or None)
+        if isinstance(response, str):
+            return response
         content_type = response.headers.get("content-type", "")
         if "xml" not in content_type:
             return f"webhook failed: content type {content_type!r} is not TeXML"
@@ -333,10 +271,10 @@ class _TelnyxCall:
                 return f"unsupported: {attribute}={name} (the simulator plays PCMU and PCMA)"
         rate = attrs.get("bidirectionalSamplingRate", "8000")
         if rate != "8000":
-            self._protocol_error(f"bidirectionalSamplingRate={rate} with G.711 (8000 only)")
+            self.protocol_error(f"bidirectionalSamplingRate={rate} with G.711 (8000 only)")
         track = attrs.get("track", "inbound_track")
         if track not in _TRACKS:
-            self._protocol_error(f"unknown track {track!r}; using inbound_track")
+            self.protocol_error(f"unknown track {track!r}; using inbound_track")
             track = "inbound_track"
         if attrs.get("enableReconnect", "true").lower() != "false":
             self.events.append(
@@ -347,7 +285,7 @@ class _TelnyxCall:
                 }
             )
         if texml.style == "start" and not texml.pause_after_start:
-            self._protocol_error("nothing keeps the call up after <Start>: it would end at once")
+            self.protocol_error("nothing keeps the call up after <Start>: it would end at once")
         url = urljoin(self.options.webhook_url, attrs.get("url", ""))
         if urlsplit(url).scheme not in ("wss", "ws") or not attrs.get("url"):
             return "invalid stream url: scheme must be wss (ws for local testing)"
@@ -392,27 +330,14 @@ class _TelnyxCall:
             await self._send("start", {"start": start})
         except ConnectionClosed:
             return "completed (server closed)"
-        receiver = asyncio.create_task(self._receive(socket))
-        playout = asyncio.create_task(self._playout(setup))
-        sender = asyncio.create_task(self._send_media(setup))
-        try:
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            hung_up = sender.done() and sender.exception() is None
-            if sender.done() and not receiver.done():
-                error = sender.exception()
-                if error is not None and not isinstance(error, ConnectionClosed):
-                    raise error
-                if hung_up:
-                    stop = {"user_id": self.user_id, "call_control_id": self.call_sid}
-                    with contextlib.suppress(ConnectionClosed):
-                        await self._send("stop", {"stop": stop})
-                await socket.close()
-            await receiver
-            return "completed" if hung_up else "completed (server closed)"
-        finally:
-            for task in (sender, playout, receiver):
-                task.cancel()
-            await asyncio.gather(sender, playout, receiver, return_exceptions=True)
+        hung_up = await self.exchange_media(
+            socket,
+            handle=self._handle,
+            send=self._send_media(setup),
+            play=self._playout(setup),
+            hang_up=self._send_stop,
+        )
+        return "completed" if hung_up else "completed (server closed)"
 
     def _message(self, event: str, body: dict[str, Any]) -> str:
         self._sequence += 1
@@ -425,9 +350,9 @@ class _TelnyxCall:
         return json.dumps(message, separators=(",", ":"))
 
     async def _send(self, event: str, body: dict[str, Any]) -> None:
-        assert self._socket is not None
-        async with self._send_lock:
-            await self._socket.send(self._message(event, body))
+        assert self.socket is not None
+        async with self.send_lock:
+            await self.socket.send(self._message(event, body))
 
     def _media_message(self, track: str, payload: bytes) -> str:
         self._chunks[track] += 1
@@ -441,41 +366,42 @@ class _TelnyxCall:
         return self._message("media", {"media": media})
 
     async def _send_media(self, setup: _StreamSetup) -> None:
-        assert self._socket is not None
-        options = self.options
-        media_ticks = round(options.seconds / FRAME_SECONDS) if setup.send_inbound else 0
-        digits = deque(
-            (round((options.dtmf_delay + i * DTMF_SPACING_SECONDS) / FRAME_SECONDS), digit)
-            for i, digit in enumerate(options.dtmf)
+        assert self.socket is not None
+        self._next_swap = self.rng.randint(*SWAP_EVERY)
+        self._held = None
+        await send_frames(
+            self.options,
+            dtmf=self._send_dtmf,
+            frame=lambda tick: self._send_frame(tick, setup),
+            media=setup.send_inbound,
         )
-        last_tick = max(round(options.seconds / FRAME_SECONDS), digits[-1][0] + 1 if digits else 0)
-        next_swap = self.rng.randint(*SWAP_EVERY)
-        held: str | None = None
-        pacer = Pacer(FRAME_SECONDS, lead=0)
-        for tick in range(last_tick):
-            await pacer.wait()
-            while digits and digits[0][0] <= tick:
-                _, digit = digits.popleft()
-                occurred_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                await self._send("dtmf", {"occurred_at": occurred_at, "dtmf": {"digit": digit}})
-            if tick >= media_ticks:
-                continue
-            payload = setup.inbound.encode(self.source.next_frame(FRAME_BYTES))
-            async with self._send_lock:
-                message = self._media_message("inbound", payload)
-                self.frames_sent += 1
-                if self.reorder and held is None and tick == next_swap:
-                    held = message  # delivered after the next frame
-                    next_swap = tick + 1 + self.rng.randint(*SWAP_EVERY)
-                    continue
-                await self._socket.send(message)
-                if held is not None:
-                    await self._socket.send(held)
-                    held = None
-                    self.pairs_swapped += 1
-        if held is not None:
-            async with self._send_lock:
-                await self._socket.send(held)
+        if self._held is not None:
+            async with self.send_lock:
+                await self.socket.send(self._held)
+
+    async def _send_dtmf(self, tick: int, digit: str) -> None:
+        occurred_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        await self._send("dtmf", {"occurred_at": occurred_at, "dtmf": {"digit": digit}})
+
+    async def _send_frame(self, tick: int, setup: _StreamSetup) -> None:
+        assert self.socket is not None
+        payload = setup.inbound.encode(self.source.next_frame(FRAME_BYTES))
+        async with self.send_lock:
+            message = self._media_message("inbound", payload)
+            self.frames_sent += 1
+            if self.reorder and self._held is None and tick == self._next_swap:
+                self._held = message  # delivered after the next frame
+                self._next_swap = tick + 1 + self.rng.randint(*SWAP_EVERY)
+                return
+            await self.socket.send(message)
+            if self._held is not None:
+                await self.socket.send(self._held)
+                self._held = None
+                self.pairs_swapped += 1
+
+    async def _send_stop(self) -> None:
+        stop = {"user_id": self.user_id, "call_control_id": self.call_sid}
+        await self._send("stop", {"stop": stop})
 
     async def _playout(self, setup: _StreamSetup) -> None:
         pacer = Pacer(FRAME_SECONDS, lead=0)
@@ -498,10 +424,10 @@ class _TelnyxCall:
             if setup.send_outbound:
                 # With track outbound_track/both_tracks Telnyx also streams what the caller hears.
                 with contextlib.suppress(ConnectionClosed):
-                    async with self._send_lock:
-                        assert self._socket is not None
+                    async with self.send_lock:
+                        assert self.socket is not None
                         message = self._media_message("outbound", setup.inbound.encode(heard))
-                        await self._socket.send(message)
+                        await self.socket.send(message)
             for name in reached:
                 await self._echo_mark(name, cleared=False)
 
@@ -509,15 +435,6 @@ class _TelnyxCall:
         self.events.append({"event": "mark", "name": name, "cleared": cleared})
         with contextlib.suppress(ConnectionClosed):
             await self._send("mark", {"mark": {"name": name}})
-
-    async def _receive(self, socket: ClientConnection) -> None:
-        try:
-            async for message in socket:
-                await self._handle(message)
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else 1006
-            reason = exc.rcvd.reason if exc.rcvd is not None else "no close frame"
-            self.events.append({"event": "closed", "code": code, "reason": reason})
 
     async def _handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -533,11 +450,11 @@ class _TelnyxCall:
             return
         event = data.get("event")
         if event not in ("media", "mark", "clear"):
-            self._protocol_error(f"unknown or missing event {event!r}")
+            self.protocol_error(f"unknown or missing event {event!r}")
             return
         stream_id = data.get("stream_id")
         if stream_id is not None and stream_id != self.stream_id:
-            self._protocol_error(f"{event} message for another stream {stream_id!r}")
+            self.protocol_error(f"{event} message for another stream {stream_id!r}")
             return
         if event == "media":
             media = data.get("media")
@@ -557,7 +474,7 @@ class _TelnyxCall:
             mark = data.get("mark")
             name = mark.get("name") if isinstance(mark, dict) else None
             if not isinstance(name, str):
-                self._protocol_error("mark message without mark.name")
+                self.protocol_error("mark message without mark.name")
             elif self.playback.add_mark(name):
                 await self._echo_mark(name, cleared=False)
         else:
@@ -568,38 +485,19 @@ class _TelnyxCall:
 
     async def _reject(self, code: int, title: str, reason: str) -> None:
         """Record the problem and answer with Telnyx's ``error`` event."""
-        self._protocol_error(reason)
+        self.protocol_error(reason)
         error = {
             "event": "error",
             "stream_id": self.stream_id,
             "payload": {"code": code, "title": title, "detail": reason},
         }
-        assert self._socket is not None
+        assert self.socket is not None
         with contextlib.suppress(ConnectionClosed):
-            async with self._send_lock:
-                await self._socket.send(json.dumps(error, separators=(",", ":")))
+            async with self.send_lock:
+                await self.socket.send(json.dumps(error, separators=(",", ":")))
 
-    def _protocol_error(self, reason: str) -> None:
-        self.error_count += 1
-        if self.error_count <= _MAX_ERROR_EVENTS:
-            self.events.append({"event": "protocol-error", "reason": reason})
-
-    def _summary(self, outcome: str) -> Summary:
-        bad = {size: n for size, n in self.frame_sizes.items() if size == 0 or size % FRAME_BYTES}
-        if bad:
-            self.events.append(
-                {"event": "bad-frame-size", "count": sum(bad.values()), "sizes": sorted(bad)}
-            )
+    def closing_events(self) -> list[dict[str, Any]]:
+        events = self.bad_frame_size_events(lambda size: size == 0 or size % FRAME_BYTES != 0)
         if self.pairs_swapped:
-            self.events.append({"event": "reordered", "pairs": self.pairs_swapped})
-        if self.error_count > _MAX_ERROR_EVENTS:
-            self.events.append({"event": "protocol-errors", "total": self.error_count})
-        if self.options.record_path and self._socket is not None:
-            self.recorder.write(self.options.record_path)
-        return summarize_recording(
-            self.recorder,
-            outcome=outcome,
-            frames_sent=self.frames_sent,
-            frames_received=self.frames_received,
-            events=self.events,
-        )
+            events.append({"event": "reordered", "pairs": self.pairs_swapped})
+        return events

@@ -23,7 +23,6 @@ departures from the protocol in the summary's events:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -32,29 +31,28 @@ import hmac
 import json
 import secrets
 import xml.etree.ElementTree as ET
-from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
-import httpx
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
-from callbridge.clients.audio import AudioSource, Recorder, Summary, summarize_recording
+from callbridge.clients.audio import AudioSource, Summary
 from callbridge.clients.call import CallOptions
-from callbridge.media.framing import Pacer
+from callbridge.clients.playback import PlaybackBuffer
+from callbridge.clients.simulated_call import (
+    SimulatedCall,
+    fetch_webhook,
+    play_out,
+    send_frames,
+)
 from callbridge.media.g711 import ulaw_decode, ulaw_encode
 
 SAMPLE_RATE = 8000
-FRAME_SECONDS = 0.02
 FRAME_BYTES = 160
-DTMF_SPACING_SECONDS = 0.25
-HTTP_TIMEOUT_SECONDS = 10.0
 MAX_PARAMETER_CHARS = 500
 """Twilio's limit on one ``<Parameter>``'s name plus value."""
-
-_MAX_ERROR_EVENTS = 50
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str] | None = None) -> str:
@@ -119,53 +117,9 @@ def _parse_twiml(text: str) -> _Twiml:
     return twiml
 
 
-class _PlaybackBuffer:
-    """Twilio's outbound queue: audio bytes and mark names, played out in arrival order."""
-
-    def __init__(self) -> None:
-        self._items: deque[bytes | str] = deque()
-        self.buffered_bytes = 0
-
-    def add_audio(self, data: bytes) -> None:
-        if data:
-            self._items.append(data)
-            self.buffered_bytes += len(data)
-
-    def add_mark(self, name: str) -> bool:
-        """Queue a mark; ``True`` when nothing is buffered, so it is reached at once."""
-        if not self._items:
-            return True
-        self._items.append(name)
-        return False
-
-    def play(self, size: int) -> tuple[bytes, list[str]]:
-        """Take up to ``size`` bytes of audio; also return the marks reached meanwhile."""
-        played = bytearray()
-        reached: list[str] = []
-        while self._items and (len(played) < size or isinstance(self._items[0], str)):
-            head = self._items.popleft()
-            if isinstance(head, str):
-                reached.append(head)
-                continue
-            take = size - len(played)
-            played += head[:take]
-            if len(head) > take:
-                self._items.appendleft(head[take:])
-        self.buffered_bytes -= len(played)
-        return bytes(played), reached
-
-    def clear(self) -> tuple[int, list[str]]:
-        """Drop unplayed audio; return how many bytes were dropped and every pending mark."""
-        dropped = self.buffered_bytes
-        marks = [item for item in self._items if isinstance(item, str)]
-        self._items.clear()
-        self.buffered_bytes = 0
-        return dropped, marks
-
-
-class _TwilioCall:
+class _TwilioCall(SimulatedCall):
     def __init__(self, options: CallOptions) -> None:
-        self.options = options
+        super().__init__(options, SAMPLE_RATE)
         self.account_sid = (
             options.extra_params.get("AccountSid")
             or options.credentials.get("accountSid")
@@ -174,17 +128,9 @@ class _TwilioCall:
         self.call_sid = options.extra_params.get("CallSid") or _sid("CA")
         self.stream_sid = _sid("MZ")
         self.auth_token = options.credentials.get("authToken")
-        self.events: list[dict[str, Any]] = []
-        self.error_count = 0
-        self.frames_sent = 0
-        self.frames_received = 0
-        self.frame_sizes: Counter[int] = Counter()
-        self.recorder = Recorder(SAMPLE_RATE)
-        self.playback = _PlaybackBuffer()
+        self.playback = PlaybackBuffer()
         self._sequence = 0
-        self._send_lock = asyncio.Lock()
         self.parameters: dict[str, str] = {}
-        self._socket: ClientConnection | None = None
 
     async def run(self) -> Summary:
         options = self.options
@@ -193,35 +139,23 @@ class _TwilioCall:
                 SAMPLE_RATE, tone_hz=options.tone_hz, play_path=options.play_path
             )
         except (OSError, ValueError) as exc:
-            return self._summary(f"failed: cannot read the audio to play ({exc})")
+            return self.summary(f"failed: cannot read the audio to play ({exc})")
         answer = await self._post_webhook()
         if isinstance(answer, Summary):
             return answer
         url = urljoin(self.options.webhook_url, answer.stream_url or "")
         parts = urlsplit(url)
         if parts.scheme not in ("wss", "ws"):
-            return self._summary("invalid stream url: scheme must be wss (ws for local testing)")
+            return self.summary("invalid stream url: scheme must be wss (ws for local testing)")
         if parts.query or "?" in url:
-            return self._summary("invalid stream url: Twilio does not support query strings")
+            return self.summary("invalid stream url: Twilio does not support query strings")
         headers: dict[str, str] = {}
         if self.auth_token:
             headers["X-Twilio-Signature"] = twilio_signature(self.auth_token, url)
-        try:
-            async with connect(
-                url,
-                additional_headers=headers,
-                user_agent_header="Twilio.TmeWs/1.0",
-                compression=None,
-                open_timeout=HTTP_TIMEOUT_SECONDS,
-                close_timeout=2,
-            ) as socket:
-                self._socket = socket
-                outcome = await self._stream(socket)
-        except InvalidStatus as exc:
-            return self._summary(f"refused: HTTP {exc.response.status_code}")
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
-            return self._summary(f"failed: cannot open the media socket ({exc})")
-        return self._summary(outcome)
+        outcome = await self.open_media_socket(
+            url, self._stream, headers=headers, user_agent_header="Twilio.TmeWs/1.0"
+        )
+        return self.summary(outcome)
 
     async def _post_webhook(self) -> _Twiml | Summary:
         options = self.options
@@ -247,27 +181,23 @@ class _TwilioCall:
             headers["X-Twilio-Signature"] = twilio_signature(
                 self.auth_token, _signed_webhook_url(url), signed
             )
-        try:
-            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
-                if method == "GET":
-                    response = await http.get(url, headers=headers)
-                else:
-                    response = await http.post(url, data=params, headers=headers)
-        except httpx.HTTPError as exc:
-            return self._summary(f"webhook failed: {type(exc).__name__}: {exc}")
-        if not response.is_success:
-            return self._summary(f"webhook failed: HTTP {response.status_code}")
+        if method == "GET":
+            response = await fetch_webhook("GET", url, headers=headers)
+        else:
+            response = await fetch_webhook("POST", url, headers=headers, form=params)
+        if isinstance(response, str):
+            return self.summary(response)
         content_type = response.headers.get("content-type", "")
         if "xml" not in content_type and "html" not in content_type:
-            return self._summary(f"webhook failed: content type {content_type!r} is not TwiML")
+            return self.summary(f"webhook failed: content type {content_type!r} is not TwiML")
         try:
             twiml = _parse_twiml(response.text)
         except (ET.ParseError, ValueError) as exc:
-            return self._summary(f"webhook failed: invalid TwiML ({exc})")
+            return self.summary(f"webhook failed: invalid TwiML ({exc})")
         for problem in twiml.problems:
-            self._protocol_error(problem)
+            self.protocol_error(problem)
         if not twiml.stream_url:
-            return self._summary(f"rejected: {twiml.say or 'no <Connect><Stream> in the TwiML'}")
+            return self.summary(f"rejected: {twiml.say or 'no <Connect><Stream> in the TwiML'}")
         self.events.append({"event": "stream", "customParameters": twiml.parameters})
         self.parameters = twiml.parameters
         return twiml
@@ -286,31 +216,24 @@ class _TwilioCall:
             await self._send("start", {"start": start})
         except ConnectionClosed:
             return "completed (server closed)"
-        receiver = asyncio.create_task(self._receive(socket))
-        playout = asyncio.create_task(self._playout())
-        sender = asyncio.create_task(self._send_media())
-        try:
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            hung_up = sender.done() and sender.exception() is None
-            if sender.done() and not receiver.done():
-                error = sender.exception()
-                if error is not None and not isinstance(error, ConnectionClosed):
-                    raise error
-                if hung_up:
-                    stop = {"accountSid": self.account_sid, "callSid": self.call_sid}
-                    with contextlib.suppress(ConnectionClosed):
-                        await self._send("stop", {"stop": stop})
-                await socket.close()
-            await receiver
-            return "completed" if hung_up else "completed (server closed)"
-        finally:
-            for task in (sender, playout, receiver):
-                task.cancel()
-            await asyncio.gather(sender, playout, receiver, return_exceptions=True)
+        playout = play_out(
+            self.playback,
+            FRAME_BYTES,
+            hear=lambda audio: self.recorder.append(ulaw_decode(audio)),
+            reached=lambda name: self._echo_mark(name, cleared=False),
+        )
+        hung_up = await self.exchange_media(
+            socket,
+            handle=self._handle,
+            send=send_frames(self.options, dtmf=self._send_dtmf, frame=self._send_frame),
+            play=playout,
+            hang_up=self._send_stop,
+        )
+        return "completed" if hung_up else "completed (server closed)"
 
     async def _send(self, event: str, body: dict[str, Any] | None = None) -> None:
-        assert self._socket is not None
-        async with self._send_lock:
+        assert self.socket is not None
+        async with self.send_lock:
             self._sequence += 1
             message = {
                 "event": event,
@@ -318,79 +241,53 @@ class _TwilioCall:
                 "streamSid": self.stream_sid,
                 **(body or {}),
             }
-            await self._socket.send(json.dumps(message, separators=(",", ":")))
+            await self.socket.send(json.dumps(message, separators=(",", ":")))
 
-    async def _send_media(self) -> None:
-        options = self.options
-        media_ticks = round(options.seconds / FRAME_SECONDS)
-        digits = deque(
-            (round((options.dtmf_delay + i * DTMF_SPACING_SECONDS) / FRAME_SECONDS), digit)
-            for i, digit in enumerate(options.dtmf)
-        )
-        last_tick = max(media_ticks, digits[-1][0] + 1 if digits else 0)
-        pacer = Pacer(FRAME_SECONDS, lead=0)
-        for tick in range(last_tick):
-            await pacer.wait()
-            while digits and digits[0][0] <= tick:
-                _, digit = digits.popleft()
-                await self._send("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}})
-            if tick < media_ticks:
-                payload = ulaw_encode(self.source.next_frame(FRAME_BYTES))
-                chunk = tick + 1
-                media = {
-                    "track": "inbound",
-                    "chunk": str(chunk),
-                    "timestamp": str(chunk * 20),
-                    "payload": base64.b64encode(payload).decode("ascii"),
-                }
-                await self._send("media", {"media": media})
-                self.frames_sent += 1
+    async def _send_dtmf(self, tick: int, digit: str) -> None:
+        await self._send("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}})
 
-    async def _playout(self) -> None:
-        pacer = Pacer(FRAME_SECONDS, lead=0)
-        while True:
-            await pacer.wait()
-            audio, reached = self.playback.play(FRAME_BYTES)
-            if audio:
-                self.recorder.append(ulaw_decode(audio))
-            for name in reached:
-                await self._echo_mark(name, cleared=False)
+    async def _send_frame(self, tick: int) -> None:
+        payload = ulaw_encode(self.source.next_frame(FRAME_BYTES))
+        chunk = tick + 1
+        media = {
+            "track": "inbound",
+            "chunk": str(chunk),
+            "timestamp": str(chunk * 20),
+            "payload": base64.b64encode(payload).decode("ascii"),
+        }
+        await self._send("media", {"media": media})
+        self.frames_sent += 1
+
+    async def _send_stop(self) -> None:
+        stop = {"accountSid": self.account_sid, "callSid": self.call_sid}
+        await self._send("stop", {"stop": stop})
 
     async def _echo_mark(self, name: str, *, cleared: bool) -> None:
         self.events.append({"event": "mark", "name": name, "cleared": cleared})
         with contextlib.suppress(ConnectionClosed):
             await self._send("mark", {"mark": {"name": name}})
 
-    async def _receive(self, socket: ClientConnection) -> None:
-        try:
-            async for message in socket:
-                await self._handle(message)
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else 1006
-            reason = exc.rcvd.reason if exc.rcvd is not None else "no close frame"
-            self.events.append({"event": "closed", "code": code, "reason": reason})
-
     async def _handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
-            self._protocol_error("binary frame (Twilio takes JSON text only)")
+            self.protocol_error("binary frame (Twilio takes JSON text only)")
             return
         try:
             data = json.loads(message)
         except ValueError:
-            self._protocol_error("message is not JSON")
+            self.protocol_error("message is not JSON")
             return
         if not isinstance(data, dict):
-            self._protocol_error("message is not a JSON object")
+            self.protocol_error("message is not a JSON object")
             return
         event = data.get("event")
         if event not in ("media", "mark", "clear"):
-            self._protocol_error(f"unknown or missing event {event!r}")
+            self.protocol_error(f"unknown or missing event {event!r}")
             return
         stream_sid = data.get("streamSid")
         if stream_sid is None:
-            self._protocol_error(f"{event} message without streamSid")
+            self.protocol_error(f"{event} message without streamSid")
         elif stream_sid != self.stream_sid:
-            self._protocol_error(f"{event} message for another stream {stream_sid!r}")
+            self.protocol_error(f"{event} message for another stream {stream_sid!r}")
             return
         if event == "media":
             self._handle_media(data.get("media"))
@@ -398,7 +295,7 @@ class _TwilioCall:
             mark = data.get("mark")
             name = mark.get("name") if isinstance(mark, dict) else None
             if not isinstance(name, str):
-                self._protocol_error("mark message without mark.name")
+                self.protocol_error("mark message without mark.name")
             elif self.playback.add_mark(name):
                 await self._echo_mark(name, cleared=False)
         else:
@@ -410,36 +307,16 @@ class _TwilioCall:
     def _handle_media(self, media: Any) -> None:
         payload = media.get("payload") if isinstance(media, dict) else None
         if not isinstance(payload, str):
-            self._protocol_error("media message without media.payload")
+            self.protocol_error("media message without media.payload")
             return
         try:
             audio = binascii.a2b_base64(payload, strict_mode=True)
         except ValueError:
-            self._protocol_error("media.payload is not valid base64")
+            self.protocol_error("media.payload is not valid base64")
             return
         self.frames_received += 1
         self.frame_sizes[len(audio)] += 1
         self.playback.add_audio(audio)
 
-    def _protocol_error(self, reason: str) -> None:
-        self.error_count += 1
-        if self.error_count <= _MAX_ERROR_EVENTS:
-            self.events.append({"event": "protocol-error", "reason": reason})
-
-    def _summary(self, outcome: str) -> Summary:
-        bad = {size: n for size, n in self.frame_sizes.items() if size != FRAME_BYTES}
-        if bad:
-            self.events.append(
-                {"event": "bad-frame-size", "count": sum(bad.values()), "sizes": sorted(bad)}
-            )
-        if self.error_count > _MAX_ERROR_EVENTS:
-            self.events.append({"event": "protocol-errors", "total": self.error_count})
-        if self.options.record_path and self._socket is not None:
-            self.recorder.write(self.options.record_path)
-        return summarize_recording(
-            self.recorder,
-            outcome=outcome,
-            frames_sent=self.frames_sent,
-            frames_received=self.frames_received,
-            events=self.events,
-        )
+    def closing_events(self) -> list[dict[str, Any]]:
+        return self.bad_frame_size_events(lambda size: size != FRAME_BYTES)
