@@ -13,8 +13,6 @@ with reason ``api-hangup`` (``200``). An ended or failed call answers ``409``.
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -25,28 +23,23 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from callbridge.api.auth import SECURITY_REQUIREMENT, Principal, auth_guard, authenticate
-from callbridge.api.connectors import (
-    MAX_PAGE,
-    MAX_PER_PAGE,
+from callbridge.api.errors import ApiError, error_response, validation_message
+from callbridge.api.shapes import (
+    UNAUTHORIZED,
+    DateTime,
     PageInfo,
+    PageNumber,
+    PerPage,
+    error_spec,
     format_timestamp,
+    request_clock,
 )
-from callbridge.api.errors import ApiError, ErrorBody, error_response, validation_message
 from callbridge.store.models import Call
 from callbridge.store.repository import Repository, transaction
 
 API_HANGUP_REASON: Final = "api-hangup"
 CallStatus = Literal["started", "answered", "ended", "failed"]
 _ENDED: Final = frozenset({"ended", "failed"})
-
-_DateTime = Annotated[
-    str,
-    msgspec.Meta(
-        description="ISO 8601 UTC timestamp with milliseconds.",
-        examples=["2026-06-21T14:30:45.123Z"],
-        extra_json_schema={"extra": {"format": "date-time"}},
-    ),
-]
 
 
 class CallData(msgspec.Struct, rename="camel"):
@@ -63,9 +56,9 @@ class CallData(msgspec.Struct, rename="camel"):
     room_id: str | None
     status: CallStatus
     end_reason: str | None
-    created_at: _DateTime
-    answered_at: _DateTime | None
-    ended_at: _DateTime | None
+    created_at: DateTime
+    answered_at: DateTime | None
+    ended_at: DateTime | None
 
 
 class CallResponse(msgspec.Struct):
@@ -101,34 +94,13 @@ def call_data(call: Call) -> CallData:
     )
 
 
-def _clock(request: Request[Any, Any, Any]) -> Any:
-    return request.app.state.get("clock", time.time)
-
-
 def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     return error_response(400, validation_message(exc))
 
 
-_BAD_REQUEST = ResponseSpec(
-    data_container=ErrorBody,
-    description="Invalid request; the message names the offending parameter.",
-    generate_examples=False,
-)
-_UNAUTHORIZED = ResponseSpec(
-    data_container=ErrorBody,
-    description="Missing, malformed, expired or unverifiable API token.",
-    generate_examples=False,
-)
-_NOT_FOUND = ResponseSpec(
-    data_container=ErrorBody,
-    description="No such call for this API key.",
-    generate_examples=False,
-)
-_CONFLICT = ResponseSpec(
-    data_container=ErrorBody,
-    description="The call has already ended.",
-    generate_examples=False,
-)
+_BAD_REQUEST = error_spec("Invalid request; the message names the offending parameter.")
+_NOT_FOUND = error_spec("No such call for this API key.")
+_CONFLICT = error_spec("The call has already ended.")
 _ENDED_HERE = ResponseSpec(
     data_container=CallResponse,
     description="The call was not bridged on this server; it is now recorded as ended "
@@ -151,16 +123,14 @@ class CallController(Controller):
         "/",
         summary="List calls",
         description="Newest first; filter by connector and/or status.",
-        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED},
+        responses={400: _BAD_REQUEST, 401: UNAUTHORIZED},
     )
     async def list_calls(
         self,
         request: Request[Any, Any, Any],
         principal: Principal,
-        page: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="1-based page number.")] = 1,
-        perPage: Annotated[
-            int, Parameter(ge=1, le=MAX_PER_PAGE, description="Items per page.")
-        ] = 20,
+        page: PageNumber = 1,
+        perPage: PerPage = 20,
         connectorId: Annotated[
             str | None,
             Parameter(
@@ -189,19 +159,14 @@ class CallController(Controller):
             )
         return CallListResponse(
             message="Calls fetched successfully",
-            page_info=PageInfo(
-                current_page=page,
-                per_page=per_page,
-                last_page=max(1, math.ceil(total / per_page)),
-                total=total,
-            ),
+            page_info=PageInfo.of(page, per_page, total),
             data=[call_data(call) for call in calls],
         )
 
     @get(
         "/{call_id:str}",
         summary="Get a call",
-        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND},
+        responses={400: _BAD_REQUEST, 401: UNAUTHORIZED, 404: _NOT_FOUND},
     )
     async def get_call(
         self, request: Request[Any, Any, Any], principal: Principal, call_id: str
@@ -222,7 +187,7 @@ class CallController(Controller):
         responses={
             200: _ENDED_HERE,
             400: _BAD_REQUEST,
-            401: _UNAUTHORIZED,
+            401: UNAUTHORIZED,
             404: _NOT_FOUND,
             409: _CONFLICT,
         },
@@ -244,7 +209,7 @@ class CallController(Controller):
             )
         if call.status in _ENDED:
             raise ApiError(409, "call already ended")
-        async with transaction(request.app.state.db, _clock(request)) as repo:
+        async with transaction(request.app.state.db, request_clock(request)) as repo:
             ended = await repo.mark_call_ended(call.id, API_HANGUP_REASON)
         if ended is None:  # it ended meanwhile
             raise ApiError(409, "call already ended")

@@ -18,41 +18,35 @@ their codecs, markup styles and credential fields.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from litestar import Controller, Litestar, Request, Response, delete, get, patch, post
 from litestar.di import Provide
 from litestar.exceptions import ValidationException
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
-from litestar.params import Body, Parameter
+from litestar.params import Body
 from msgspec import UNSET, UnsetType
 
 from callbridge.api.auth import SECURITY_REQUIREMENT, Principal, auth_guard, authenticate
-from callbridge.api.errors import ApiError, ErrorBody, error_response, validation_message
+from callbridge.api.errors import ApiError, error_response, validation_message
+from callbridge.api.shapes import (
+    UNAUTHORIZED,
+    DateTime,
+    PageInfo,
+    PageNumber,
+    PerPage,
+    error_spec,
+    format_timestamp,
+    request_clock,
+)
 from callbridge.crypto import CredentialBox, load_credentials_key
 from callbridge.protocols import CodecSpec
 from callbridge.store.ids import new_connector_id
 from callbridge.store.models import Connector
 from callbridge.store.repository import Repository, transaction
 
-MAX_PER_PAGE: Final = 100
-MAX_PAGE: Final = 1_000_000
-
-_DateTime = Annotated[
-    str,
-    msgspec.Meta(
-        description="ISO 8601 UTC timestamp with milliseconds.",
-        examples=["2026-06-21T14:30:45.123Z"],
-        # Litestar copies extra_json_schema["extra"] into the OpenAPI schema of the field.
-        extra_json_schema={"extra": {"format": "date-time"}},
-    ),
-]
 # PostgreSQL cannot store NUL characters, so no input string may contain one.
 _NO_NUL = r"^[^\x00]*$"
 _Provider = Annotated[
@@ -200,8 +194,8 @@ class ConnectorData(msgspec.Struct, rename="camel"):
     markup_style: str | None
     verify_signatures: bool
     has_credentials: _HasCredentials
-    created_at: _DateTime
-    updated_at: _DateTime
+    created_at: DateTime
+    updated_at: DateTime
 
 
 class ConnectorWithWebhookUrl(msgspec.Struct, rename="camel"):
@@ -224,8 +218,8 @@ class ConnectorWithWebhookUrl(msgspec.Struct, rename="camel"):
     markup_style: str | None
     verify_signatures: bool
     has_credentials: _HasCredentials
-    created_at: _DateTime
-    updated_at: _DateTime
+    created_at: DateTime
+    updated_at: DateTime
 
 
 class ConnectorResponse(msgspec.Struct):
@@ -238,13 +232,6 @@ class ConnectorWithWebhookUrlResponse(msgspec.Struct):
     data: ConnectorWithWebhookUrl
 
 
-class PageInfo(msgspec.Struct, rename="camel"):
-    current_page: int
-    per_page: int
-    last_page: int
-    total: int
-
-
 class ConnectorListResponse(msgspec.Struct, rename="camel"):
     message: str
     page_info: PageInfo
@@ -253,12 +240,6 @@ class ConnectorListResponse(msgspec.Struct, rename="camel"):
 
 class MessageResponse(msgspec.Struct):
     message: str
-
-
-def format_timestamp(value: datetime) -> str:
-    """``2026-06-21T14:30:45.123Z``: UTC, milliseconds, ``Z``."""
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 def webhook_url(public_api_url: str, provider: str, webhook_key: str) -> str:
@@ -408,10 +389,6 @@ def _providers(request: Request[Any, Any, Any]) -> list[str]:
     return list(request.app.state.provider_names)
 
 
-def _clock(request: Request[Any, Any, Any]) -> Any:
-    return request.app.state.get("clock", time.time)
-
-
 def _not_found() -> ApiError:
     return ApiError(404, "Not found")
 
@@ -502,21 +479,8 @@ def document_providers(app: Litestar) -> None:
                 properties[field] = _nullable(current.description, *choices)
 
 
-_BAD_REQUEST = ResponseSpec(
-    data_container=ErrorBody,
-    description="Invalid request; the message names the offending field.",
-    generate_examples=False,
-)
-_UNAUTHORIZED = ResponseSpec(
-    data_container=ErrorBody,
-    description="Missing, malformed, expired or unverifiable API token.",
-    generate_examples=False,
-)
-_NOT_FOUND = ResponseSpec(
-    data_container=ErrorBody,
-    description="No such connector for this API key.",
-    generate_examples=False,
-)
+_BAD_REQUEST = error_spec("Invalid request; the message names the offending field.")
+_NOT_FOUND = error_spec("No such connector for this API key.")
 
 
 class ConnectorController(Controller):
@@ -535,7 +499,7 @@ class ConnectorController(Controller):
         summary="Create a connector",
         description="Returns the connector with its secret `webhookUrl`, shown only here "
         "and by rotate-key.",
-        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED},
+        responses={400: _BAD_REQUEST, 401: UNAUTHORIZED},
     )
     async def create_connector(
         self,
@@ -559,7 +523,7 @@ class ConnectorController(Controller):
             if data.credentials is not None
             else None
         )
-        async with transaction(request.app.state.db, _clock(request)) as repo:
+        async with transaction(request.app.state.db, request_clock(request)) as repo:
             connector, key = await repo.create_connector(
                 principal.apikey,
                 data.provider,
@@ -583,16 +547,14 @@ class ConnectorController(Controller):
         "/",
         summary="List connectors",
         description="Newest first. Items never include the webhook URL.",
-        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED},
+        responses={400: _BAD_REQUEST, 401: UNAUTHORIZED},
     )
     async def list_connectors(
         self,
         request: Request[Any, Any, Any],
         principal: Principal,
-        page: Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="1-based page number.")] = 1,
-        perPage: Annotated[
-            int, Parameter(ge=1, le=MAX_PER_PAGE, description="Items per page.")
-        ] = 20,
+        page: PageNumber = 1,
+        perPage: PerPage = 20,
     ) -> ConnectorListResponse:
         per_page = perPage
         async with request.app.state.db.session() as session:
@@ -603,12 +565,7 @@ class ConnectorController(Controller):
             )
         return ConnectorListResponse(
             message="Connectors fetched successfully",
-            page_info=PageInfo(
-                current_page=page,
-                per_page=per_page,
-                last_page=max(1, math.ceil(total / per_page)),
-                total=total,
-            ),
+            page_info=PageInfo.of(page, per_page, total),
             data=[_data(c) for c in connectors],
         )
 
@@ -616,7 +573,7 @@ class ConnectorController(Controller):
         "/{connector_id:str}",
         summary="Get a connector",
         description="Never includes the webhook URL.",
-        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND},
+        responses={400: _BAD_REQUEST, 401: UNAUTHORIZED, 404: _NOT_FOUND},
     )
     async def get_connector(
         self, request: Request[Any, Any, Any], principal: Principal, connector_id: str
@@ -634,7 +591,7 @@ class ConnectorController(Controller):
         "cannot be changed. `credentials` replaces the stored credentials as a whole; `null` "
         "removes them (then `verifySignatures` must be off). `codec` without `sampleRate` takes "
         "the codec's first supported rate.",
-        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND},
+        responses={400: _BAD_REQUEST, 401: UNAUTHORIZED, 404: _NOT_FOUND},
     )
     async def update_connector(
         self,
@@ -648,7 +605,7 @@ class ConnectorController(Controller):
             for field in ("name", "default_room_id", "default_rule_id", "region", "markup_style")
             if (value := getattr(data, field)) is not UNSET
         }
-        async with transaction(request.app.state.db, _clock(request)) as repo:
+        async with transaction(request.app.state.db, request_clock(request)) as repo:
             connector = await repo.get_connector(principal.apikey, connector_id)
             if connector is None:
                 raise _not_found()
@@ -702,12 +659,12 @@ class ConnectorController(Controller):
         status_code=200,
         summary="Rotate the webhook key",
         description="Returns the new `webhookUrl`; the previous URL stops working at once.",
-        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND},
+        responses={400: _BAD_REQUEST, 401: UNAUTHORIZED, 404: _NOT_FOUND},
     )
     async def rotate_key(
         self, request: Request[Any, Any, Any], principal: Principal, connector_id: str
     ) -> ConnectorWithWebhookUrlResponse:
-        async with transaction(request.app.state.db, _clock(request)) as repo:
+        async with transaction(request.app.state.db, request_clock(request)) as repo:
             rotated = await repo.rotate_webhook_key(principal.apikey, connector_id)
         if rotated is None:
             raise _not_found()
@@ -722,12 +679,12 @@ class ConnectorController(Controller):
         status_code=200,
         summary="Delete a connector",
         description="Its webhook URL stops working at once.",
-        responses={400: _BAD_REQUEST, 401: _UNAUTHORIZED, 404: _NOT_FOUND},
+        responses={400: _BAD_REQUEST, 401: UNAUTHORIZED, 404: _NOT_FOUND},
     )
     async def delete_connector(
         self, request: Request[Any, Any, Any], principal: Principal, connector_id: str
     ) -> MessageResponse:
-        async with transaction(request.app.state.db, _clock(request)) as repo:
+        async with transaction(request.app.state.db, request_clock(request)) as repo:
             deleted = await repo.delete_connector(principal.apikey, connector_id)
         if not deleted:
             raise _not_found()
