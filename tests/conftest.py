@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.fake_provider_api import FakeProviderApi, running_fake_provider_api
-from tests.servers import FakeClock, InProcessServer, ServerProcess, start_in_process, start_process
+from tests.servers import (
+    FakeClock,
+    InProcessServer,
+    ServerProcess,
+    running_in_process,
+    start_process,
+)
 
 
 @pytest.fixture
@@ -19,11 +25,8 @@ def fake_clock() -> FakeClock:
 @pytest.fixture
 def server(tmp_path: Path, fake_clock: FakeClock) -> Iterator[InProcessServer]:
     """callbridge in a background thread, with an injected clock and two test API keys."""
-    running = start_in_process(tmp_path, clock=fake_clock)
-    try:
+    with running_in_process(tmp_path, clock=fake_clock) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

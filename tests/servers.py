@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,29 @@ def start_in_process(
     server = InProcessServer(create_app(settings, clock=clock, **kwargs), port, clock)
     server.start()
     return server
+
+
+@contextmanager
+def running_in_process(
+    tmp_path: Path, overrides: dict[str, Any] | None = None, **kwargs: Any
+) -> Iterator[InProcessServer]:
+    """:func:`start_in_process`, stopped on exit."""
+    running = start_in_process(tmp_path, overrides=overrides, **kwargs)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def provider_api_overrides(enabled: list[str], provider: str, api_base_url: str) -> dict[str, Any]:
+    """Settings overrides enabling ``enabled`` providers, with ``provider``'s REST API (its
+    hang-ups) at ``api_base_url``, e.g. a :class:`~tests.fake_provider_api.FakeProviderApi`."""
+    return {
+        "providers": {
+            "enabled": enabled,
+            "config": {provider: {"api_base_url": api_base_url}},
+        }
+    }
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

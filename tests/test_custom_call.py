@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,32 +20,27 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from callbridge.clients.call import CallOptions
-from callbridge.clients.room import RoomJoinOptions, join_room
-from callbridge.media.analysis import dominant_frequency, level_dbfs, trim_silence
+from callbridge.media.analysis import dominant_frequency
 from callbridge.media.framing import Pacer
 from callbridge.media.tones import ToneGenerator
-from callbridge.media.wav import read_wav
 from callbridge_plugins.simulators.custom import (
     SIGNATURE_HEADER,
     sign_get,
     sign_webhook,
     simulate_custom_call,
 )
-from tests.servers import FakeClock, InProcessServer, create_connector, start_in_process
+from tests.calls import assert_heard, calls_of, with_tone_participant
+from tests.rooms import room_url
+from tests.servers import FakeClock, InProcessServer, create_connector, running_in_process
 
-SENT_LEVEL_DBFS = 20 * math.log10(0.5 / math.sqrt(2))  # a sine at half of full scale
 SECRET = "whsec_" + "k" * 32
 
 
 @pytest.fixture
 def server(tmp_path: Path, fake_clock: FakeClock) -> Iterator[InProcessServer]:
-    running = start_in_process(
-        tmp_path, overrides={"providers": {"enabled": ["custom"]}}, clock=fake_clock
-    )
-    try:
+    overrides = {"providers": {"enabled": ["custom"]}}
+    with running_in_process(tmp_path, overrides, clock=fake_clock) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def connector_url(server: InProcessServer, room: str, **fields: Any) -> str:
@@ -66,13 +60,7 @@ async def post_json(
 
 
 async def calls(server: InProcessServer) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(
-            f"{server.url}/v2/calls", headers={"Authorization": server.token()}
-        )
-    assert response.status_code == 200, response.text
-    data: list[dict[str, Any]] = response.json()["data"]
-    return data
+    return await asyncio.to_thread(calls_of, server)
 
 
 async def ended_call(server: InProcessServer, provider_call_id: str) -> dict[str, Any]:
@@ -131,8 +119,7 @@ def named(event: str) -> Callable[[dict[str, Any]], bool]:
 
 
 async def join(server: InProcessServer, room: str) -> Peer:
-    url = f"ws://127.0.0.1:{server.port}/v2/rooms/{room}/participants?token={server.token()}"
-    participant = Peer(await connect(url, open_timeout=5))
+    participant = Peer(await connect(room_url(server, room), open_timeout=5))
     assert (await participant.next_text())["event"] == "joined"
     return participant
 
@@ -147,13 +134,6 @@ async def dial(webhook_url: str, call_id: str) -> tuple[Peer, dict[str, Any]]:
     return client, answer
 
 
-def assert_tone(pcm: np.ndarray, rate: int, frequency: float, min_seconds: float) -> None:
-    tone = trim_silence(pcm, rate)
-    assert len(tone) > rate * min_seconds, "most of the call was heard"
-    assert abs(dominant_frequency(tone, rate) - frequency) <= 10
-    assert abs(level_dbfs(tone) - SENT_LEVEL_DBFS) <= 6
-
-
 # --------------------------------------------------------------------------- audio and DTMF
 
 
@@ -165,41 +145,24 @@ async def test_two_tones_cross_the_bridge(
 ) -> None:
     webhook_url = connector_url(server, "tones", **fields)
     participant_wav, caller_wav = tmp_path / "participant.wav", tmp_path / "caller.wav"
-    participant = asyncio.create_task(
-        join_room(
-            RoomJoinOptions(
-                server_url=server.url,
-                room_id="tones",
-                token=server.token(),
-                tone_hz=1000,
-                seconds=3.5,
-                record_path=str(participant_wav),
-            )
-        )
+    options = CallOptions(
+        webhook_url=webhook_url,
+        provider="custom",
+        tone_hz=440,
+        seconds=2.5,
+        dtmf="12#",
+        dtmf_delay=0.5,
+        record_path=str(caller_wav),
+        extra_params={"callId": f"tones-{rate}"},
     )
-    await asyncio.sleep(0.5)
-    caller = await simulate_custom_call(
-        CallOptions(
-            webhook_url=webhook_url,
-            provider="custom",
-            tone_hz=440,
-            seconds=2.5,
-            dtmf="12#",
-            dtmf_delay=0.5,
-            record_path=str(caller_wav),
-            extra_params={"callId": f"tones-{rate}"},
-        )
+    room, caller = await with_tone_participant(
+        server, "tones", participant_wav, simulate_custom_call(options)
     )
-    room = await participant
 
     assert caller.outcome == "completed"
     assert room.outcome == "completed"
-    heard, heard_rate = read_wav(caller_wav)
-    assert heard_rate == rate
-    assert_tone(heard, rate, 1000, 1.8)
-    heard, heard_rate = read_wav(participant_wav)
-    assert heard_rate == 16000
-    assert_tone(heard, 16000, 440, 1.8)
+    assert_heard(caller_wav, 1000, rate=rate, min_seconds=1.8)
+    assert_heard(participant_wav, 440, rate=16000, min_seconds=1.8)
 
     assert [e for e in caller.events if e["event"] == "answer"] == [
         {"event": "answer", "callId": f"tones-{rate}", "roomId": "tones", "sampleRate": rate}

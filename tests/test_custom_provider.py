@@ -3,7 +3,6 @@ socket."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from callbridge.protocols import (
 )
 from callbridge_plugins.providers.custom import CustomConfig, CustomMediaStream, CustomProvider
 from callbridge_plugins.simulators.custom import sign_get, sign_webhook
+from tests.channels import FakeChannel, events_until_stopped
 from tests.servers import FakeClock
 
 INGEST = "wss://cb.example.com/ingest"
@@ -327,44 +327,12 @@ def test_unsigned_handshake_is_refused(provider: CustomProvider) -> None:
 # --------------------------------------------------------------------------- media stream
 
 
-class FakeChannel:
-    """An in-memory SocketChannel: queued incoming messages, recorded outgoing ones."""
-
-    def __init__(self, incoming: list[str | bytes | None]) -> None:
-        self.incoming: asyncio.Queue[str | bytes | None] = asyncio.Queue()
-        for message in incoming:
-            self.incoming.put_nowait(message)
-        self.sent: list[str | bytes] = []
-        self.closed = 0
-
-    async def receive(self) -> str | bytes | None:
-        return await self.incoming.get()
-
-    async def send_text(self, data: str) -> None:
-        self.sent.append(data)
-
-    async def send_bytes(self, data: bytes) -> None:
-        self.sent.append(data)
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        self.closed += 1
-
-
 START = json.dumps({"event": "start", "callId": "pbx-1712345678.42"})
 FRAME = bytes(range(256)) + bytes(64)  # 320 bytes: 20 ms at 8 kHz
 
 
 def msg(event: str, **body: object) -> str:
     return json.dumps({"event": event, **body})
-
-
-async def events_until_stopped(stream: CustomMediaStream) -> list[object]:
-    events: list[object] = []
-    while True:
-        event = await asyncio.wait_for(stream.receive(), 2)
-        events.append(event)
-        if isinstance(event, StreamStopped):
-            return events
 
 
 async def test_stream_turns_messages_into_events(provider: CustomProvider) -> None:

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
-import math
-import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -26,41 +23,45 @@ import httpx
 import numpy as np
 import pytest
 from plivo.utils.signature_v3 import construct_get_url, construct_post_url, get_signature_v3
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from callbridge.clients.audio import Summary
 from callbridge.clients.call import CallOptions
-from callbridge.clients.room import RoomJoinOptions, join_room
-from callbridge.media.analysis import dominant_frequency, level_dbfs, trim_silence
+from callbridge.media.analysis import dominant_frequency
 from callbridge.media.g711 import ulaw_encode
 from callbridge.media.tones import ToneGenerator
-from callbridge.media.wav import read_wav
-from callbridge.protocols import HangupResult, HangupTarget, ProviderCredentials
 from callbridge_plugins.simulators.plivo import simulate_plivo_call
+from tests.calls import (
+    assert_heard,
+    calls_of,
+    ended_call,
+    hang_up_from_room,
+    mark_then_clear,
+    record_hangups,
+    with_tone_participant,
+)
 from tests.fake_provider_api import FakeProviderApi
-from tests.servers import Connector, InProcessServer, create_connector, start_in_process
+from tests.rooms import participant_in
+from tests.servers import (
+    Connector,
+    InProcessServer,
+    create_connector,
+    provider_api_overrides,
+    running_in_process,
+)
 
 AUTH_ID = "MAZDQ1ZTC4NTY3ODkWMT"
 AUTH_TOKEN = "callbridge_plivo_test_auth_token"
 CREDENTIALS = {"authId": AUTH_ID, "authToken": AUTH_TOKEN}
-SENT_LEVEL_DBFS = 20 * math.log10(0.5 / math.sqrt(2))  # a sine at half of full scale
 
 
 @pytest.fixture
 def server(tmp_path: Path, fake_provider_api: FakeProviderApi) -> Iterator[InProcessServer]:
     """callbridge with Plivo hang-ups pointed at the fake provider API."""
-    overrides = {
-        "providers": {
-            "enabled": ["twilio", "plivo"],
-            "config": {"plivo": {"api_base_url": fake_provider_api.base_url}},
-        }
-    }
-    running = start_in_process(tmp_path, overrides=overrides)
-    try:
+    overrides = provider_api_overrides(["twilio", "plivo"], "plivo", fake_provider_api.base_url)
+    with running_in_process(tmp_path, overrides) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def plivo_connector(
@@ -75,28 +76,6 @@ def plivo_connector(
         credentials=CREDENTIALS,
         **fields,
     )
-
-
-def calls_of(server: InProcessServer, connector: Connector) -> list[dict[str, Any]]:
-    response = httpx.get(
-        f"{server.url}/v2/calls",
-        params={"connectorId": connector.id},
-        headers={"Authorization": f"Bearer {server.token()}"},
-    )
-    assert response.status_code == 200, response.text
-    data: list[dict[str, Any]] = response.json()["data"]
-    return data
-
-
-async def ended_call(server: InProcessServer, connector: Connector) -> dict[str, Any]:
-    """The connector's only call, once it has ended (the server records it after the bridge)."""
-    deadline = time.monotonic() + 10
-    while True:
-        calls = await asyncio.to_thread(calls_of, server, connector)
-        assert len(calls) == 1
-        if calls[0]["status"] in ("ended", "failed") or time.monotonic() > deadline:
-            return calls[0]
-        await asyncio.sleep(0.05)
 
 
 def hangups(api: FakeProviderApi) -> list[Any]:
@@ -138,88 +117,20 @@ def stream_element(response: httpx.Response) -> ET.Element:
     return stream
 
 
-def room_url(server: InProcessServer, room: str) -> str:
-    return f"ws://127.0.0.1:{server.port}/v2/rooms/{room}/participants?token={server.token()}"
-
-
-class Participant:
-    """A hand-driven room participant; a reader task keeps the socket drained (audio is kept,
-    JSON events are queued), so the server never blocks on it."""
-
-    def __init__(self, socket: ClientConnection) -> None:
-        self.socket = socket
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self.audio: list[np.ndarray] = []
-
-    async def read(self) -> None:
-        async for message in self.socket:
-            if isinstance(message, str):
-                event = json.loads(message)
-                self.seen.append(event)
-                self.events.put_nowait(event)
-            else:
-                self.audio.append(np.frombuffer(message, dtype="<i2"))
-
-    async def send(self, message: dict[str, Any] | bytes) -> None:
-        await self.socket.send(message if isinstance(message, bytes) else json.dumps(message))
-
-    async def next_event(self, name: str) -> dict[str, Any]:
-        """The next event called ``name``; other events are skipped."""
-        async with asyncio.timeout(10):
-            while (event := await self.events.get()).get("event") != name:
-                pass
-        return event
-
-
-@contextlib.asynccontextmanager
-async def participant_in(server: InProcessServer, room: str) -> AsyncIterator[Participant]:
-    async with connect(room_url(server, room), open_timeout=5) as socket:
-        joined = json.loads(await socket.recv())
-        assert joined["event"] == "joined"
-        participant = Participant(socket)
-        reader = asyncio.create_task(participant.read())
-        try:
-            yield participant
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-
-
 async def two_tone_call(
     server: InProcessServer, connector: Connector, room: str, tmp_path: Path, **caller: Any
 ) -> tuple[Summary, Summary]:
     """A 1000 Hz participant and a 440 Hz simulated Plivo caller, recorded on both sides."""
-
-    async def call_after_join() -> Summary:
-        await asyncio.sleep(0.5)
-        options = CallOptions(
-            webhook_url=connector.webhook_url,
-            tone_hz=440,
-            seconds=2.5,
-            record_path=str(tmp_path / "caller.wav"),
-            **caller,
-        )
-        return await simulate_plivo_call(options)
-
-    options = RoomJoinOptions(
-        server_url=server.url,
-        room_id=room,
-        token=server.token(),
-        tone_hz=1000,
-        seconds=3.5,
-        record_path=str(tmp_path / "participant.wav"),
+    options = CallOptions(
+        webhook_url=connector.webhook_url,
+        tone_hz=440,
+        seconds=2.5,
+        record_path=str(tmp_path / "caller.wav"),
+        **caller,
     )
-    return await asyncio.gather(join_room(options), call_after_join())
-
-
-def assert_heard(path: Path, rate: int, frequency: float) -> None:
-    heard, wav_rate = read_wav(path)
-    assert wav_rate == rate
-    tone = trim_silence(heard, rate)
-    assert len(tone) > rate * 1.5
-    assert abs(dominant_frequency(tone, rate) - frequency) <= 10
-    assert abs(level_dbfs(tone) - SENT_LEVEL_DBFS) <= 6
+    return await with_tone_participant(
+        server, room, tmp_path / "participant.wav", simulate_plivo_call(options)
+    )
 
 
 # --------------------------------------------------------------------------- audio and DTMF
@@ -240,8 +151,8 @@ async def test_signed_pcmu_call_carries_two_tones_and_dtmf(
     assert stream["attributes"]["contentType"] == "audio/x-mulaw;rate=8000"
     assert stream["url"].startswith(f"ws://127.0.0.1:{server.port}/ingest/plivo/")
 
-    assert_heard(tmp_path / "participant.wav", 16000, 440)
-    assert_heard(tmp_path / "caller.wav", 8000, 1000)
+    assert_heard(tmp_path / "participant.wav", 440, rate=16000)
+    assert_heard(tmp_path / "caller.wav", 1000, rate=8000)
 
     dtmf = [e for e in participant.events if e.get("event") == "dtmf"]
     assert [e["digit"] for e in dtmf] == ["1", "2", "#"]
@@ -270,8 +181,8 @@ async def test_l16_16k_connector_carries_two_tones(server: InProcessServer, tmp_
         "keepCallAlive": "true",
         "contentType": "audio/x-l16;rate=16000",
     }
-    assert_heard(tmp_path / "participant.wav", 16000, 440)
-    assert_heard(tmp_path / "caller.wav", 16000, 1000)
+    assert_heard(tmp_path / "participant.wav", 440, rate=16000)
+    assert_heard(tmp_path / "caller.wav", 1000, rate=16000)
 
 
 # --------------------------------------------------------------------------- marks and clear
@@ -281,32 +192,10 @@ async def test_checkpoint_and_clear_round_trip_through_the_bridge(
     server: InProcessServer,
 ) -> None:
     connector = plivo_connector(server, "marks")
-    async with participant_in(server, "marks") as participant:
-        stop_talking = asyncio.Event()
-
-        async def talk() -> None:
-            # Keep audio flowing to the caller, so checkpoints queue behind it.
-            tone = ToneGenerator(600, 16000, 0.3)
-            while not stop_talking.is_set():
-                await participant.send(tone.next_frame(320).astype("<i2").tobytes())
-                await asyncio.sleep(0.02)
-
-        options = CallOptions(webhook_url=connector.webhook_url, seconds=3)
-        # A 200 ms jitter buffer: a checkpoint right behind audio stays pending that long.
-        caller = asyncio.create_task(simulate_plivo_call(options, playout_delay=0.2))
-        joined = await participant.next_event("participant-joined")
-        call_id = joined["participantId"]
-        talker = asyncio.create_task(talk())
-        await asyncio.sleep(0.3)
-
-        await participant.send({"event": "mark", "name": "m-played"})
-        played = await participant.next_event("mark")
-        await participant.send({"event": "mark", "name": "m-cleared"})
-        await participant.send({"event": "clear"})
-        cleared = await participant.next_event("mark")
-        stop_talking.set()
-        await talker
-        summary = await asyncio.wait_for(caller, 10)
+    options = CallOptions(webhook_url=connector.webhook_url, seconds=3)
+    # A 200 ms jitter buffer: a checkpoint right behind audio stays pending that long.
+    caller = simulate_plivo_call(options, playout_delay=0.2)
+    call_id, played, cleared, summary = await mark_then_clear(server, "marks", caller)
 
     assert played == {"event": "mark", "name": "m-played", "status": "played", "callId": call_id}
     assert cleared == {
@@ -410,18 +299,13 @@ async def room_hangup_call(
     server: InProcessServer, connector: Connector, room: str, call_uuid: str
 ) -> None:
     """A signed call that the room participant hangs up as soon as it has joined."""
-    async with participant_in(server, room) as participant:
-        options = CallOptions(
-            webhook_url=connector.webhook_url,
-            seconds=5,
-            credentials=dict(CREDENTIALS),
-            extra_params={"CallUUID": call_uuid},
-        )
-        caller = asyncio.create_task(simulate_plivo_call(options))
-        joined = await participant.next_event("participant-joined")
-        await participant.send({"event": "hangup", "callId": joined["participantId"]})
-        summary = await asyncio.wait_for(caller, 10)
-    assert summary.outcome == "completed (server closed)"
+    options = CallOptions(
+        webhook_url=connector.webhook_url,
+        seconds=5,
+        credentials=dict(CREDENTIALS),
+        extra_params={"CallUUID": call_uuid},
+    )
+    await hang_up_from_room(server, room, simulate_plivo_call(options))
 
 
 async def test_room_hangup_deletes_the_call_at_plivo(
@@ -446,18 +330,7 @@ async def test_plivo_404_on_hangup_counts_as_already_ended(
     fake_provider_api.answer(
         "DELETE", r"/v1/Account/[^/]+/Call/[^/]+/", 404, {"error": "call not found"}
     )
-    provider = server.runtime.providers["plivo"]
-    results: list[HangupResult] = []
-    real_hangup = provider.hangup
-
-    async def recording_hangup(
-        target: HangupTarget, credentials: ProviderCredentials
-    ) -> HangupResult:
-        result = await real_hangup(target, credentials)
-        results.append(result)
-        return result
-
-    monkeypatch.setattr(provider, "hangup", recording_hangup)
+    results = record_hangups(server.runtime.providers["plivo"], monkeypatch)
     connector = plivo_connector(server, "gone-room")
     await room_hangup_call(server, connector, "gone-room", str(uuid.uuid4()))
 

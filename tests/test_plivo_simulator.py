@@ -13,23 +13,21 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
 from plivo.utils.signature_v3 import validate_v3_signature
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.http11 import Request, Response
+from websockets.asyncio.server import ServerConnection
 
-from callbridge.clients.audio import Summary
 from callbridge.clients.call import CallOptions
 from callbridge.media.analysis import dominant_frequency, level_dbfs
 from callbridge.media.framing import Pacer
 from callbridge.media.g711 import ulaw_decode, ulaw_encode
 from callbridge.media.tones import ToneGenerator
 from callbridge_plugins.simulators.plivo import plivo_v3_signature, simulate_plivo_call
+from tests.fake_peer import FakeProviderFacingServer, events_named, idle
 
 Behaviour = Callable[[ServerConnection, str], Awaitable[None]]
 
@@ -49,88 +47,27 @@ def stream_xml(url: str, content_type: str | None = MULAW, **attributes: str) ->
     )
 
 
-class FakePlivoFacingServer:
-    """An Answer-URL endpoint (plain asyncio HTTP) plus a media socket (websockets)."""
+class FakePlivoFacingServer(FakeProviderFacingServer):
+    """An Answer-URL endpoint answering Plivo XML, plus a media socket that takes ``start``
+    (Plivo sends no ``connected``) and is read until the simulator closes it; behaviours get
+    the socket and the ``streamId``."""
+
+    provider = "plivo"
+    markup_type = "application/xml"
+    ends_on_stop = False
 
     def __init__(self) -> None:
+        super().__init__()
         self.content_type: str | None = MULAW
         self.xml: Callable[[], str] = lambda: stream_xml(self.stream_url, self.content_type)
-        self.webhook_status = 200
-        self.refuse_socket_with: int | None = None
         self.behaviour: Behaviour = idle
-        self.webhook_requests: list[dict[str, Any]] = []
-        self.handshakes: list[Request] = []
-        self.logs: list[list[dict[str, Any]]] = []
-        self.arrivals: list[list[float]] = []
-        self.errors: list[BaseException] = []
 
-    async def __aenter__(self) -> FakePlivoFacingServer:
-        self._http = await asyncio.start_server(self._serve_http, "127.0.0.1", 0)
-        self._ws = await serve(
-            self._serve_socket, "127.0.0.1", 0, process_request=self._handshake
-        ).__aenter__()
-        http_port = self._http.sockets[0].getsockname()[1]
-        ws_port = self._ws.sockets[0].getsockname()[1]
-        self.webhook_url = f"http://127.0.0.1:{http_port}/v2/hooks/plivo/whk_test"
-        self.stream_url = f"ws://127.0.0.1:{ws_port}/ingest/plivo/ref123"
-        return self
+    def markup(self) -> str:
+        return self.xml()
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._ws.close()
-        await self._ws.wait_closed()
-        self._http.close()
-        await self._http.wait_closed()
-
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        method, target, _ = head[0].split(" ", 2)
-        headers = {}
-        for line in head[1:]:
-            if line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        self.webhook_requests.append(
-            {"method": method, "target": target, "headers": headers, "body": body.decode()}
-        )
-        text = self.xml().encode()
-        status = HTTPStatus(self.webhook_status)
-        writer.write(
-            f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/xml\r\n"
-            f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n".encode()
-            + text
-        )
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
-        self.handshakes.append(request)
-        if self.refuse_socket_with is not None:
-            return connection.respond(HTTPStatus(self.refuse_socket_with), "no\n")
-        return None
-
-    async def _serve_socket(self, ws: ServerConnection) -> None:
-        log: list[dict[str, Any]] = []
-        arrivals: list[float] = []
-        self.logs.append(log)
-        self.arrivals.append(arrivals)
-        start = json.loads(await ws.recv())
-        log.append(start)
-        arrivals.append(time.monotonic())
-        behaviour = asyncio.create_task(self.behaviour(ws, start["start"]["streamId"]))
-        async for raw in ws:
-            log.append(json.loads(raw))
-            arrivals.append(time.monotonic())
-        if not behaviour.done():
-            behaviour.cancel()
-        result = (await asyncio.gather(behaviour, return_exceptions=True))[0]
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            self.errors.append(result)
-
-
-async def idle(ws: ServerConnection, stream_id: str) -> None:
-    await asyncio.sleep(3600)
+    async def open_stream(self, ws: ServerConnection) -> tuple[str]:
+        start = await self.receive(ws)
+        return (start["start"]["streamId"],)
 
 
 def play_audio(payload: bytes, content_type: str = "audio/x-mulaw", rate: Any = 8000) -> str:
@@ -147,10 +84,6 @@ def checkpoint(stream_id: str, name: str) -> str:
 async def fake_server() -> AsyncIterator[FakePlivoFacingServer]:
     async with FakePlivoFacingServer() as server:
         yield server
-
-
-def events_named(summary: Summary, name: str) -> list[dict[str, Any]]:
-    return [event for event in summary.events if event.get("event") == name]
 
 
 async def test_call_sends_start_first_then_media_and_dtmf_and_plays_audio(
@@ -187,7 +120,7 @@ async def test_call_sends_start_first_then_media_and_dtmf_and_plays_audio(
     assert request["method"] == "POST"
     assert request["target"] == "/v2/hooks/plivo/whk_test?roomId=room-42"
     assert request["headers"]["content-type"] == "application/x-www-form-urlencoded"
-    form = {name: values[0] for name, values in parse_qs(request["body"]).items()}
+    form = {name: values[0] for name, values in parse_qs(request["body"].decode()).items()}
     assert UUID.fullmatch(form["CallUUID"])
     assert (form["From"], form["To"]) == ("14155550100", "14155550199"), "no + as on Plivo"
     assert (form["Direction"], form["CallStatus"]) == ("inbound", "ringing")
@@ -392,7 +325,9 @@ async def test_requests_are_v3_signed_when_given_a_token(
     headers = request["headers"]
     nonce = headers["x-plivo-signature-v3-nonce"]
     assert re.fullmatch(r"[0-9]{20}", nonce)
-    params = {} if method == "GET" else {k: v[0] for k, v in parse_qs(request["body"]).items()}
+    params = (
+        {} if method == "GET" else {k: v[0] for k, v in parse_qs(request["body"].decode()).items()}
+    )
     if method == "GET":
         assert parse_qs(request["target"].split("?", 1)[1])["CallerName"] == ["Alice Smith"]
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import math
 import re
 import secrets
 import sqlite3
@@ -29,22 +28,27 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from websockets.asyncio.client import ClientConnection, connect
 
 from callbridge.clients.call import CallOptions
-from callbridge.clients.room import RoomJoinOptions, join_room
-from callbridge.media.analysis import dominant_frequency, level_dbfs, trim_silence
+from callbridge.media.analysis import dominant_frequency
 from callbridge.media.g711 import ulaw_encode
 from callbridge.media.tones import ToneGenerator
-from callbridge.media.wav import read_wav
 from callbridge_plugins.simulators.telnyx import (
     public_key_of,
     simulate_telnyx_call,
     telnyx_signature_headers,
 )
+from tests.calls import assert_heard, with_tone_participant
 from tests.fake_provider_api import FakeProviderApi, RecordedRequest, running_fake_provider_api
-from tests.servers import FakeClock, InProcessServer, create_connector, start_in_process
+from tests.rooms import participant_in
+from tests.servers import (
+    FakeClock,
+    InProcessServer,
+    create_connector,
+    provider_api_overrides,
+    running_in_process,
+)
 
 SEED = base64.b64encode(bytes(range(32))).decode()
 CREDENTIALS = {"apiKey": "KEY_telnyx_test_0123", "publicKey": public_key_of(SEED)}
-SENT_LEVEL_DBFS = 20 * math.log10(0.5 / math.sqrt(2))  # a sine at half of full scale
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +68,13 @@ def server(
     fake_api: FakeProviderApi,
     traced: InMemorySpanExporter,
 ) -> Iterator[InProcessServer]:
-    overrides = {
-        "providers": {
-            "enabled": ["twilio", "telnyx"],
-            "config": {"telnyx": {"api_base_url": fake_api.base_url}},
-        }
-    }
-    running = start_in_process(
+    with running_in_process(
         tmp_path_factory.mktemp("telnyx"),
-        overrides=overrides,
+        provider_api_overrides(["twilio", "telnyx"], "telnyx", fake_api.base_url),
         clock=FakeClock(),
         span_processors=[SimpleSpanProcessor(traced)],
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -142,59 +137,6 @@ async def media_span(traced: InMemorySpanExporter, call_id: str) -> ReadableSpan
     raise AssertionError(f"no call.media span for {call_id}")
 
 
-def room_url(server: InProcessServer, room: str) -> str:
-    return f"ws://127.0.0.1:{server.port}/v2/rooms/{room}/participants?token={server.token()}"
-
-
-class Participant:
-    """A hand-driven room participant that records every event it receives."""
-
-    def __init__(self, socket: ClientConnection) -> None:
-        self.socket = socket
-        self.events: list[dict[str, Any]] = []
-        self.audio: list[np.ndarray] = []
-        self._arrived = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen())
-
-    async def _listen(self) -> None:
-        async for message in self.socket:
-            if isinstance(message, bytes):
-                self.audio.append(np.frombuffer(message, dtype="<i2"))
-            else:
-                self.events.append(json.loads(message))
-                self._arrived.set()
-
-    async def wait_for(self, **fields: Any) -> dict[str, Any]:
-        async with asyncio.timeout(10):
-            while True:
-                for event in self.events:
-                    if fields.items() <= event.items():
-                        return event
-                self._arrived.clear()
-                await self._arrived.wait()
-
-    async def send(self, event: dict[str, Any]) -> None:
-        await self.socket.send(json.dumps(event))
-
-    async def stream_tone(self, hz: float, seconds: float) -> None:
-        tone = ToneGenerator(hz, 16000, 0.5)
-        for _ in range(round(seconds / 0.02)):
-            await self.socket.send(tone.next_frame(320).astype("<i2").tobytes())
-            await asyncio.sleep(0.02)
-
-    async def close(self) -> None:
-        await self.socket.close()
-        self._listener.cancel()
-        await asyncio.gather(self._listener, return_exceptions=True)
-
-
-async def join(server: InProcessServer, room: str) -> Participant:
-    socket = await connect(room_url(server, room), open_timeout=5)
-    participant = Participant(socket)
-    await participant.wait_for(event="joined")
-    return participant
-
-
 async def fetch_texml(url: str, params: dict[str, str], method: str = "POST") -> str | None:
     async with httpx.AsyncClient() as client:
         if method == "GET":
@@ -236,23 +178,12 @@ async def test_two_tones_cross_the_bridge_with_reordered_frames(
     room = f"tones-{codec.lower()}"
     webhook_url = telnyx_connector(server, room, codec=codec)
     participant_wav, caller_wav = tmp_path / "participant.wav", tmp_path / "caller.wav"
-    participant = asyncio.create_task(
-        join_room(
-            RoomJoinOptions(
-                server_url=server.url,
-                room_id=room,
-                token=server.token(),
-                tone_hz=1000,
-                record_path=str(participant_wav),
-                seconds=3.4,
-            )
-        )
-    )
-    await asyncio.sleep(0.4)
-    caller = await simulate_telnyx_call(
+    caller_call = simulate_telnyx_call(
         call_options(webhook_url, tone_hz=440, seconds=2.5, record_path=str(caller_wav))
     )
-    await participant
+    _, caller = await with_tone_participant(
+        server, room, participant_wav, caller_call, lead=0.4, seconds=3.4
+    )
 
     assert caller.outcome == "completed"
     stream = next(e for e in caller.events if e["event"] == "stream")
@@ -264,32 +195,20 @@ async def test_two_tones_cross_the_bridge_with_reordered_frames(
     assert problems == []
 
     # The participant hears the caller's 440 Hz within 10 Hz and 6 dB, reordering undone.
-    heard, rate = read_wav(participant_wav)
-    tone = trim_silence(heard, rate)
-    assert len(tone) > rate * 2
-    assert abs(dominant_frequency(tone, rate) - 440) <= 10
-    assert abs(level_dbfs(tone) - SENT_LEVEL_DBFS) <= 6
-
+    assert_heard(participant_wav, 440, min_seconds=2)
     # The caller hears the participant's 1000 Hz within 10 Hz and 6 dB.
-    heard, rate = read_wav(caller_wav)
-    tone = trim_silence(heard, rate)
-    assert len(tone) > rate * 2
-    assert abs(dominant_frequency(tone, rate) - 1000) <= 10
-    assert abs(level_dbfs(tone) - SENT_LEVEL_DBFS) <= 6
+    assert_heard(caller_wav, 1000, min_seconds=2)
 
 
 async def test_dtmf_reaches_the_room(server: InProcessServer) -> None:
     webhook_url = telnyx_connector(server, "dtmf-room")
-    participant = await join(server, "dtmf-room")
-    try:
+    async with participant_in(server, "dtmf-room") as participant:
         summary = await simulate_telnyx_call(
             call_options(webhook_url, seconds=1.0, dtmf="12#", dtmf_delay=0.1)
         )
         assert summary.outcome == "completed"
         left = await participant.wait_for(event="participant-left")
-    finally:
-        await participant.close()
-    dtmf = [e for e in participant.events if e["event"] == "dtmf"]
+    dtmf = [e for e in participant.seen if e["event"] == "dtmf"]
     assert [e["digit"] for e in dtmf] == ["1", "2", "#"]
     assert {e["callId"] for e in dtmf} == {left["participantId"]}
 
@@ -298,30 +217,29 @@ async def test_marks_are_played_and_a_clear_reports_pending_marks_cleared(
     server: InProcessServer,
 ) -> None:
     webhook_url = telnyx_connector(server, "marks-room")
-    participant = await join(server, "marks-room")
-    caller = asyncio.create_task(simulate_telnyx_call(call_options(webhook_url, seconds=2.5)))
-    try:
-        joined = await participant.wait_for(event="participant-joined")
-        call_id = joined["participantId"]
-        speaker = asyncio.create_task(participant.stream_tone(1000, 2.0))
-        await asyncio.sleep(0.5)
-        await participant.send({"event": "mark", "name": "m-played"})
-        played = await participant.wait_for(event="mark", name="m-played")
-        assert played == {
-            "event": "mark",
-            "name": "m-played",
-            "status": "played",
-            "callId": call_id,
-        }
-        await participant.send({"event": "mark", "name": "m-flushed"})
-        await participant.send({"event": "clear"})
-        flushed = await participant.wait_for(event="mark", name="m-flushed")
-        assert flushed["status"] == "cleared"
-        await speaker
-        summary = await caller
-    finally:
-        caller.cancel()
-        await participant.close()
+    async with participant_in(server, "marks-room") as participant:
+        caller = asyncio.create_task(simulate_telnyx_call(call_options(webhook_url, seconds=2.5)))
+        try:
+            joined = await participant.wait_for(event="participant-joined")
+            call_id = joined["participantId"]
+            speaker = asyncio.create_task(participant.stream_tone(1000, 2.0))
+            await asyncio.sleep(0.5)
+            await participant.send({"event": "mark", "name": "m-played"})
+            played = await participant.wait_for(event="mark", name="m-played")
+            assert played == {
+                "event": "mark",
+                "name": "m-played",
+                "status": "played",
+                "callId": call_id,
+            }
+            await participant.send({"event": "mark", "name": "m-flushed"})
+            await participant.send({"event": "clear"})
+            flushed = await participant.wait_for(event="mark", name="m-flushed")
+            assert flushed["status"] == "cleared"
+            await speaker
+            summary = await caller
+        finally:
+            caller.cancel()
     assert summary.outcome == "completed"
     assert len([e for e in summary.events if e["event"] == "clear"]) == 1
     marks = [e["name"] for e in summary.events if e["event"] == "mark"]
@@ -336,7 +254,6 @@ async def test_malformed_oversized_and_error_messages_do_not_end_the_call(
     stream_url = await fetch_texml(webhook_url, texml_params(sid))
     assert stream_url is not None
     stream_id = "32de0dea-53cb-4b21-89a4-9e1819c043bc"
-    participant = await join(server, "garbage-room")
     tone = ToneGenerator(440, 8000, 0.5)
 
     def media(chunk: int, payload: str | None = None, track: str = "inbound") -> str:
@@ -370,55 +287,55 @@ async def test_malformed_oversized_and_error_messages_do_not_end_the_call(
         json.dumps({"event": "error", "stream_id": stream_id, "payload": error}),
         json.dumps({"event": "something-new", "stream_id": stream_id}),
     ]
-    try:
-        async with connect(stream_url, open_timeout=5) as socket:
-            # Read what the server plays, as Telnyx does; an unread socket stalls its closing.
-            drain = asyncio.create_task(consume(socket))
-            await socket.send(json.dumps({"event": "connected", "version": "1.0.0"}))
-            start = {
-                "call_control_id": sid,
-                "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
-            }
-            await socket.send(
-                json.dumps(
-                    {
-                        "event": "start",
-                        "sequence_number": "1",
-                        "stream_id": stream_id,
-                        "start": start,
-                    }
-                )
+    async with (
+        participant_in(server, "garbage-room") as participant,
+        connect(stream_url, open_timeout=5) as socket,
+    ):
+        # Read what the server plays, as Telnyx does; an unread socket stalls its closing.
+        drain = asyncio.create_task(consume(socket))
+        await socket.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+        start = {
+            "call_control_id": sid,
+            "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
+        }
+        await socket.send(
+            json.dumps(
+                {
+                    "event": "start",
+                    "sequence_number": "1",
+                    "stream_id": stream_id,
+                    "start": start,
+                }
             )
-            for chunk in range(1, 76):
-                await socket.send(media(chunk))
-                if chunk <= len(garbage):
-                    await socket.send(garbage[chunk - 1])
-                if chunk <= len(harmless):
-                    await socket.send(harmless[chunk - 1])
-                await socket.send(media(chunk, track="outbound"))
-                await asyncio.sleep(0.02)
-            dtmf = {"event": "dtmf", "stream_id": stream_id, "sequence_number": "99"}
-            await socket.send(json.dumps({**dtmf, "dtmf": {"digit": "5"}}))
-            stop = {"user_id": "u", "call_control_id": sid}
-            await socket.send(
-                json.dumps(
-                    {
-                        "event": "stop",
-                        "sequence_number": "100",
-                        "stream_id": stream_id,
-                        "stop": stop,
-                    }
-                )
+        )
+        for chunk in range(1, 76):
+            await socket.send(media(chunk))
+            if chunk <= len(garbage):
+                await socket.send(garbage[chunk - 1])
+            if chunk <= len(harmless):
+                await socket.send(harmless[chunk - 1])
+            await socket.send(media(chunk, track="outbound"))
+            await asyncio.sleep(0.02)
+        dtmf = {"event": "dtmf", "stream_id": stream_id, "sequence_number": "99"}
+        await socket.send(json.dumps({**dtmf, "dtmf": {"digit": "5"}}))
+        stop = {"user_id": "u", "call_control_id": sid}
+        await socket.send(
+            json.dumps(
+                {
+                    "event": "stop",
+                    "sequence_number": "100",
+                    "stream_id": stream_id,
+                    "stop": stop,
+                }
             )
-            await participant.wait_for(event="participant-left")
-            await asyncio.wait_for(drain, 5)  # the server closes the socket after stop
-    finally:
-        await participant.close()
+        )
+        await participant.wait_for(event="participant-left")
+        await asyncio.wait_for(drain, 5)  # the server closes the socket after stop
     audio = np.concatenate(participant.audio)
     loud = audio[np.abs(audio) > 1000]
     assert len(loud) > 16000 * 0.8, "the tone kept flowing after the garbage"
     assert abs(dominant_frequency(audio, 16000) - 440) < 10
-    assert [e["digit"] for e in participant.events if e["event"] == "dtmf"] == ["5"]
+    assert [e["digit"] for e in participant.seen if e["event"] == "dtmf"] == ["5"]
     call_id, reason = await wait_until_ended(server, sid)
     assert reason == "caller-hangup"
     span = await media_span(traced, call_id)
@@ -469,17 +386,18 @@ async def test_room_hang_up_ends_the_call_by_rest(
 ) -> None:
     webhook_url = telnyx_connector(server, "hangup-room", credentials=CREDENTIALS)
     sid = call_sid()
-    participant = await join(server, "hangup-room")
-    caller = asyncio.create_task(
-        simulate_telnyx_call(call_options(webhook_url, seconds=5, extra_params={"CallSid": sid}))
-    )
-    try:
-        await participant.wait_for(event="participant-joined")
-        await participant.send({"event": "hangup"})
-        summary = await caller
-    finally:
-        caller.cancel()
-        await participant.close()
+    async with participant_in(server, "hangup-room") as participant:
+        caller = asyncio.create_task(
+            simulate_telnyx_call(
+                call_options(webhook_url, seconds=5, extra_params={"CallSid": sid})
+            )
+        )
+        try:
+            await participant.wait_for(event="participant-joined")
+            await participant.send({"event": "hangup"})  # the room's only call: no callId
+            summary = await caller
+        finally:
+            caller.cancel()
     assert summary.outcome == "completed (server closed)"
     request = await wait_for_hangup(fake_api, sid)
     assert request.headers["authorization"] == f"Bearer {CREDENTIALS['apiKey']}"

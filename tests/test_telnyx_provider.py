@@ -3,7 +3,6 @@ media-socket adapter (reordering included) over a fake socket."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import xml.etree.ElementTree as ET
@@ -36,6 +35,11 @@ from callbridge_plugins.providers.telnyx import (
     TelnyxConfig,
     TelnyxMediaStream,
     TelnyxProvider,
+)
+from tests.channels import (
+    TextChannel,
+    check_marks_pending_at_a_clear_echo_as_cleared,
+    events_until_stopped,
 )
 from tests.fake_provider_api import FakeProviderApi
 from tests.servers import FakeClock
@@ -449,29 +453,6 @@ async def test_hangup_never_raises(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- media stream
 
 
-class FakeChannel:
-    """An in-memory SocketChannel: queued incoming messages, recorded outgoing ones."""
-
-    def __init__(self, incoming: list[str | bytes | None]) -> None:
-        self.incoming: asyncio.Queue[str | bytes | None] = asyncio.Queue()
-        for message in incoming:
-            self.incoming.put_nowait(message)
-        self.sent: list[str] = []
-        self.closed = 0
-
-    async def receive(self) -> str | bytes | None:
-        return await self.incoming.get()
-
-    async def send_text(self, data: str) -> None:
-        self.sent.append(data)
-
-    async def send_bytes(self, data: bytes) -> None:
-        raise AssertionError("Telnyx takes text frames only")
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        self.closed += 1
-
-
 def msg(event: str, sequence: int | None = None, **body: object) -> str:
     message: dict[str, object] = {"event": event}
     if sequence is not None:
@@ -479,6 +460,10 @@ def msg(event: str, sequence: int | None = None, **body: object) -> str:
     message["stream_id"] = STREAM_ID
     message.update(body)
     return json.dumps(message)
+
+
+def mark_echo(sequence: int, name: str) -> str:
+    return msg("mark", sequence, mark={"name": name})
 
 
 CONNECTED = json.dumps({"event": "connected", "version": "1.0.0"})
@@ -516,18 +501,9 @@ STOP = msg("stop", 999, stop={"user_id": "u", "call_control_id": CALL_ID})
 
 def open_stream(
     messages: list[str | bytes | None], options: StreamOptions | None = None
-) -> tuple[TelnyxMediaStream, FakeChannel]:
-    channel = FakeChannel(messages)
+) -> tuple[TelnyxMediaStream, TextChannel]:
+    channel = TextChannel(messages)
     return TelnyxMediaStream(channel, options or StreamOptions(), reorder_depth=4), channel
-
-
-async def events_until_stopped(stream: TelnyxMediaStream) -> list[object]:
-    events: list[object] = []
-    while True:
-        event = await asyncio.wait_for(stream.receive(), 2)
-        events.append(event)
-        if isinstance(event, StreamStopped):
-            return events
 
 
 def audio_chunks(events: list[object]) -> list[int]:
@@ -535,7 +511,7 @@ def audio_chunks(events: list[object]) -> list[int]:
 
 
 async def test_stream_turns_messages_into_events(provider: TelnyxProvider) -> None:
-    channel = FakeChannel(
+    channel = TextChannel(
         [
             CONNECTED,
             start(),
@@ -710,16 +686,7 @@ async def test_outbound_messages_have_telnyx_shape() -> None:
 async def test_marks_pending_at_a_clear_echo_as_cleared() -> None:
     stream, channel = open_stream([start()])
     await stream.receive()
-    await stream.send_mark("played")
-    channel.incoming.put_nowait(msg("mark", 2, mark={"name": "played"}))
-    assert await stream.receive() == MarkEcho("played", cleared=False)
-    await stream.send_mark("flushed")
-    await stream.send_clear()
-    await stream.send_mark("after")
-    channel.incoming.put_nowait(msg("mark", 3, mark={"name": "flushed"}))
-    channel.incoming.put_nowait(msg("mark", 4, mark={"name": "after"}))
-    assert await stream.receive() == MarkEcho("flushed", cleared=True)
-    assert await stream.receive() == MarkEcho("after", cleared=False)
+    await check_marks_pending_at_a_clear_echo_as_cleared(stream, channel, mark_echo)
 
 
 async def test_close_is_idempotent() -> None:

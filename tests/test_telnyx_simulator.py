@@ -13,17 +13,14 @@ import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.http11 import Request, Response
+from websockets.asyncio.server import ServerConnection
 
-from callbridge.clients.audio import Summary
 from callbridge.clients.call import CallOptions
 from callbridge.media.analysis import dominant_frequency, level_dbfs
 from callbridge.media.framing import Pacer
@@ -35,6 +32,7 @@ from callbridge_plugins.simulators.telnyx import (
     simulate_telnyx_call,
     telnyx_signature_headers,
 )
+from tests.fake_peer import FakeProviderFacingServer, events_named, idle
 
 Behaviour = Callable[[ServerConnection], Awaitable[None]]
 
@@ -60,85 +58,24 @@ def texml(url: str, style: str = "connect", pause: bool = True, **attributes: st
     return f'<?xml version="1.0" encoding="UTF-8"?><Response>{body}</Response>'
 
 
-class FakeTelnyxFacingServer:
-    """A TeXML endpoint (plain asyncio HTTP) plus a media socket (websockets)."""
+class FakeTelnyxFacingServer(FakeProviderFacingServer):
+    """A TeXML endpoint, plus a media socket that takes ``connected`` and ``start``;
+    behaviours get the socket only."""
+
+    provider = "telnyx"
 
     def __init__(self) -> None:
+        super().__init__()
         self.texml: Callable[[], str] = lambda: texml(self.stream_url)
-        self.webhook_status = 200
-        self.refuse_socket_with: int | None = None
         self.behaviour: Behaviour = idle
-        self.webhook_requests: list[dict[str, Any]] = []
-        self.handshakes: list[Request] = []
-        self.logs: list[list[dict[str, Any]]] = []
-        self.errors: list[BaseException] = []
 
-    async def __aenter__(self) -> FakeTelnyxFacingServer:
-        self._http = await asyncio.start_server(self._serve_http, "127.0.0.1", 0)
-        self._ws = await serve(
-            self._serve_socket, "127.0.0.1", 0, process_request=self._handshake
-        ).__aenter__()
-        http_port = self._http.sockets[0].getsockname()[1]
-        ws_port = self._ws.sockets[0].getsockname()[1]
-        self.webhook_url = f"http://127.0.0.1:{http_port}/v2/hooks/telnyx/whk_test"
-        self.stream_url = f"ws://127.0.0.1:{ws_port}/ingest/telnyx/ref123"
-        return self
+    def markup(self) -> str:
+        return self.texml()
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._ws.close()
-        await self._ws.wait_closed()
-        self._http.close()
-        await self._http.wait_closed()
-
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        method, target, _ = head[0].split(" ", 2)
-        headers = {}
-        for line in head[1:]:
-            if line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        self.webhook_requests.append(
-            {"method": method, "target": target, "headers": headers, "body": body}
-        )
-        text = self.texml().encode()
-        status = HTTPStatus(self.webhook_status)
-        writer.write(
-            f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: text/xml\r\n"
-            f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n".encode()
-            + text
-        )
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
-        self.handshakes.append(request)
-        if self.refuse_socket_with is not None:
-            return connection.respond(HTTPStatus(self.refuse_socket_with), "no\n")
-        return None
-
-    async def _serve_socket(self, ws: ServerConnection) -> None:
-        log: list[dict[str, Any]] = []
-        self.logs.append(log)
-        log.append(json.loads(await ws.recv()))  # connected
-        log.append(json.loads(await ws.recv()))  # start
-        behaviour = asyncio.create_task(self.behaviour(ws))
-        async for raw in ws:
-            message = json.loads(raw)
-            log.append(message)
-            if message["event"] == "stop":
-                break
-        if not behaviour.done():
-            behaviour.cancel()
-        result = (await asyncio.gather(behaviour, return_exceptions=True))[0]
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            self.errors.append(result)
-
-
-async def idle(ws: ServerConnection) -> None:
-    await asyncio.sleep(3600)
+    async def open_stream(self, ws: ServerConnection) -> tuple[()]:
+        await self.receive(ws)  # connected
+        await self.receive(ws)  # start
+        return ()
 
 
 def media_message(payload: bytes) -> str:
@@ -149,10 +86,6 @@ def media_message(payload: bytes) -> str:
 async def fake_server() -> AsyncIterator[FakeTelnyxFacingServer]:
     async with FakeTelnyxFacingServer() as server:
         yield server
-
-
-def events_named(summary: Summary, name: str) -> list[dict[str, Any]]:
-    return [event for event in summary.events if event.get("event") == name]
 
 
 def inbound_media(log: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
-import math
 import secrets
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,36 +22,38 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from callbridge.clients.call import CallOptions
-from callbridge.clients.room import RoomJoinOptions, join_room
-from callbridge.media.analysis import dominant_frequency, level_dbfs, trim_silence
-from callbridge.media.tones import ToneGenerator
-from callbridge.media.wav import read_wav
-from callbridge.protocols import HangupResult, HangupTarget, ProviderCredentials
 from callbridge_plugins.simulators.twilio import simulate_twilio_call, twilio_signature
 from tests import twilio_wire as tw
+from tests.calls import (
+    assert_heard,
+    calls_of,
+    ended_call,
+    hang_up_from_room,
+    mark_then_clear,
+    record_hangups,
+    with_tone_participant,
+)
 from tests.fake_provider_api import FakeProviderApi
-from tests.servers import Connector, InProcessServer, create_connector, start_in_process
+from tests.rooms import participant_in
+from tests.servers import (
+    Connector,
+    InProcessServer,
+    create_connector,
+    provider_api_overrides,
+    running_in_process,
+)
 
 ACCOUNT_SID = "AC" + "7" * 32
 AUTH_TOKEN = "callbridge_test_auth_token"
 CREDENTIALS = {"accountSid": ACCOUNT_SID, "authToken": AUTH_TOKEN}
-SENT_LEVEL_DBFS = 20 * math.log10(0.5 / math.sqrt(2))  # a sine at half of full scale
 
 
 @pytest.fixture
 def server(tmp_path: Path, fake_provider_api: FakeProviderApi) -> Iterator[InProcessServer]:
     """callbridge with Twilio hang-ups pointed at the fake Twilio API."""
-    overrides = {
-        "providers": {
-            "enabled": ["twilio"],
-            "config": {"twilio": {"api_base_url": fake_provider_api.base_url}},
-        }
-    }
-    running = start_in_process(tmp_path, overrides=overrides)
-    try:
+    overrides = provider_api_overrides(["twilio"], "twilio", fake_provider_api.base_url)
+    with running_in_process(tmp_path, overrides) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def verifying_connector(server: InProcessServer, room: str) -> Connector:
@@ -68,72 +67,8 @@ def verifying_connector(server: InProcessServer, room: str) -> Connector:
     )
 
 
-def calls_of(server: InProcessServer, connector: Connector) -> list[dict[str, Any]]:
-    response = httpx.get(
-        f"{server.url}/v2/calls",
-        params={"connectorId": connector.id},
-        headers={"Authorization": f"Bearer {server.token()}"},
-    )
-    assert response.status_code == 200, response.text
-    data: list[dict[str, Any]] = response.json()["data"]
-    return data
-
-
-async def ended_call(server: InProcessServer, connector: Connector) -> dict[str, Any]:
-    """The connector's only call, once it has ended (the server records it after the bridge)."""
-    deadline = time.monotonic() + 10
-    while True:
-        calls = await asyncio.to_thread(calls_of, server, connector)
-        assert len(calls) == 1
-        if calls[0]["status"] in ("ended", "failed") or time.monotonic() > deadline:
-            return calls[0]
-        await asyncio.sleep(0.05)
-
-
 def simulator_options(connector: Connector, **fields: Any) -> CallOptions:
     return CallOptions(webhook_url=connector.webhook_url, credentials=dict(CREDENTIALS), **fields)
-
-
-def room_url(server: InProcessServer, room: str) -> str:
-    return f"ws://127.0.0.1:{server.port}/v2/rooms/{room}/participants?token={server.token()}"
-
-
-class Participant:
-    """A hand-driven room participant; a reader task keeps the socket drained (audio is
-    dropped, JSON events are queued), so the server never blocks on it."""
-
-    def __init__(self, socket: ClientConnection) -> None:
-        self.socket = socket
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def read(self) -> None:
-        async for message in self.socket:
-            if isinstance(message, str):
-                self.events.put_nowait(json.loads(message))
-
-    async def send(self, message: dict[str, Any] | bytes) -> None:
-        await self.socket.send(message if isinstance(message, bytes) else json.dumps(message))
-
-    async def next_event(self, name: str) -> dict[str, Any]:
-        """The next event called ``name``; other events are skipped."""
-        async with asyncio.timeout(10):
-            while (event := await self.events.get()).get("event") != name:
-                pass
-        return event
-
-
-@contextlib.asynccontextmanager
-async def participant_in(server: InProcessServer, room: str) -> AsyncIterator[Participant]:
-    async with connect(room_url(server, room), open_timeout=5) as socket:
-        joined = json.loads(await socket.recv())
-        assert joined["event"] == "joined"
-        participant = Participant(socket)
-        reader = asyncio.create_task(participant.read())
-        try:
-            yield participant
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
 
 
 async def post_form(url: str, form: dict[str, str], signature: str | None = None) -> httpx.Response:
@@ -167,39 +102,20 @@ async def test_signed_call_carries_two_tones_and_the_caller_stop_needs_no_hangup
     connector = verifying_connector(server, "tones")
     participant_wav, caller_wav = tmp_path / "participant.wav", tmp_path / "caller.wav"
 
-    async def call_after_join() -> Any:
-        await asyncio.sleep(0.5)
-        options = simulator_options(
-            connector, tone_hz=440, seconds=2.5, dtmf="12", record_path=str(caller_wav)
-        )
-        return await simulate_twilio_call(options)
-
-    room = RoomJoinOptions(
-        server_url=server.url,
-        room_id="tones",
-        token=server.token(),
-        tone_hz=1000,
-        seconds=3.5,
-        record_path=str(participant_wav),
+    options = simulator_options(
+        connector, tone_hz=440, seconds=2.5, dtmf="12", record_path=str(caller_wav)
     )
-    participant, caller = await asyncio.gather(join_room(room), call_after_join())
+    participant, caller = await with_tone_participant(
+        server, "tones", participant_wav, simulate_twilio_call(options)
+    )
 
     assert caller.outcome == "completed", caller.events
     assert participant.outcome == "completed"
     problems = [e for e in caller.events if e["event"] in {"protocol-error", "bad-frame-size"}]
     assert problems == []
 
-    heard, rate = read_wav(participant_wav)
-    tone = trim_silence(heard, rate)
-    assert len(tone) > rate * 1.5
-    assert abs(dominant_frequency(tone, rate) - 440) <= 10
-    assert abs(level_dbfs(tone) - SENT_LEVEL_DBFS) <= 6
-
-    heard, rate = read_wav(caller_wav)
-    tone = trim_silence(heard, rate)
-    assert len(tone) > rate * 1.5
-    assert abs(dominant_frequency(tone, rate) - 1000) <= 10
-    assert abs(level_dbfs(tone) - SENT_LEVEL_DBFS) <= 6
+    assert_heard(participant_wav, 440)
+    assert_heard(caller_wav, 1000)
 
     digits = [e["digit"] for e in participant.events if e.get("event") == "dtmf"]
     assert digits == ["1", "2"]
@@ -268,14 +184,8 @@ async def room_hangup_call(
     server: InProcessServer, connector: Connector, room: str, call_sid: str
 ) -> Any:
     """A signed call that the room participant hangs up as soon as it has joined."""
-    async with participant_in(server, room) as participant:
-        options = simulator_options(connector, seconds=5, extra_params={"CallSid": call_sid})
-        caller = asyncio.create_task(simulate_twilio_call(options))
-        joined = await participant.next_event("participant-joined")
-        await participant.send({"event": "hangup", "callId": joined["participantId"]})
-        summary = await asyncio.wait_for(caller, 10)
-    assert summary.outcome == "completed (server closed)"
-    return summary
+    options = simulator_options(connector, seconds=5, extra_params={"CallSid": call_sid})
+    return await hang_up_from_room(server, room, simulate_twilio_call(options))
 
 
 async def test_room_hangup_ends_the_call_at_twilio(
@@ -335,18 +245,7 @@ async def test_twilio_20404_on_hangup_counts_as_already_ended(
         404,
         {"code": 20404, "message": "The requested resource was not found", "status": 404},
     )
-    provider = server.runtime.providers["twilio"]
-    results: list[HangupResult] = []
-    real_hangup = provider.hangup
-
-    async def recording_hangup(
-        target: HangupTarget, credentials: ProviderCredentials
-    ) -> HangupResult:
-        result = await real_hangup(target, credentials)
-        results.append(result)
-        return result
-
-    monkeypatch.setattr(provider, "hangup", recording_hangup)
+    results = record_hangups(server.runtime.providers["twilio"], monkeypatch)
     connector = verifying_connector(server, "gone-room")
     await room_hangup_call(server, connector, "gone-room", "CA" + secrets.token_hex(16))
 
@@ -360,30 +259,8 @@ async def test_twilio_20404_on_hangup_counts_as_already_ended(
 
 async def test_marks_and_clear_round_trip_through_the_bridge(server: InProcessServer) -> None:
     connector = verifying_connector(server, "marks")
-    async with participant_in(server, "marks") as participant:
-        stop_talking = asyncio.Event()
-
-        async def talk() -> None:
-            # Keep audio flowing to the caller, so marks queue behind it as on a real call.
-            tone = ToneGenerator(600, 16000, 0.3)
-            while not stop_talking.is_set():
-                await participant.send(tone.next_frame(320).astype("<i2").tobytes())
-                await asyncio.sleep(0.02)
-
-        caller = asyncio.create_task(simulate_twilio_call(simulator_options(connector, seconds=3)))
-        joined = await participant.next_event("participant-joined")
-        call_id = joined["participantId"]
-        talker = asyncio.create_task(talk())
-        await asyncio.sleep(0.3)
-
-        await participant.send({"event": "mark", "name": "m-played"})
-        played = await participant.next_event("mark")
-        await participant.send({"event": "mark", "name": "m-cleared"})
-        await participant.send({"event": "clear"})
-        cleared = await participant.next_event("mark")
-        stop_talking.set()
-        await talker
-        summary = await asyncio.wait_for(caller, 10)
+    caller = simulate_twilio_call(simulator_options(connector, seconds=3))
+    call_id, played, cleared, summary = await mark_then_clear(server, "marks", caller)
 
     assert played == {"event": "mark", "name": "m-played", "status": "played", "callId": call_id}
     assert cleared == {

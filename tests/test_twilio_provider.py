@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -36,6 +35,11 @@ from callbridge.protocols import (
     WebhookRequest,
 )
 from callbridge_plugins.providers.twilio import TwilioConfig, TwilioMediaStream, TwilioProvider
+from tests.channels import (
+    TextChannel,
+    check_marks_pending_at_a_clear_echo_as_cleared,
+    events_until_stopped,
+)
 from tests.fake_provider_api import FakeProviderApi
 from tests.servers import free_port
 
@@ -195,29 +199,6 @@ def test_config_forbids_unknown_fields() -> None:
 # --------------------------------------------------------------------------- media stream
 
 
-class FakeChannel:
-    """An in-memory SocketChannel: queued incoming messages, recorded outgoing ones."""
-
-    def __init__(self, incoming: list[str | bytes | None]) -> None:
-        self.incoming: asyncio.Queue[str | bytes | None] = asyncio.Queue()
-        for message in incoming:
-            self.incoming.put_nowait(message)
-        self.sent: list[str] = []
-        self.closed = 0
-
-    async def receive(self) -> str | bytes | None:
-        return await self.incoming.get()
-
-    async def send_text(self, data: str) -> None:
-        self.sent.append(data)
-
-    async def send_bytes(self, data: bytes) -> None:
-        raise AssertionError("Twilio takes text frames only")
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        self.closed += 1
-
-
 def msg(event: str, sequence: int | None = None, **body: object) -> str:
     message: dict[str, object] = {"event": event}
     if sequence is not None:
@@ -225,6 +206,10 @@ def msg(event: str, sequence: int | None = None, **body: object) -> str:
         message["streamSid"] = STREAM_SID
     message.update(body)
     return json.dumps(message)
+
+
+def mark_echo(sequence: int, name: str) -> str:
+    return msg("mark", sequence, mark={"name": name})
 
 
 CONNECTED = msg("connected", protocol="Call", version="1.0.0")
@@ -249,17 +234,8 @@ def media(sequence: int, payload: str | None = None, track: str = "inbound") -> 
     return msg("media", sequence, media=body)
 
 
-async def events_until_stopped(stream: TwilioMediaStream) -> list[object]:
-    events: list[object] = []
-    while True:
-        event = await asyncio.wait_for(stream.receive(), 2)
-        events.append(event)
-        if isinstance(event, StreamStopped):
-            return events
-
-
 async def test_stream_turns_messages_into_events(provider: TwilioProvider) -> None:
-    channel = FakeChannel(
+    channel = TextChannel(
         [
             CONNECTED,
             START,
@@ -292,7 +268,7 @@ async def test_stream_turns_messages_into_events(provider: TwilioProvider) -> No
 
 
 async def test_socket_close_stops_the_stream() -> None:
-    stream = TwilioMediaStream(FakeChannel([CONNECTED, START, None]))
+    stream = TwilioMediaStream(TextChannel([CONNECTED, START, None]))
     assert isinstance(await stream.receive(), StreamStarted)
     assert await stream.receive() == StreamStopped("closed")
     assert await stream.receive() == StreamStopped("closed")
@@ -322,7 +298,7 @@ async def test_malformed_messages_are_counted_and_skipped() -> None:
         msg("media", 8, media={"payload": "A" * 70_000}),
     ]
     good = [media(9), msg("dtmf", 10, dtmf={"track": "inbound_track", "digit": "#"}), None]
-    stream = TwilioMediaStream(FakeChannel([*bad, *good]))
+    stream = TwilioMediaStream(TextChannel([*bad, *good]))
     events = await events_until_stopped(stream)
     assert [type(event) for event in events] == [StreamStarted, AudioIn, DtmfIn, StreamStopped]
     assert events[1] == AudioIn(AUDIO)
@@ -338,14 +314,14 @@ async def test_unknown_events_and_other_tracks_are_ignored_not_malformed() -> No
         media(4),
         None,
     ]
-    stream = TwilioMediaStream(FakeChannel(messages))
+    stream = TwilioMediaStream(TextChannel(messages))
     events = await events_until_stopped(stream)
     assert [type(event) for event in events] == [StreamStarted, AudioIn, StreamStopped]
     assert (stream.malformed, stream.ignored) == (0, 2)
 
 
 async def test_outbound_messages_have_twilio_shape() -> None:
-    channel = FakeChannel([CONNECTED, START])
+    channel = TextChannel([CONNECTED, START])
     stream = TwilioMediaStream(channel)
     await stream.receive()
     await stream.send_audio(AUDIO)
@@ -365,23 +341,14 @@ async def test_outbound_messages_have_twilio_shape() -> None:
 
 
 async def test_marks_pending_at_a_clear_echo_as_cleared() -> None:
-    channel = FakeChannel([START])
+    channel = TextChannel([START])
     stream = TwilioMediaStream(channel)
     await stream.receive()
-    await stream.send_mark("played")
-    channel.incoming.put_nowait(msg("mark", 2, mark={"name": "played"}))
-    assert await stream.receive() == MarkEcho("played", cleared=False)
-    await stream.send_mark("flushed")
-    await stream.send_clear()
-    await stream.send_mark("after")
-    channel.incoming.put_nowait(msg("mark", 3, mark={"name": "flushed"}))
-    channel.incoming.put_nowait(msg("mark", 4, mark={"name": "after"}))
-    assert await stream.receive() == MarkEcho("flushed", cleared=True)
-    assert await stream.receive() == MarkEcho("after", cleared=False)
+    await check_marks_pending_at_a_clear_echo_as_cleared(stream, channel, mark_echo)
 
 
 async def test_sending_before_start_raises() -> None:
-    channel = FakeChannel([])
+    channel = TextChannel([])
     stream = TwilioMediaStream(channel)
     with pytest.raises(RuntimeError):
         await stream.send_audio(AUDIO)
@@ -393,7 +360,7 @@ async def test_sending_before_start_raises() -> None:
 
 
 async def test_close_is_idempotent() -> None:
-    channel = FakeChannel([])
+    channel = TextChannel([])
     stream = TwilioMediaStream(channel)
     await stream.close()
     await stream.close()

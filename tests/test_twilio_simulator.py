@@ -12,17 +12,14 @@ import base64
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
 from twilio.request_validator import RequestValidator
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.http11 import Request, Response
+from websockets.asyncio.server import ServerConnection
 
-from callbridge.clients.audio import Summary
 from callbridge.clients.call import CallOptions
 from callbridge.media.analysis import dominant_frequency, level_dbfs
 from callbridge.media.framing import Pacer
@@ -34,6 +31,7 @@ from callbridge_plugins.simulators.twilio import (
     simulate_twilio_call,
     twilio_signature,
 )
+from tests.fake_peer import FakeProviderFacingServer, events_named, idle
 
 Behaviour = Callable[[ServerConnection, str], Awaitable[None]]
 
@@ -48,91 +46,25 @@ def connect_twiml(stream_url: str, parameters: dict[str, str]) -> str:
     )
 
 
-class FakeTwilioFacingServer:
-    """A voice-webhook endpoint (plain asyncio HTTP) plus a media socket (websockets)."""
+class FakeTwilioFacingServer(FakeProviderFacingServer):
+    """A voice-webhook endpoint answering TwiML, plus a media socket that takes ``connected``
+    and ``start``; behaviours get the socket and the ``streamSid``."""
+
+    provider = "twilio"
 
     def __init__(self) -> None:
+        super().__init__()
         self.parameters = {"callId": "c-1", "roomId": "room-42", "from": "+14155550100"}
         self.twiml: Callable[[], str] = lambda: connect_twiml(self.stream_url, self.parameters)
-        self.webhook_status = 200
-        self.refuse_socket_with: int | None = None
-        self.close_on_accept = False
         self.behaviour: Behaviour = idle
-        self.webhook_requests: list[dict[str, Any]] = []
-        self.handshakes: list[Request] = []
-        self.logs: list[list[dict[str, Any]]] = []
-        self.errors: list[BaseException] = []
 
-    async def __aenter__(self) -> FakeTwilioFacingServer:
-        self._http = await asyncio.start_server(self._serve_http, "127.0.0.1", 0)
-        self._ws = await serve(
-            self._serve_socket, "127.0.0.1", 0, process_request=self._handshake
-        ).__aenter__()
-        http_port = self._http.sockets[0].getsockname()[1]
-        ws_port = self._ws.sockets[0].getsockname()[1]
-        self.webhook_url = f"http://127.0.0.1:{http_port}/v2/hooks/twilio/whk_test"
-        self.stream_url = f"ws://127.0.0.1:{ws_port}/ingest/twilio/ref123"
-        return self
+    def markup(self) -> str:
+        return self.twiml()
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._ws.close()
-        await self._ws.wait_closed()
-        self._http.close()
-        await self._http.wait_closed()
-
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        method, target, _ = head[0].split(" ", 2)
-        headers = {}
-        for line in head[1:]:
-            if line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        self.webhook_requests.append(
-            {"method": method, "target": target, "headers": headers, "body": body.decode()}
-        )
-        text = self.twiml().encode()
-        status = HTTPStatus(self.webhook_status)
-        writer.write(
-            f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: text/xml\r\n"
-            f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n".encode()
-            + text
-        )
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-    def _handshake(self, connection: ServerConnection, request: Request) -> Response | None:
-        self.handshakes.append(request)
-        if self.refuse_socket_with is not None:
-            return connection.respond(HTTPStatus(self.refuse_socket_with), "no\n")
-        return None
-
-    async def _serve_socket(self, ws: ServerConnection) -> None:
-        log: list[dict[str, Any]] = []
-        self.logs.append(log)
-        if self.close_on_accept:
-            await ws.close(1011, "claim failed")
-            return
-        log.append(json.loads(await ws.recv()))  # connected
-        start = json.loads(await ws.recv())
-        log.append(start)
-        behaviour = asyncio.create_task(self.behaviour(ws, start["streamSid"]))
-        async for raw in ws:
-            message = json.loads(raw)
-            log.append(message)
-            if message["event"] == "stop":
-                break
-        if not behaviour.done():
-            behaviour.cancel()
-        result = (await asyncio.gather(behaviour, return_exceptions=True))[0]
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            self.errors.append(result)
-
-
-async def idle(ws: ServerConnection, stream_sid: str) -> None:
-    await asyncio.sleep(3600)
+    async def open_stream(self, ws: ServerConnection) -> tuple[str]:
+        await self.receive(ws)  # connected
+        start = await self.receive(ws)
+        return (start["streamSid"],)
 
 
 def media_message(stream_sid: str, payload: bytes) -> str:
@@ -144,10 +76,6 @@ def media_message(stream_sid: str, payload: bytes) -> str:
 async def fake_server() -> AsyncIterator[FakeTwilioFacingServer]:
     async with FakeTwilioFacingServer() as server:
         yield server
-
-
-def events_named(summary: Summary, name: str) -> list[dict[str, Any]]:
-    return [event for event in summary.events if event.get("event") == name]
 
 
 async def test_call_streams_audio_dtmf_and_echoes_marks(
@@ -185,7 +113,7 @@ async def test_call_streams_audio_dtmf_and_echoes_marks(
     assert request["method"] == "POST"
     assert request["target"] == "/v2/hooks/twilio/whk_test?roomId=room-42"
     assert request["headers"]["content-type"] == "application/x-www-form-urlencoded"
-    form = {name: values[0] for name, values in parse_qs(request["body"]).items()}
+    form = {name: values[0] for name, values in parse_qs(request["body"].decode()).items()}
     assert re.fullmatch(r"AC[0-9a-f]{32}", form["AccountSid"])
     assert re.fullmatch(r"CA[0-9a-f]{32}", form["CallSid"])
     assert form["ApiVersion"] == "2010-04-01"
@@ -392,7 +320,7 @@ async def test_get_webhook_and_signatures(fake_server: FakeTwilioFacingServer) -
 
     (request,) = fake_server.webhook_requests
     assert request["method"] == "GET"
-    assert request["body"] == ""
+    assert request["body"] == b""
     url = "http://" + request["headers"]["host"] + request["target"]
     signature = twilio_signature("test_auth_token", url)
     assert request["headers"]["x-twilio-signature"] == signature
@@ -419,7 +347,7 @@ async def test_post_webhook_is_signed_and_uses_the_account_sid(
     assert summary.outcome == "completed"
 
     (request,) = fake_server.webhook_requests
-    form = {name: values[0] for name, values in parse_qs(request["body"]).items()}
+    form = {name: values[0] for name, values in parse_qs(request["body"].decode()).items()}
     assert form["AccountSid"] == account_sid
     assert fake_server.logs[0][1]["start"]["accountSid"] == account_sid
     url = "http://" + request["headers"]["host"] + request["target"]
