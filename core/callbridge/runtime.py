@@ -212,7 +212,8 @@ def build_runtime(
     for selection in selections:
         plugin = selection.record.factory(selection.config, context)
         built[selection.kind][selection.name] = plugin
-    traced = {
+    # Proxies stand in for the plugin objects, so they are typed by the protocols they wrap.
+    traced: dict[PluginKind, dict[str, Any]] = {
         kind: {name: TracedPlugin(obj, kind, tracer) for name, obj in objs.items()}
         for kind, objs in built.items()
     }
@@ -220,11 +221,11 @@ def build_runtime(
         settings=settings,
         context=context,
         registry=registry,
-        providers=traced["provider"],  # type: ignore[arg-type]
-        routing_chain=[traced["routing_strategy"][name] for name in settings.routing.chain],  # type: ignore[misc]
-        room_transports=traced["room_transport"],  # type: ignore[arg-type]
-        signer=traced["webhook_signer"][settings.webhooks.signer],  # type: ignore[arg-type]
-        ref_store=traced["ref_store"][settings.refs.store],  # type: ignore[arg-type]
+        providers=traced["provider"],
+        routing_chain=[traced["routing_strategy"][name] for name in settings.routing.chain],
+        room_transports=traced["room_transport"],
+        signer=traced["webhook_signer"][settings.webhooks.signer],
+        ref_store=traced["ref_store"][settings.refs.store],
         db=Database(settings.database_url),
         tracer_provider=tracer_provider,
         tracer=tracer,

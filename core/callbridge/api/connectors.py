@@ -41,8 +41,8 @@ from callbridge.api.shapes import (
     format_timestamp,
     request_clock,
 )
-from callbridge.crypto import CredentialBox, load_credentials_key
-from callbridge.protocols import CodecSpec
+from callbridge.crypto import CredentialBox
+from callbridge.protocols import CodecSpec, Provider
 from callbridge.store.ids import new_connector_id
 from callbridge.store.models import Connector
 from callbridge.store.repository import Repository, transaction
@@ -282,37 +282,25 @@ def _data_with_url(
 
 
 def credential_box(app: Litestar) -> CredentialBox:
-    """The app's :class:`CredentialBox`: the runtime's when it has one, else built once from
-    ``runtime.settings`` and kept on ``app.state``."""
-    runtime = app.state.get("runtime")
-    box = getattr(runtime, "credential_box", None)
-    if isinstance(box, CredentialBox):
-        return box
-    cached = app.state.get("credential_box")
-    if isinstance(cached, CredentialBox):
-        return cached
-    built = CredentialBox(load_credentials_key(runtime.settings))
-    app.state.credential_box = built
-    return built
+    """The running server's :class:`CredentialBox` (its key is loaded at start)."""
+    box: CredentialBox = app.state.runtime.credential_box
+    return box
 
 
 def _provider_object(request: Request[Any, Any, Any], name: str) -> Any:
-    runtime = request.app.state.get("runtime")
-    providers = getattr(runtime, "providers", None) or {}
-    return providers.get(name)
+    return request.app.state.runtime.providers.get(name)
 
 
-def supported_codecs(provider: Any) -> tuple[CodecSpec, ...]:
-    """The provider's codecs (PCMU 8 kHz for a provider that does not declare any)."""
-    return tuple(getattr(provider, "supported_codecs", None) or (CodecSpec(),))
+def supported_codecs(provider: Provider) -> tuple[CodecSpec, ...]:
+    return tuple(provider.supported_codecs)
 
 
-def markup_styles(provider: Any) -> tuple[str, ...]:
-    return tuple(getattr(provider, "markup_styles", None) or ())
+def markup_styles(provider: Provider) -> tuple[str, ...]:
+    return tuple(provider.markup_styles)
 
 
-def credential_fields(provider: Any) -> tuple[str, ...]:
-    return tuple(getattr(provider, "credential_fields", None) or ())
+def credential_fields(provider: Provider) -> tuple[str, ...]:
+    return tuple(provider.credential_fields)
 
 
 def _specs(specs: Iterable[CodecSpec]) -> str:
@@ -459,8 +447,7 @@ def document_providers(app: Litestar) -> None:
     support, and ``credentials`` becomes one closed object per provider credential set.
     Use as an ``on_startup`` hook (before the document is first served).
     """
-    runtime = app.state.get("runtime")
-    providers = getattr(runtime, "providers", None) or {}
+    providers = app.state.runtime.providers
     enabled = [(name, providers.get(name)) for name in app.state.provider_names]
     options = _provider_options_schemas(enabled)
     components = app.openapi_schema.components
@@ -613,6 +600,7 @@ class ConnectorController(Controller):
             provider = _provider_object(request, name)
             if data.codec is not UNSET or data.sample_rate is not UNSET:
                 codec = connector.codec if data.codec is UNSET else data.codec
+                rate: int | None
                 if data.sample_rate is not UNSET:
                     rate = data.sample_rate
                 elif data.codec is not UNSET:

@@ -31,7 +31,8 @@ def _build_ulaw_encode() -> npt.NDArray[np.uint8]:
     magnitude = np.minimum(np.abs(pcm), _ULAW_CLIP) + _ULAW_BIAS
     exponent = _segment(magnitude, 0x100)
     mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+    encoded: npt.NDArray[np.uint8] = (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+    return encoded
 
 
 def _build_ulaw_decode() -> npt.NDArray[np.int16]:
