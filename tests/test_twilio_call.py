@@ -19,7 +19,7 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from callbridge.clients.call import CallOptions
 from callbridge_plugins.simulators.twilio import simulate_twilio_call, twilio_signature
@@ -234,6 +234,38 @@ async def test_api_hangup_ends_the_call_at_twilio(
             f"{server.url}/v2/calls/{call['id']}/hangup", headers={"Authorization": server.token()}
         )
     assert again.status_code == 409
+
+
+async def test_api_hangup_before_the_socket_ends_the_call_at_twilio(
+    server: InProcessServer, fake_provider_api: FakeProviderApi
+) -> None:
+    connector = verifying_connector(server, "early-hangup-room")
+    form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
+    stream_url = stream_url_of(await signed_form_post(connector.webhook_url, form))
+    (call,) = await asyncio.to_thread(calls_of, server, connector)
+    assert call["status"] == "started"
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{server.url}/v2/calls/{call['id']}/hangup", headers={"Authorization": server.token()}
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["status"] == "ended"
+    (request,) = await asyncio.to_thread(fake_provider_api.wait_for, 1)
+    assert request.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{form['CallSid']}.json"
+    assert request.form() == {"Status": "completed"}
+    # The ref is still claimable, but the bridge refuses to join a call that already ended.
+    headers = {"X-Twilio-Signature": twilio_signature(AUTH_TOKEN, stream_url)}
+    async with connect(stream_url, additional_headers=headers, open_timeout=5) as socket:
+        stream_sid = "MZ" + secrets.token_hex(16)
+        await socket.send(tw.connected())
+        await socket.send(tw.start(stream_sid, form["CallSid"]))
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(5):
+                while True:
+                    await socket.recv()
+    (call,) = await asyncio.to_thread(calls_of, server, connector)
+    assert (call["status"], call["endReason"]) == ("ended", "api-hangup")
+    assert len(hangups(fake_provider_api)) == 1, "the bridge does not hang up a second time"
 
 
 async def test_twilio_20404_on_hangup_counts_as_already_ended(

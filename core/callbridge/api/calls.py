@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
+import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
 from litestar.exceptions import ValidationException
@@ -34,6 +35,8 @@ from callbridge.api.shapes import (
     format_timestamp,
     request_clock,
 )
+from callbridge.calls.claim import hang_up_at_provider
+from callbridge.protocols import HangupTarget
 from callbridge.store.models import Call
 from callbridge.store.repository import Repository, transaction
 
@@ -182,8 +185,9 @@ class CallController(Controller):
         status_code=202,
         summary="Hang up a call",
         description="202: the call is bridged on this server and is being ended (the bridge "
-        "hangs up at the provider and records the end). 200: the call was not bridged here "
-        "and is now recorded as ended. 409: it had already ended.",
+        "hangs up at the provider and records the end). 200: the call was not bridged here; "
+        "it is recorded as ended and, when the connector holds credentials, ended at the "
+        "provider through its REST API. 409: it had already ended.",
         responses={
             200: _ENDED_HERE,
             400: _BAD_REQUEST,
@@ -213,4 +217,13 @@ class CallController(Controller):
             ended = await repo.mark_call_ended(call.id, API_HANGUP_REASON)
         if ended is None:  # it ended meanwhile
             raise ApiError(409, "call already ended")
+        if runtime is not None:
+            with structlog.contextvars.bound_contextvars(call_id=call.id):
+                await hang_up_at_provider(
+                    runtime,
+                    apikey=call.apikey,
+                    connector_id=call.connector_id,
+                    provider_name=call.provider,
+                    target=HangupTarget(call.provider_call_id, call.account_id),
+                )
         return Response(CallResponse(message="Call ended", data=call_data(ended)), status_code=200)

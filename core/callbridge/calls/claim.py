@@ -13,6 +13,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from callbridge.calls.bridge import CallBridge
 from callbridge.protocols import (
+    HangupResult,
     HangupTarget,
     MediaStream,
     Participant,
@@ -32,6 +33,8 @@ log = structlog.get_logger("callbridge.claim")
 
 STREAM_END_REASONS = frozenset({"caller-hangup", "stream-closed"})
 """End reasons that mean the provider side ended the stream."""
+ENDED_BEFORE_ANSWER = "ended-before-answer"
+"""The call was ended (e.g. through the calls API) before its media socket arrived."""
 
 
 async def claim_ref(
@@ -155,7 +158,7 @@ async def _bridge(
     if answered is None:
         await leg.leave()
         log.info("call was ended before its media arrived")
-        return "ended-before-answer"
+        return ENDED_BEFORE_ANSWER
     log.info(
         "call answered",
         room_id=record.room_id,
@@ -189,19 +192,38 @@ async def _hang_up_if_needed(
     call up after its stream ends (Telnyx ``start`` style)."""
     if reason in STREAM_END_REASONS and provider.call_ends_with_stream(record.options):
         return
+    if reason == ENDED_BEFORE_ANSWER:  # whoever ended it (the calls API) hung up already
+        return
+    await hang_up_at_provider(
+        runtime,
+        apikey=record.apikey,
+        connector_id=record.connector_id,
+        provider_name=record.provider,
+        target=HangupTarget(record.provider_call_id, record.account_id),
+    )
+
+
+async def hang_up_at_provider(
+    runtime: Runtime, *, apikey: str, connector_id: str, provider_name: str, target: HangupTarget
+) -> HangupResult | None:
+    """Ask the provider's REST API to end the call, with the connector's credentials.
+
+    Returns ``None`` when it could not be asked (no credentials, unknown provider).
+    """
+    provider = runtime.providers.get(provider_name)
+    if provider is None:
+        return None
     try:
         async with transaction(runtime.db, runtime.clock) as repo:
-            connector = await repo.get_connector(record.apikey, record.connector_id)
+            connector = await repo.get_connector(apikey, connector_id)
         credentials = runtime.optional_credentials(connector) if connector else None
     except WebhookError as exc:
         log.warning("provider hang-up skipped", reason=str(exc))
-        return
+        return None
     if credentials is None:
         log.info("provider hang-up skipped", reason="connector holds no provider credentials")
-        return
-    result = await provider.hangup(
-        HangupTarget(record.provider_call_id, record.account_id), credentials
-    )
+        return None
+    result = await provider.hangup(target, credentials)
     trace.get_current_span().add_event(
         "provider hang-up",
         {"ok": result.ok, "status": result.status, "already_ended": result.already_ended},
@@ -210,6 +232,7 @@ async def _hang_up_if_needed(
         log.info("provider hang-up done", status=result.status, already_ended=result.already_ended)
     else:
         log.warning("provider hang-up failed", status=result.status, detail=result.detail)
+    return result
 
 
 async def _wait_for_start(stream: MediaStream, limit_seconds: float) -> StreamStarted | None:
