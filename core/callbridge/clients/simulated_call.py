@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -142,6 +143,36 @@ class SimulatedCall:
         self.error_count += 1
         if self.error_count <= MAX_ERROR_EVENTS:
             self.events.append({"event": "protocol-error", "reason": reason})
+
+    def json_object(self, message: str) -> dict[str, Any] | None:
+        """``message`` as a JSON object, or ``None`` after recording why it is not one."""
+        try:
+            data = json.loads(message)
+        except ValueError:
+            self.protocol_error("message is not JSON")
+            return None
+        if not isinstance(data, dict):
+            self.protocol_error("message is not a JSON object")
+            return None
+        return data
+
+    async def echo_mark(self, name: str, *, cleared: bool) -> None:
+        """Tell the server a mark was reached (or flushed by a clear), in its protocol."""
+        raise NotImplementedError
+
+    async def place_mark(self, playback: PlaybackBuffer, name: str) -> None:
+        """The server placed a mark: it is reached once the audio queued before it has played,
+        or at once when nothing is queued."""
+        if playback.add_mark(name):
+            await self.echo_mark(name, cleared=False)
+
+    async def clear_playback(self, playback: PlaybackBuffer) -> None:
+        """The server cleared: drop unplayed audio and echo every pending mark as cleared (what
+        Twilio, Telnyx and callbridge's custom clients do; Plivo does not)."""
+        dropped, marks = playback.clear()
+        self.events.append({"event": "clear", "droppedBytes": dropped})
+        for name in marks:
+            await self.echo_mark(name, cleared=True)
 
     def bad_frame_size_events(self, is_bad: Callable[[int], bool]) -> list[dict[str, Any]]:
         """A ``bad-frame-size`` event for the received payload sizes ``is_bad`` picks, if any."""

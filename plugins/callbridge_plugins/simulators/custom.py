@@ -229,7 +229,7 @@ class _CustomCall(SimulatedCall):
                 self.playback,
                 self.frame_bytes,
                 hear=self._hear,
-                reached=lambda name: self._echo_mark(name, cleared=False),
+                reached=lambda name: self.echo_mark(name, cleared=False),
             ),
             hang_up=lambda: self._send_json({"event": "stop"}),
         )
@@ -258,7 +258,7 @@ class _CustomCall(SimulatedCall):
         if usable:
             self.recorder.append(np.frombuffer(audio[:usable], dtype="<i2").astype(np.int16))
 
-    async def _echo_mark(self, name: str, *, cleared: bool) -> None:
+    async def echo_mark(self, name: str, *, cleared: bool) -> None:
         self.events.append({"event": "mark", "name": name, "cleared": cleared})
         with contextlib.suppress(ConnectionClosed):
             await self._send_json({"event": "mark", "name": name, "cleared": cleared})
@@ -269,26 +269,18 @@ class _CustomCall(SimulatedCall):
             self.frame_sizes[len(message)] += 1
             self.playback.add_audio(message)
             return
-        try:
-            data = json.loads(message)
-        except ValueError:
-            self.protocol_error("text message is not JSON")
-            return
-        if not isinstance(data, dict):
-            self.protocol_error("text message is not a JSON object")
+        data = self.json_object(message)
+        if data is None:
             return
         event = data.get("event")
         if event == "mark":
             name = data.get("name")
             if not isinstance(name, str) or not name:
                 self.protocol_error("mark message without a name")
-            elif self.playback.add_mark(name):
-                await self._echo_mark(name, cleared=False)
+            else:
+                await self.place_mark(self.playback, name)
         elif event == "clear":
-            dropped, marks = self.playback.clear()
-            self.events.append({"event": "clear", "droppedBytes": dropped})
-            for name in marks:
-                await self._echo_mark(name, cleared=True)
+            await self.clear_playback(self.playback)
         elif event == "stop":
             self.server_stopped = True
             self.events.append({"event": "stop", "reason": data.get("reason")})

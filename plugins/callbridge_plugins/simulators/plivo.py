@@ -324,13 +324,8 @@ class _PlivoCall(SimulatedCall):
         if size > MAX_MESSAGE_BYTES:
             self.protocol_error(f"message of {size} bytes is over 64 KB")
             return
-        try:
-            data = json.loads(message)
-        except ValueError:
-            self.protocol_error("message is not JSON")
-            return
-        if not isinstance(data, dict):
-            self.protocol_error("message is not a JSON object")
+        data = self.json_object(message)
+        if data is None:
             return
         event = data.get("event")
         if event not in ("playAudio", "checkpoint", "clearAudio"):

@@ -429,9 +429,9 @@ class _TelnyxCall(SimulatedCall):
                         message = self._media_message("outbound", setup.inbound.encode(heard))
                         await self.socket.send(message)
             for name in reached:
-                await self._echo_mark(name, cleared=False)
+                await self.echo_mark(name, cleared=False)
 
-    async def _echo_mark(self, name: str, *, cleared: bool) -> None:
+    async def echo_mark(self, name: str, *, cleared: bool) -> None:
         self.events.append({"event": "mark", "name": name, "cleared": cleared})
         with contextlib.suppress(ConnectionClosed):
             await self._send("mark", {"mark": {"name": name}})
@@ -475,13 +475,10 @@ class _TelnyxCall(SimulatedCall):
             name = mark.get("name") if isinstance(mark, dict) else None
             if not isinstance(name, str):
                 self.protocol_error("mark message without mark.name")
-            elif self.playback.add_mark(name):
-                await self._echo_mark(name, cleared=False)
+            else:
+                await self.place_mark(self.playback, name)
         else:
-            dropped, marks = self.playback.clear()
-            self.events.append({"event": "clear", "droppedBytes": dropped})
-            for name in marks:
-                await self._echo_mark(name, cleared=True)
+            await self.clear_playback(self.playback)
 
     async def _reject(self, code: int, title: str, reason: str) -> None:
         """Record the problem and answer with Telnyx's ``error`` event."""

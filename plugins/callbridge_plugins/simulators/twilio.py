@@ -220,7 +220,7 @@ class _TwilioCall(SimulatedCall):
             self.playback,
             FRAME_BYTES,
             hear=lambda audio: self.recorder.append(ulaw_decode(audio)),
-            reached=lambda name: self._echo_mark(name, cleared=False),
+            reached=lambda name: self.echo_mark(name, cleared=False),
         )
         hung_up = await self.exchange_media(
             socket,
@@ -262,7 +262,7 @@ class _TwilioCall(SimulatedCall):
         stop = {"accountSid": self.account_sid, "callSid": self.call_sid}
         await self._send("stop", {"stop": stop})
 
-    async def _echo_mark(self, name: str, *, cleared: bool) -> None:
+    async def echo_mark(self, name: str, *, cleared: bool) -> None:
         self.events.append({"event": "mark", "name": name, "cleared": cleared})
         with contextlib.suppress(ConnectionClosed):
             await self._send("mark", {"mark": {"name": name}})
@@ -271,13 +271,8 @@ class _TwilioCall(SimulatedCall):
         if isinstance(message, bytes):
             self.protocol_error("binary frame (Twilio takes JSON text only)")
             return
-        try:
-            data = json.loads(message)
-        except ValueError:
-            self.protocol_error("message is not JSON")
-            return
-        if not isinstance(data, dict):
-            self.protocol_error("message is not a JSON object")
+        data = self.json_object(message)
+        if data is None:
             return
         event = data.get("event")
         if event not in ("media", "mark", "clear"):
@@ -296,13 +291,10 @@ class _TwilioCall(SimulatedCall):
             name = mark.get("name") if isinstance(mark, dict) else None
             if not isinstance(name, str):
                 self.protocol_error("mark message without mark.name")
-            elif self.playback.add_mark(name):
-                await self._echo_mark(name, cleared=False)
+            else:
+                await self.place_mark(self.playback, name)
         else:
-            dropped, marks = self.playback.clear()
-            self.events.append({"event": "clear", "droppedBytes": dropped})
-            for name in marks:
-                await self._echo_mark(name, cleared=True)
+            await self.clear_playback(self.playback)
 
     def _handle_media(self, media: Any) -> None:
         payload = media.get("payload") if isinstance(media, dict) else None
