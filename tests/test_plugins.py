@@ -45,6 +45,12 @@ def test_unknown_plugin_name_lists_choices() -> None:
     assert "choose one of: " in message and "twilio" in message.split("choose one of: ")[1]
 
 
+def test_a_plugin_listed_twice_is_refused() -> None:
+    settings = load_settings(overrides={"providers": {"enabled": ["twilio", "twilio"]}}, environ={})
+    with pytest.raises(ConfigError, match=r"providers\.enabled\[1\]: 'twilio' is listed twice"):
+        select_plugins(settings, Registry(plugin_manager_for(settings)))
+
+
 def test_bad_plugin_config_names_the_key() -> None:
     settings = load_settings(
         overrides={"rooms": {"config": {"local": {"sample_rate": 11025}}}}, environ={}

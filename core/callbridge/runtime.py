@@ -11,6 +11,7 @@ import pluggy
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Tracer
 
+from callbridge.crypto import CredentialBox, load_credentials_key
 from callbridge.plugin_types import PluginKind, PluginRecord
 from callbridge.plugins import build_plugin_manager
 from callbridge.protocols import (
@@ -40,70 +41,32 @@ class Selection:
     config: Any
 
 
+def _plugin_sections(settings: Settings) -> list[tuple[PluginKind, str, list[str], str]]:
+    """Per plugin kind: its settings section, the names it selects and the key that lists them."""
+    return [
+        ("provider", "providers", settings.providers.enabled, "enabled"),
+        ("routing_strategy", "routing", settings.routing.chain, "chain"),
+        ("room_transport", "rooms", settings.rooms.enabled, "enabled"),
+        ("webhook_signer", "webhooks", [settings.webhooks.signer], "signer"),
+        ("ref_store", "refs", [settings.refs.store], "store"),
+    ]
+
+
 def select_plugins(settings: Settings, registry: Registry) -> list[Selection]:
     """Every plugin the settings select, configs validated; raises :class:`ConfigError`."""
-    wanted: list[tuple[PluginKind, str, str, dict[str, Any], str]] = []
-    for index, name in enumerate(settings.providers.enabled):
-        wanted.append(
-            (
-                "provider",
-                name,
-                f"providers.enabled[{index}]",
-                settings.providers.config,
-                "providers.config",
-            )
-        )
-    for index, name in enumerate(settings.routing.chain):
-        wanted.append(
-            (
-                "routing_strategy",
-                name,
-                f"routing.chain[{index}]",
-                settings.routing.config,
-                "routing.config",
-            )
-        )
-    for index, name in enumerate(settings.rooms.enabled):
-        wanted.append(
-            (
-                "room_transport",
-                name,
-                f"rooms.enabled[{index}]",
-                settings.rooms.config,
-                "rooms.config",
-            )
-        )
-    wanted.append(
-        (
-            "webhook_signer",
-            settings.webhooks.signer,
-            "webhooks.signer",
-            settings.webhooks.config,
-            "webhooks.config",
-        )
-    )
-    wanted.append(
-        ("ref_store", settings.refs.store, "refs.store", settings.refs.config, "refs.config")
-    )
-
-    for kind, configs, path in (
-        ("provider", settings.providers.config, "providers.config"),
-        ("routing_strategy", settings.routing.config, "routing.config"),
-        ("room_transport", settings.rooms.config, "rooms.config"),
-        ("webhook_signer", settings.webhooks.config, "webhooks.config"),
-        ("ref_store", settings.refs.config, "refs.config"),
-    ):
-        registry.check_unused_configs(kind, configs, path)  # type: ignore[arg-type]
-
     selections: list[Selection] = []
-    seen: set[tuple[str, str]] = set()
-    for kind, name, key_path, configs, config_path in wanted:
-        if (kind, name) in seen:
-            raise ConfigError(f"{key_path}: {name!r} is listed twice")
-        seen.add((kind, name))
-        record = registry.get(kind, name, key_path)
-        config = registry.validate_config(record, configs.get(name) or {}, f"{config_path}.{name}")
-        selections.append(Selection(kind, name, key_path, record, config))
+    for kind, section, names, list_key in _plugin_sections(settings):
+        configs: dict[str, dict[str, Any]] = getattr(settings, section).config
+        registry.check_unused_configs(kind, configs, f"{section}.config")
+        single = list_key in ("signer", "store")
+        for index, name in enumerate(names):
+            key_path = f"{section}.{list_key}" if single else f"{section}.{list_key}[{index}]"
+            if name in names[:index]:
+                raise ConfigError(f"{key_path}: {name!r} is listed twice")
+            record = registry.get(kind, name, key_path)
+            raw = configs.get(name) or {}
+            config = registry.validate_config(record, raw, f"{section}.config.{name}")
+            selections.append(Selection(kind, name, key_path, record, config))
     return selections
 
 
@@ -130,18 +93,16 @@ class Runtime:
     tracer: Tracer
     clock: Callable[[], float]
     active_calls: dict[str, Any] = field(default_factory=dict)
-    _credential_box: Any = None
+    _credential_box: CredentialBox | None = None
 
     @property
     def default_room_transport(self) -> RoomTransport:
         return self.room_transports[self.settings.rooms.default]
 
     @property
-    def credential_box(self) -> Any:
+    def credential_box(self) -> CredentialBox:
         """The AES-GCM box for connector credentials (its key is loaded at start)."""
         if self._credential_box is None:
-            from callbridge.crypto import CredentialBox, load_credentials_key
-
             self._credential_box = CredentialBox(load_credentials_key(self.settings))
         return self._credential_box
 
