@@ -20,6 +20,7 @@ from callbridge.api.connectors import ConnectorController, document_providers
 from callbridge.api.errors import exception_handlers
 from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, voice_webhook
 from callbridge.api.rooms import room_participant
+from callbridge.redaction import install_redaction
 from callbridge.runtime import Runtime, build_runtime
 from callbridge.settings import Settings
 from callbridge.store.repository import transaction
@@ -60,7 +61,12 @@ def create_app(
     pm: pluggy.PluginManager | None = None,
     span_processors: list[SpanProcessor] | None = None,
 ) -> Litestar:
-    """Build the application for ``settings``. Raises :class:`ConfigError` on a bad config."""
+    """Build the application for ``settings``. Raises :class:`ConfigError` on a bad config.
+
+    Installs secret redaction on every log path of the process (structlog, the standard
+    logging module, tracebacks), so an app embedded in another server redacts as well.
+    """
+    install_redaction()
     runtime = build_runtime(settings, clock=clock, pm=pm, span_processors=span_processors)
 
     @asynccontextmanager
@@ -76,8 +82,6 @@ def create_app(
         try:
             yield
         finally:
-            for bridge in list(runtime.active_calls.values()):
-                bridge.request_hangup()
             await runtime.stop()
 
     return Litestar(

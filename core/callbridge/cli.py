@@ -33,9 +33,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="httptools",
         lifespan="on",
-        access_log=False,
+        access_log=settings.server.access_log,
         log_config=None,
-        ws_max_size=1 << 20,
+        ws_max_size=settings.server.max_socket_message_bytes,
         timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run()

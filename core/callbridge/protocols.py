@@ -160,6 +160,20 @@ class ProviderCredentials:
         return f"ProviderCredentials({', '.join(self.names())})"
 
 
+class CredentialsError(ValueError):
+    """Provider credentials that cannot work, found before they are stored.
+
+    Attributes:
+        field: the credential's name (``publicKey``).
+        problem: what is wrong with it; never quotes the value.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
 @dataclass(frozen=True)
 class HangupTarget:
     """The call a provider REST hang-up ends.
@@ -305,6 +319,13 @@ class Provider(Protocol):
 
     def parse_webhook(self, request: WebhookRequest) -> CallInfo:
         """Turn the voice webhook into a :class:`CallInfo`; raise :class:`WebhookError` if bad."""
+        ...
+
+    def validate_credentials(self, values: Mapping[str, str]) -> None:
+        """Check the values of credentials a connector is given, before they are stored (the
+        core has already checked that exactly :attr:`credential_fields` are present, each a
+        non-empty string). Raise :class:`CredentialsError` for a value that can never work,
+        e.g. a Telnyx ``publicKey`` that is not an Ed25519 key; do nothing otherwise."""
         ...
 
     def verify_webhook(self, request: WebhookRequest, credentials: ProviderCredentials) -> None:

@@ -135,6 +135,8 @@ class Runtime:
             await transport.start()
 
     async def stop(self) -> None:
+        for bridge in list(self.active_calls.values()):
+            bridge.request_hangup()
         for transport in self.room_transports.values():
             await transport.aclose()
         for provider in self.providers.values():

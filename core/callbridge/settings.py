@@ -70,6 +70,19 @@ class ServerSettings(_Section):
     start_timeout_seconds: float = Field(
         10.0, gt=0, description="How long a claimed media socket may take to send its start."
     )
+    max_socket_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="Hard limit of one WebSocket message, enforced by the WebSocket layer: a "
+        "bigger message closes the socket (1009). Messages over 64 KiB and up to this size are "
+        "dropped and counted by callbridge, and the call goes on.",
+    )
+    access_log: bool = Field(
+        False,
+        description="Log one line per HTTP request and WebSocket handshake (uvicorn's access "
+        "log); webhook keys, refs and tokens in paths and queries are redacted.",
+    )
 
     @field_validator("public_api_url", "public_ingest_url")
     @classmethod
@@ -125,6 +138,37 @@ class AuthSettings(_Section):
     token_ttl_seconds: int = Field(
         86400, gt=0, description="Lifetime of tokens printed by ``callbridge token``."
     )
+
+
+class CallSettings(_Section):
+    """Keeping every call's record true: expired refs, and calls of processes that stopped."""
+
+    sweep_interval_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="How often this process looks for calls whose ref expired unclaimed (they "
+        "become failed/ref-expired) and calls of processes that stopped heartbeating (they "
+        "become failed/interrupted). Every replica sweeps; each call is closed once.",
+    )
+    heartbeat_seconds: float = Field(
+        5.0, gt=0, le=300, description="How often this process records that it is alive."
+    )
+    owner_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A process that has not heartbeated for this long is taken for dead and "
+        "its calls are closed as interrupted. Keep it several heartbeats long.",
+    )
+
+    @model_validator(mode="after")
+    def _timeout_outlasts_heartbeats(self) -> CallSettings:
+        if self.owner_timeout_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                "calls.owner_timeout_seconds must be at least twice calls.heartbeat_seconds"
+            )
+        return self
 
 
 class StorageSettings(_Section):
@@ -240,6 +284,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    calls: CallSettings = Field(default_factory=CallSettings)
     refs: RefSettings = Field(default_factory=RefSettings)
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)

@@ -17,6 +17,12 @@ _ALNUM = string.ascii_letters + string.digits
 WEBHOOK_KEY_PREFIX = "whk_"
 WEBHOOK_KEY_RE = re.compile(r"^whk_[A-Za-z0-9]{32}$")
 CONNECTOR_ID_RE = re.compile(r"^cn_[a-z0-9]{16}$")
+ROOM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+"""A room id: 1-128 characters of ``A-Z a-z 0-9 _ . : -``, starting with a letter or digit.
+
+As a JSON Schema pattern (``$`` is the end of the text there). Python's ``$`` also matches
+before a final newline, so code checks ids with :func:`is_room_id` (a full match)."""
+_ROOM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
 _WEBHOOK_KEY_ANYWHERE = re.compile(r"whk_[A-Za-z0-9]+")
 
 
@@ -57,6 +63,11 @@ def hash_webhook_key(key: str) -> str:
 def is_webhook_key(value: str) -> bool:
     """Whether ``value`` has the shape of a webhook key (no database access)."""
     return WEBHOOK_KEY_RE.fullmatch(value) is not None
+
+
+def is_room_id(value: str) -> bool:
+    """Whether ``value`` is a well-formed room id (see :data:`ROOM_ID_PATTERN`)."""
+    return _ROOM_ID_RE.fullmatch(value) is not None
 
 
 def redact_secrets(text: str) -> str:

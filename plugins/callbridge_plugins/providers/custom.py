@@ -184,6 +184,9 @@ class CustomProvider:
         """Adapt an accepted custom-protocol socket."""
         return CustomMediaStream(channel, _codec(options))
 
+    def validate_credentials(self, values: Mapping[str, str]) -> None:
+        """Nothing beyond presence: any secret the client shares can sign."""
+
     def verify_webhook(self, request: WebhookRequest, credentials: ProviderCredentials) -> None:
         """Check ``X-Callbridge-Signature``: over ``"{t}." + body`` for a ``POST``, over
         ``"{t}.GET.{public url}"`` for a ``GET``.

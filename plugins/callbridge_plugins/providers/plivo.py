@@ -261,6 +261,9 @@ class PlivoProvider(RestClient):
         """Adapt an accepted Plivo media socket carrying ``options.codec``."""
         return PlivoMediaStream(channel, options.codec)
 
+    def validate_credentials(self, values: Mapping[str, str]) -> None:
+        """Nothing beyond presence: Plivo's ids and tokens are only checked by Plivo."""
+
     def verify_webhook(self, request: WebhookRequest, credentials: ProviderCredentials) -> None:
         """Check ``X-Plivo-Signature-V3`` over the public URL and, for POST, the form body.
 

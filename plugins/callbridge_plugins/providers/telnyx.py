@@ -31,6 +31,7 @@ from callbridge.protocols import (
     AudioIn,
     CallInfo,
     CodecSpec,
+    CredentialsError,
     DtmfIn,
     HangupResult,
     HangupTarget,
@@ -229,6 +230,16 @@ class TelnyxProvider(RestClient):
         return self.markup_style(options) == "connect"
 
     # ------------------------------------------------------------------ signatures
+
+    def validate_credentials(self, values: Mapping[str, str]) -> None:
+        """``publicKey`` must be a base64 32-byte Ed25519 public key (Mission Control → Keys &
+        Credentials → Public Key); otherwise every signed webhook would be refused.
+
+        Raises:
+            CredentialsError: naming ``publicKey``.
+        """
+        if _public_key(values.get("publicKey")) is None:
+            raise CredentialsError("publicKey", "expected a base64 32-byte Ed25519 public key")
 
     def verify_webhook(self, request: WebhookRequest, credentials: ProviderCredentials) -> None:
         """Check Telnyx's Ed25519 signature over ``"{telnyx-timestamp}|{raw body}"``.

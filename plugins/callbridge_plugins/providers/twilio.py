@@ -180,6 +180,9 @@ class TwilioProvider(RestClient):
         """Adapt an accepted Twilio media socket."""
         return TwilioMediaStream(channel)
 
+    def validate_credentials(self, values: Mapping[str, str]) -> None:
+        """Nothing beyond presence: Twilio's ids and tokens are only checked by Twilio."""
+
     def verify_webhook(self, request: WebhookRequest, credentials: ProviderCredentials) -> None:
         """Check ``X-Twilio-Signature`` on the voice webhook (PROTOCOLS §2.5).
 
