@@ -11,6 +11,8 @@ import pytest_asyncio
 from litestar import Litestar
 
 from callbridge.api.errors import NOT_FOUND_BODY
+from callbridge.calls.state import CallLifecycle, EndReason
+from callbridge.store.ids import new_call_id
 from callbridge.store.repository import transaction
 from tests.api_app import ApiServer, ApiUnderTest, new_tenant, serving_app
 
@@ -25,6 +27,7 @@ CALL_FIELDS = {
     "roomId",
     "status",
     "endReason",
+    "endDetail",
     "createdAt",
     "answeredAt",
     "endedAt",
@@ -58,7 +61,8 @@ class FakeBridge:
     def __init__(self) -> None:
         self.hangups = 0
 
-    def request_hangup(self) -> None:
+    def request_hangup(self, reason: EndReason) -> None:
+        assert reason == EndReason.API_HANGUP
         self.hangups += 1
 
 
@@ -79,24 +83,30 @@ async def _call(
     provider_call_id: str,
     *,
     apikey: str | None = None,
-    status: str = "started",
+    status: str = "routed",
     **fields: Any,
 ) -> str:
-    async with transaction(api.db, api.clock) as repo:
-        call = await repo.create_call(
-            apikey=apikey or api.apikey,
-            connector_id=connector_id,
-            provider="twilio",
-            provider_call_id=provider_call_id,
-            **fields,
-        )
-        if status in ("answered", "ended"):
-            await repo.mark_call_answered(call.id)
-        if status == "ended":
-            await repo.mark_call_ended(call.id, "caller-hangup")
-        if status == "failed":
-            await repo.mark_call_ended(call.id, "no-route", failed=True)
-        return call.id
+    """A call in ``status``, brought there through the state machine."""
+    lifecycle = CallLifecycle(api.db, api.clock, instance_id="inst_api_test")
+    common = {
+        "apikey": apikey or api.apikey,
+        "connector_id": connector_id,
+        "provider": "twilio",
+        "provider_call_id": provider_call_id,
+        **fields,
+    }
+    if status == "failed":
+        failed = await lifecycle.refuse(detail="no routing strategy chose a room", **common)
+        return failed.id
+    room_id = common.pop("room_id", None) or "room"
+    call = await lifecycle.route(
+        call_id=new_call_id(), room_id=room_id, ref_ttl_seconds=90, **common
+    )
+    if status in ("answered", "ended"):
+        assert await lifecycle.answer(call.id) is not None
+    if status == "ended":
+        assert await lifecycle.end(call.id, EndReason.CALLER_HANGUP) is not None
+    return call.id
 
 
 # --------------------------------------------------------------------------- list and get
@@ -126,7 +136,7 @@ async def test_get_call_shape(api: ApiUnderTest) -> None:
         "CA0001",
     )
     assert (data["from"], data["to"], data["roomId"]) == ("+15550001111", "+15550002222", "room-1")
-    assert (data["status"], data["endReason"]) == ("started", None)
+    assert (data["status"], data["endReason"], data["endDetail"]) == ("routed", None, None)
     assert TIMESTAMP.fullmatch(data["createdAt"])
     assert data["answeredAt"] is None and data["endedAt"] is None
 
@@ -134,13 +144,13 @@ async def test_get_call_shape(api: ApiUnderTest) -> None:
     ended = (await api.client.get(f"/v2/calls/{ended_id}", headers=api.headers)).json()["data"]
     assert (ended["status"], ended["endReason"]) == ("ended", "caller-hangup")
     assert TIMESTAMP.fullmatch(ended["answeredAt"]) and TIMESTAMP.fullmatch(ended["endedAt"])
-    assert (ended["from"], ended["to"], ended["roomId"]) == (None, None, None)
+    assert (ended["from"], ended["to"], ended["roomId"]) == (None, None, "room")
 
 
 async def test_list_newest_first_with_filters_and_pages(api: ApiUnderTest) -> None:
     first, second = await _connector(api), await _connector(api)
     ids = []
-    for n, status in enumerate(["started", "ended", "answered", "failed", "ended"]):
+    for n, status in enumerate(["routed", "ended", "answered", "failed", "ended"]):
         api.clock.offset += 1
         ids.append(await _call(api, first if n % 2 == 0 else second, f"CA{n}", status=status))
     newest_first = list(reversed(ids))
@@ -228,7 +238,7 @@ async def test_tenant_isolation(api: ApiUnderTest, active_calls: dict[str, Any])
     assert [c["id"] for c in other_listed.json()["data"]] == [theirs]
     async with transaction(api.db) as repo:
         theirs_row = await repo.get_call(api.other_apikey, theirs)
-        assert theirs_row is not None and theirs_row.status == "started"
+        assert theirs_row is not None and theirs_row.status == "routed"
 
 
 async def test_authentication_is_required(api: ApiUnderTest) -> None:
@@ -245,7 +255,7 @@ async def test_authentication_is_required(api: ApiUnderTest) -> None:
         assert bad.status_code == 401
     async with transaction(api.db) as repo:
         row = await repo.get_call(api.apikey, call_id)
-        assert row is not None and row.status == "started"
+        assert row is not None and row.status == "routed"
 
 
 # --------------------------------------------------------------------------- hang-up
@@ -272,7 +282,7 @@ async def test_hangup_of_an_active_call_asks_its_bridge(
         assert row is not None and row.status == "answered"
 
 
-async def test_hangup_of_a_started_call_ends_it(api: ApiUnderTest) -> None:
+async def test_hangup_of_a_routed_call_ends_it(api: ApiUnderTest) -> None:
     call_id = await _call(api, await _connector(api), "CA-early")
     api.clock.offset += 3
     response = await api.client.post(f"/v2/calls/{call_id}/hangup", headers=api.headers)
@@ -330,5 +340,8 @@ async def test_openapi_document(api: ApiUnderTest) -> None:
     assert set(list_params) == {"page", "perPage", "connectorId", "status"}
     call = doc["components"]["schemas"]["CallData"]
     assert set(call["required"]) == CALL_FIELDS
-    status_schema = call["properties"]["status"]
-    assert status_schema["enum"] == ["started", "answered", "ended", "failed"]
+    assert call["properties"]["status"]["allOf"] == [{"$ref": "#/components/schemas/CallStatus"}]
+    statuses = doc["components"]["schemas"]["CallStatus"]["enum"]
+    assert statuses == ["routed", "answered", "ended", "failed"]
+    reasons = doc["components"]["schemas"]["EndReason"]["enum"]
+    assert reasons == [reason.value for reason in EndReason]

@@ -15,15 +15,11 @@ import pytest_asyncio
 from litestar import Litestar
 from sqlalchemy import select, text
 
-from callbridge.api.connectors import (
-    _provider_options_schemas,
-    check_credentials,
-    check_markup_style,
-    resolve_codec,
-)
-from callbridge.api.errors import NOT_FOUND_BODY, ApiError
+from callbridge.api.connector_rules import ProviderOptions, RuleError
+from callbridge.api.errors import NOT_FOUND_BODY
+from callbridge.api.openapi import update_option_schemas
 from callbridge.crypto import CredentialBox
-from callbridge.protocols import CodecSpec
+from callbridge.protocols import CodecSpec, CredentialsError
 from callbridge.store.models import Base
 from callbridge.store.repository import Repository, transaction
 from tests.api_app import (
@@ -334,8 +330,12 @@ def _bad_tokens(api: ApiUnderTest) -> dict[str, tuple[str | None, str]]:
             "no valid apikey",
         ),
         "no exp": (jwt.encode(claims, api.secret, algorithm="HS256"), "no exp claim"),
-        "NaN exp": (
+        "NaN exp": (  # NaN is not JSON: refused before PyJWT parses the claims
             jwt.encode({**claims, "exp": float("nan")}, api.secret, algorithm="HS256"),
+            "Malformed token",
+        ),
+        "string exp": (
+            jwt.encode({**claims, "exp": str(int(now) + 600)}, api.secret, algorithm="HS256"),
             "exp claim is not a number",
         ),
         "alg none": (
@@ -371,6 +371,7 @@ def _bad_tokens(api: ApiUnderTest) -> dict[str, tuple[str | None, str]]:
         "no apikey",
         "no exp",
         "NaN exp",
+        "string exp",
         "alg none",
         "HS512",
         "not yet valid",
@@ -555,9 +556,14 @@ async def test_openapi_document(api: ApiUnderTest) -> None:
     doc = response.json()
     schemas = doc["components"]["schemas"]
     create = schemas["CreateConnectorRequest"]
-    assert create["properties"]["provider"]["enum"] == PROVIDERS
-    assert create["required"] == ["provider"]
-    assert create["additionalProperties"] is False
+    assert create["discriminator"]["propertyName"] == "provider"
+    assert list(create["discriminator"]["mapping"]) == PROVIDERS
+    branches = [ref["$ref"].rsplit("/", 1)[-1] for ref in create["oneOf"]]
+    assert branches == [f"Create{p.title()}Connector" for p in PROVIDERS]
+    for provider, branch in zip(PROVIDERS, branches, strict=True):
+        assert schemas[branch]["properties"]["provider"]["const"] == provider
+        assert schemas[branch]["required"] == ["provider"]
+        assert schemas[branch]["additionalProperties"] is False
     assert schemas["UpdateConnectorRequest"]["additionalProperties"] is False
     assert "provider" not in schemas["UpdateConnectorRequest"]["properties"]
     assert "webhookUrl" not in schemas["ConnectorData"]["properties"]
@@ -566,10 +572,10 @@ async def test_openapi_document(api: ApiUnderTest) -> None:
 
     paths = doc["paths"]
     expected = {
-        ("/v2/connectors", "post"): {"201", "400", "401"},
+        ("/v2/connectors", "post"): {"201", "400", "401", "413"},
         ("/v2/connectors", "get"): {"200", "400", "401"},
         ("/v2/connectors/{connector_id}", "get"): {"200", "400", "401", "404"},
-        ("/v2/connectors/{connector_id}", "patch"): {"200", "400", "401", "404"},
+        ("/v2/connectors/{connector_id}", "patch"): {"200", "400", "401", "404", "409", "413"},
         ("/v2/connectors/{connector_id}", "delete"): {"200", "400", "401", "404"},
         ("/v2/connectors/{connector_id}/rotate-key", "post"): {"200", "400", "401", "404"},
     }
@@ -610,15 +616,19 @@ async def test_patch_codec(api: ApiUnderTest) -> None:
     )
     rate_only = await api.client.patch(url, json={"sampleRate": 8000}, headers=api.headers)
     assert rate_only.status_code == 200, rate_only.text
+    # other providers stream at 16 kHz: valid in itself, but not for this connector
     bad_rate = await api.client.patch(url, json={"sampleRate": 16000}, headers=api.headers)
-    assert bad_rate.status_code == 400
+    assert bad_rate.status_code == 409
     assert bad_rate.json()["message"] == "sampleRate: twilio supports PCMU/8000"
     cleared = await api.client.patch(url, json={"codec": None}, headers=api.headers)
     assert cleared.status_code == 200
     assert (cleared.json()["data"]["codec"], cleared.json()["data"]["sampleRate"]) == (None, None)
-    orphan_rate = await api.client.patch(url, json={"sampleRate": 8000}, headers=api.headers)
-    assert orphan_rate.status_code == 400
-    assert orphan_rate.json()["message"].startswith("sampleRate: needs a codec")
+    rate_alone = await api.client.patch(url, json={"sampleRate": 8000}, headers=api.headers)
+    assert rate_alone.status_code == 200  # the provider's first codec at that rate
+    assert (rate_alone.json()["data"]["codec"], rate_alone.json()["data"]["sampleRate"]) == (
+        "PCMU",
+        8000,
+    )
 
 
 @pytest.mark.parametrize(
@@ -628,7 +638,7 @@ async def test_patch_codec(api: ApiUnderTest) -> None:
         ({"codec": "L16"}, "codec: twilio supports PCMU/8000"),
         ({"codec": "L16", "sampleRate": 16000}, "codec: twilio supports PCMU/8000"),
         ({"codec": "PCMU", "sampleRate": 16000}, "sampleRate: twilio supports PCMU/8000"),
-        ({"sampleRate": 8000}, "sampleRate: needs a codec (twilio supports PCMU/8000)"),
+        ({"sampleRate": 16000}, "sampleRate: twilio supports PCMU/8000"),
         ({"markupStyle": "connect"}, "markupStyle: twilio has no markup styles"),
         ({"verifySignatures": True}, "verifySignatures: requires credentials"),
     ],
@@ -642,10 +652,11 @@ async def test_provider_option_validation(
     assert response.status_code == 400, response.text
     assert response.json()["message"] == message
     created = await _create(api)
+    # valid for some provider, so on update a conflict with this connector's provider
     patched = await api.client.patch(
         f"/v2/connectors/{created['id']}", json=body, headers=api.headers
     )
-    assert patched.status_code == 400, patched.text
+    assert patched.status_code == 409, patched.text
     assert patched.json()["message"].startswith(message)
     async with transaction(api.db) as repo:
         assert await repo.count_connectors(api.apikey) == 1
@@ -803,7 +814,7 @@ async def test_credentials_replace_and_remove(api: ApiUnderTest, box: Credential
     assert on.status_code == 200 and on.json()["data"]["verifySignatures"] is True
     # removing the credentials while signature checks stay on is refused
     refused = await api.client.patch(url, json={"credentials": None}, headers=api.headers)
-    assert refused.status_code == 400
+    assert refused.status_code == 409
     assert refused.json()["message"].startswith("verifySignatures: requires credentials")
     assert await stored() == second_token
     # both in one request works
@@ -859,26 +870,54 @@ async def test_other_tenant_cannot_set_credentials(api: ApiUnderTest) -> None:
 async def test_openapi_documents_provider_options(api: ApiUnderTest) -> None:
     doc = (await api.client.get("/schema/openapi.json")).json()
     schemas = doc["components"]["schemas"]
-    for name in ("CreateConnectorRequest", "UpdateConnectorRequest"):
-        properties = schemas[name]["properties"]
-        codec, rate = properties["codec"]["oneOf"], properties["sampleRate"]["oneOf"]
-        assert sorted(codec[0]["enum"]) == ["L16", "PCMA", "PCMU"] and codec[1] == {"type": "null"}
-        assert sorted(rate[0]["enum"]) == [8000, 16000] and rate[1] == {"type": "null"}
-        styles = properties["markupStyle"]["oneOf"]
-        assert styles == [{"type": "string", "enum": ["connect", "start"]}, {"type": "null"}]
-        credentials = properties["credentials"]["oneOf"]
-        assert credentials[-1] == {"type": "null"}
-        assert [sorted(c["required"]) for c in credentials[:-1]] == [
-            ["accountSid", "authToken"],
-            ["authId", "authToken"],
-            ["apiKey", "publicKey"],
-            ["signingSecret"],
+    null = {"type": "null"}
+
+    def nullable(schema: dict[str, Any]) -> Any:
+        assert schema["oneOf"][-1] == null
+        return schema["oneOf"][0]
+
+    expected = {  # provider: codecs, rates, markup styles, credential fields
+        "Twilio": (["PCMU"], [8000], None, ["accountSid", "authToken"]),
+        "Plivo": (["PCMU", "L16"], [8000, 16000], None, ["authId", "authToken"]),
+        "Telnyx": (["PCMU", "PCMA"], [8000], ["connect", "start"], ["apiKey", "publicKey"]),
+        "Custom": (["L16"], [8000, 16000], None, ["signingSecret"]),
+    }
+    for provider, (codecs, rates, styles, fields) in expected.items():
+        create = schemas[f"Create{provider}Connector"]
+        properties = create["properties"]
+        assert nullable(properties["codec"])["enum"] == codecs
+        assert nullable(properties["sampleRate"])["enum"] == rates
+        if styles is None:
+            assert properties["markupStyle"]["type"] == "null"
+        else:
+            assert nullable(properties["markupStyle"])["enum"] == styles
+        closed = nullable(properties["credentials"])
+        assert closed["required"] == fields and closed["additionalProperties"] is False
+        assert all(closed["properties"][f]["maxLength"] == 512 for f in fields)
+        assert all(closed["properties"][f]["minLength"] == 1 for f in fields)
+        verify_rule = create["allOf"][-1]["anyOf"]
+        assert verify_rule == [
+            {"properties": {"verifySignatures": {"type": "boolean", "const": False}}},
+            {"properties": {"credentials": {"type": "object"}}, "required": ["credentials"]},
         ]
-        closed = credentials[0]
-        assert closed["additionalProperties"] is False
-        assert closed["required"] == ["accountSid", "authToken"]
-        assert closed["properties"]["authToken"]["maxLength"] == 512
-        assert closed["properties"]["authToken"]["minLength"] == 1
+    # only Plivo has a codec without every rate: PCMU is 8 kHz only
+    plivo_codecs = schemas["CreatePlivoConnector"]["allOf"][0]["anyOf"]
+    assert plivo_codecs[0]["properties"]["codec"]["const"] == "PCMU"
+    assert nullable(plivo_codecs[0]["properties"]["sampleRate"])["enum"] == [8000]
+    assert len(schemas["CreateTwilioConnector"]["allOf"]) == 1
+
+    update = schemas["UpdateConnectorRequest"]["properties"]
+    assert sorted(nullable(update["codec"])["enum"]) == ["L16", "PCMA", "PCMU"]
+    assert sorted(nullable(update["sampleRate"])["enum"]) == [8000, 16000]
+    assert nullable(update["markupStyle"])["enum"] == ["connect", "start"]
+    credentials = update["credentials"]["anyOf"]
+    assert credentials[-1] == null
+    assert [c["required"] for c in credentials[:-1]] == [
+        ["accountSid", "authToken"],
+        ["authId", "authToken"],
+        ["apiKey", "publicKey"],
+        ["signingSecret"],
+    ]
     data = schemas["ConnectorData"]["properties"]
     assert "credentials" not in data and data["hasCredentials"]["type"] == "boolean"
     assert set(schemas["ConnectorData"]["required"]) == PUBLIC_FIELDS
@@ -901,46 +940,72 @@ class FakeProvider:
     markup_styles: tuple[str, ...] = ("connect", "start")
     credential_fields: tuple[str, ...] = ("apiKey", "publicKey")
 
+    def validate_credentials(self, values: dict[str, str]) -> None:
+        if values.get("publicKey") == "bad":
+            raise CredentialsError("publicKey", "is not a key")
+
+
+def _options(name: str, provider: FakeProvider) -> ProviderOptions:
+    return ProviderOptions.of(name, provider)  # type: ignore[arg-type]
+
 
 async def test_option_checks_for_a_richer_provider() -> None:
-    provider = FakeProvider()
-    assert resolve_codec("acme", provider, None, None) == (None, None)
-    assert resolve_codec("acme", provider, "L16", None) == ("L16", 8000)
-    assert resolve_codec("acme", provider, "L16", 16000) == ("L16", 16000)
-    assert resolve_codec("acme", provider, "PCMA", None) == ("PCMA", 8000)
+    acme = _options("acme", FakeProvider())
+    assert acme.resolve_codec(None, None) == (None, None)
+    assert acme.resolve_codec("L16", None) == ("L16", 8000)
+    assert acme.resolve_codec("L16", 16000) == ("L16", 16000)
+    assert acme.resolve_codec("PCMA", None) == ("PCMA", 8000)
+    assert acme.resolve_codec(None, 16000) == ("L16", 16000)  # the first codec at that rate
+    assert acme.resolve_codec(None, 8000) == ("PCMU", 8000)
     choices = "acme supports PCMU/8000, PCMA/8000, L16/8000, L16/16000"
-    with pytest.raises(ApiError, match=f"^sampleRate: {choices}$"):
-        resolve_codec("acme", provider, "PCMA", 16000)
-    with pytest.raises(ApiError, match=r"^codec: "):
-        resolve_codec("acme", FakeProvider(supported_codecs=(CodecSpec(),)), "L16", None)
-    # a provider object without the attribute streams PCMU 8 kHz only
+    with pytest.raises(RuleError, match=f"^sampleRate: {choices}$"):
+        acme.resolve_codec("PCMA", 16000)
+    narrow = _options("narrow", FakeProvider(supported_codecs=(CodecSpec(),)))
+    with pytest.raises(RuleError, match=r"^codec: "):
+        narrow.resolve_codec("L16", None)
+    with pytest.raises(RuleError, match=r"^sampleRate: narrow supports PCMU/8000$"):
+        narrow.resolve_codec(None, 16000)
 
-    check_markup_style("acme", provider, "start")
-    check_markup_style("acme", provider, None)
-    with pytest.raises(ApiError, match=r"^markupStyle: must be one of: connect, start$"):
-        check_markup_style("acme", provider, "stream")
+    acme.check_markup_style("start")
+    acme.check_markup_style(None)
+    with pytest.raises(RuleError, match=r"^markupStyle: must be one of: connect, start$"):
+        acme.check_markup_style("stream")
 
-    check_credentials("acme", provider, {"apiKey": "k", "publicKey": "p"})
-    with pytest.raises(ApiError, match=r"^credentials\.publicKey: is required$"):
-        check_credentials("acme", provider, {"apiKey": "k"})
-    with pytest.raises(ApiError, match=r"^credentials: old takes no credentials$"):
-        check_credentials("old", FakeProvider(credential_fields=()), {"apiKey": "k"})
+    assert acme.check_credentials({"apiKey": "k", "publicKey": "p"}) == {
+        "apiKey": "k",
+        "publicKey": "p",
+    }
+    with pytest.raises(RuleError, match=r"^credentials\.publicKey: is required$"):
+        acme.check_credentials({"apiKey": "k"})
+    with pytest.raises(RuleError, match=r"^credentials\.publicKey: is not a key$"):
+        acme.check_credentials({"apiKey": "k", "publicKey": "bad"})
+    with pytest.raises(RuleError, match=r"^credentials: old takes no credentials$"):
+        _options("old", FakeProvider(credential_fields=())).check_credentials({"apiKey": "k"})
 
 
-async def test_schema_options_join_the_enabled_providers() -> None:
+async def test_update_schema_joins_the_enabled_providers() -> None:
     twilio_like = FakeProvider(
         supported_codecs=(CodecSpec(),),
         markup_styles=(),
         credential_fields=("accountSid", "authToken"),
     )
-    options = _provider_options_schemas(
-        [("twilio", twilio_like), ("acme", FakeProvider()), ("same", FakeProvider())]
+    options = update_option_schemas(
+        [
+            _options("twilio", twilio_like),
+            _options("acme", FakeProvider()),
+            _options("same", FakeProvider()),
+        ]
     )
-    assert options["codec"][0].enum == ["PCMU", "PCMA", "L16"]
-    assert options["sampleRate"][0].enum == [8000, 16000]
-    assert options["markupStyle"][0].enum == ["connect", "start"]
-    assert [o.required for o in options["credentials"]] == [
+    codec = options["codec"].to_schema()["oneOf"]
+    assert codec == [{"type": "string", "enum": ["PCMU", "PCMA", "L16"]}, {"type": "null"}]
+    rate = options["sampleRate"].to_schema()["oneOf"]
+    assert rate == [{"type": "integer", "enum": [8000, 16000]}, {"type": "null"}]
+    styles = options["markupStyle"].to_schema()["oneOf"]
+    assert styles == [{"type": "string", "enum": ["connect", "start"]}, {"type": "null"}]
+    credentials = options["credentials"].to_schema()["anyOf"]
+    assert credentials[-1] == {"type": "null"}
+    assert [c["required"] for c in credentials[:-1]] == [
         ["accountSid", "authToken"],
         ["apiKey", "publicKey"],
     ]
-    assert all(o.additional_properties is False for o in options["credentials"])
+    assert all(c["additionalProperties"] is False for c in credentials[:-1])

@@ -289,25 +289,32 @@ async def test_ref_store_contract(name: str, tmp_path: Path) -> None:
     clock = FakeClock(1_000_000.0)
     store = build("ref_store", name, tmp_path, clock)
     assert isinstance(store, RefStore)
+    await store.start()
     try:
         ref = await store.issue(ref_record(), 90, "cn_1:CA1")
         assert len(ref) >= 22, "at least 128 bits of entropy in URL-safe text"
         assert await store.issue(ref_record(), 90, "cn_1:CA1") == ref, "retries get the same ref"
-        assert await store.claim("unknown-" + ref) is None
-        assert await store.claim(ref) == ref_record()
-        assert await store.claim(ref) is None, "single use"
+        assert await store.find("cn_1:CA1") == (ref, ref_record())
+        assert await store.find("cn_1:CA-never") is None
+        assert await store.claim("unknown-" + ref, "twilio") is None
+        assert await store.claim(ref, "plivo") is None, "another provider's path"
+        assert await store.find("cn_1:CA1") == (ref, ref_record()), "still claimable"
+        assert await store.claim(ref, "twilio") == ref_record()
+        assert await store.claim(ref, "twilio") is None, "single use"
+        assert await store.find("cn_1:CA1") is None, "claimed refs are not found"
 
         fresh = await store.issue(ref_record("call_2"), 90, "cn_1:CA2")
         assert fresh != ref
         clock.advance(89.9)
-        assert await store.claim(fresh) == ref_record("call_2")
+        assert await store.claim(fresh, "twilio") == ref_record("call_2")
 
         late = await store.issue(ref_record("call_3"), 90, "cn_1:CA3")
         clock.advance(90.1)
-        assert await store.claim(late) is None, "expired 90 s after issue"
+        assert await store.find("cn_1:CA3") is None, "expired refs are not found"
+        assert await store.claim(late, "twilio") is None, "expired 90 s after issue"
 
         contested = await store.issue(ref_record("call_4"), 90, "cn_1:CA4")
-        results = await asyncio.gather(*(store.claim(contested) for _ in range(50)))
+        results = await asyncio.gather(*(store.claim(contested, "twilio") for _ in range(50)))
         assert sum(result is not None for result in results) == 1
     finally:
         await store.aclose()

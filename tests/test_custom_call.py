@@ -453,4 +453,5 @@ async def test_badly_signed_handshake_is_refused(server: InProcessServer) -> Non
     assert caught.value.response.status_code == 403
     row = await ended_call(server, "hs-1")
     assert row["status"] == "failed"
-    assert row["endReason"].startswith("handshake refused: signature: ")
+    assert row["endReason"] == "signature"
+    assert row["endDetail"].startswith("signature: ")

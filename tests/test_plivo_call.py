@@ -374,7 +374,7 @@ async def test_webhook_retry_gets_the_same_answer_and_one_call(server: InProcess
     assert first.text == second.text
     (call,) = await asyncio.to_thread(calls_of, server, connector)
     assert call["providerCallId"] == form["CallUUID"]
-    assert call["status"] == "started"
+    assert call["status"] == "routed"
 
 
 async def test_sdk_signed_webhook_is_accepted_and_bad_ones_are_403_without_a_call(
@@ -424,4 +424,5 @@ async def test_unsigned_handshake_is_refused_and_the_call_fails(server: InProces
     assert caught.value.response.status_code == 403
     call = await ended_call(server, connector)
     assert call["status"] == "failed"
-    assert call["endReason"] == "handshake refused: X-Plivo-Signature-V3 header is missing"
+    assert call["endReason"] == "signature"
+    assert call["endDetail"] == "X-Plivo-Signature-V3 header is missing"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,82 +15,21 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from callbridge.store.db import MIGRATIONS_PATH, Database
 from callbridge.store.ids import hash_webhook_key
 from callbridge.store.models import Base, Call
 from callbridge.store.repository import DuplicateCallError, Repository, transaction
-from tests.services import postgres_admin_url
+from tests.stores import START, StepClock, clock, database, db
+
+__all__ = ["clock", "database", "db"]  # fixtures
 
 CONNECTOR_ID = re.compile(r"^cn_[a-z0-9]{16}$")
 WEBHOOK_KEY = re.compile(r"^whk_[A-Za-z0-9]{32}$")
 CALL_ID = re.compile(r"^call_[a-z0-9]{20}$")
 API_KEY = re.compile(r"^ak_[A-Za-z0-9_-]{24}$")
-START = 1_781_000_000.0  # 2026-06-09
-HEAD = "0002"
-
-
-class StepClock:
-    """A clock that stands still until told to move."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def _postgres_database() -> AsyncIterator[Database]:
-    import asyncpg
-
-    admin = await postgres_admin_url()
-    name = f"callbridge_test_{secrets.token_hex(6)}"
-    connection = await asyncpg.connect(admin)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    url = make_url(admin).set(drivername="postgresql+asyncpg", database=name)
-    db = Database(url.render_as_string(hide_password=False))
-    try:
-        yield db
-    finally:
-        await db.dispose()
-        connection = await asyncpg.connect(admin)
-        try:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """An empty, unmigrated database: SQLite in ``tmp_path``, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'folder' / 'cb.db'}")
-        try:
-            yield db
-        finally:
-            await db.dispose()
-    else:
-        async for db in _postgres_database():
-            yield db
-
-
-@pytest.fixture
-async def db(database: Database) -> Database:
-    await database.migrate()
-    return database
-
-
-@pytest.fixture
-def clock() -> StepClock:
-    return StepClock()
+HEAD = "0003"
 
 
 async def _tables(db: Database) -> set[str]:
@@ -353,8 +290,12 @@ async def test_queries_with_nul_characters_find_nothing(db: Database, clock: Ste
         assert await repo.get_call(apikey, "call_\x00") is None
         assert await repo.get_call_by_provider_id("cn_x", "CA\x00") is None
         with pytest.raises(ValueError, match="NUL"):
-            await repo.create_call(
-                apikey=apikey, connector_id="cn_x", provider="twilio", provider_call_id="CA\x00"
+            await repo.insert_call(
+                apikey=apikey,
+                connector_id="cn_x",
+                provider="twilio",
+                provider_call_id="CA\x00",
+                status="routed",
             )
 
 
@@ -368,42 +309,27 @@ async def _connector(db: Database, clock: StepClock) -> tuple[str, str]:
     return apikey, connector.id
 
 
-async def test_call_rows_and_transitions(db: Database, clock: StepClock) -> None:
+async def test_call_rows(db: Database, clock: StepClock) -> None:
     apikey, connector_id = await _connector(db, clock)
     async with transaction(db, clock) as repo:
-        call = await repo.create_call(
+        call = await repo.insert_call(
             apikey=apikey,
             connector_id=connector_id,
             provider="twilio",
             provider_call_id="CA123",
+            status="routed",
             from_number="+15550001111",
             to_number="+15550002222",
             room_id="room-1",
         )
     assert CALL_ID.fullmatch(call.id)
-    assert call.status == "started" and call.created_at.timestamp() == START
-
-    clock.advance(2)
-    async with transaction(db, clock) as repo:
-        answered = await repo.mark_call_answered(call.id)
-        assert answered is not None and answered.status == "answered"
-        assert answered.answered_at is not None and answered.answered_at.timestamp() == START + 2
-        assert await repo.mark_call_answered(call.id) is None  # only once
-        assert await repo.mark_call_answered("call_unknown") is None
-
-    clock.advance(10)
-    async with transaction(db, clock) as repo:
-        ended = await repo.mark_call_ended(call.id, "caller-hangup")
-        assert ended is not None and (ended.status, ended.end_reason) == ("ended", "caller-hangup")
-        assert await repo.mark_call_ended(call.id, "later", failed=True) is None  # first end wins
-        assert await repo.mark_call_answered(call.id) is None
+    assert call.status == "routed" and call.created_at.timestamp() == START
+    assert call.ended_at is None
 
     async with transaction(db, clock) as repo:
         stored = await repo.get_call(apikey, call.id)
         assert stored is not None
-        assert (stored.status, stored.end_reason) == ("ended", "caller-hangup")
-        assert stored.ended_at is not None and stored.ended_at.timestamp() == START + 12
-        assert stored.ended_at.tzinfo is UTC
+        assert stored.created_at.tzinfo is UTC
         assert (stored.from_number, stored.to_number, stored.room_id) == (
             "+15550001111",
             "+15550002222",
@@ -413,16 +339,30 @@ async def test_call_rows_and_transitions(db: Database, clock: StepClock) -> None
         assert await repo.get_call(other, call.id) is None
         by_provider = await repo.get_call_by_provider_id(connector_id, "CA123")
         assert by_provider is not None and by_provider.id == call.id
+        assert (await repo.get_call_by_id(call.id)) is not None
 
 
-async def test_failed_call(db: Database, clock: StepClock) -> None:
+async def test_update_call_applies_only_from_the_given_statuses(
+    db: Database, clock: StepClock
+) -> None:
     apikey, connector_id = await _connector(db, clock)
     async with transaction(db, clock) as repo:
-        call = await repo.create_call(
-            apikey=apikey, connector_id=connector_id, provider="twilio", provider_call_id="CA9"
+        call = await repo.insert_call(
+            apikey=apikey,
+            connector_id=connector_id,
+            provider="twilio",
+            provider_call_id="CA9",
+            status="routed",
         )
-        failed = await repo.mark_call_ended(call.id, "no-route", failed=True)
-        assert failed is not None and (failed.status, failed.end_reason) == ("failed", "no-route")
+        assert await repo.update_call(call.id, ["answered"], {"status": "ended"}) is None
+        claimed = await repo.update_call(
+            call.id, ["routed"], {"claimed_at": repo.now()}, unclaimed_only=True
+        )
+        assert claimed is not None and claimed.claimed_at is not None
+        again = await repo.update_call(call.id, ["routed"], {"owner_id": "x"}, unclaimed_only=True)
+        assert again is None
+        answered = await repo.update_call(call.id, ["routed"], {"status": "answered"})
+        assert answered is not None and answered.status == "answered"
 
 
 async def test_duplicate_provider_call_id(db: Database, clock: StepClock) -> None:
@@ -430,14 +370,14 @@ async def test_duplicate_provider_call_id(db: Database, clock: StepClock) -> Non
     _, other_connector = await _connector(db, clock)
     common = {"apikey": apikey, "provider": "twilio", "provider_call_id": "CA-dup"}
     async with transaction(db, clock) as repo:
-        first = await repo.create_call(connector_id=connector_id, **common)
+        first = await repo.insert_call(connector_id=connector_id, status="routed", **common)
 
     async with transaction(db, clock) as repo:
         with pytest.raises(DuplicateCallError) as caught:
-            await repo.create_call(connector_id=connector_id, **common)
+            await repo.insert_call(connector_id=connector_id, status="routed", **common)
         assert caught.value.call.id == first.id
         # the savepoint kept the surrounding transaction usable
-        second = await repo.create_call(connector_id=other_connector, **common)
+        second = await repo.insert_call(connector_id=other_connector, status="routed", **common)
     async with transaction(db, clock) as repo:
         assert await repo.get_call(apikey, second.id) is not None
 
@@ -448,7 +388,7 @@ async def test_duplicate_provider_call_id(db: Database, clock: StepClock) -> Non
                 Call(
                     id="call_" + "x" * 20,
                     connector_id=connector_id,
-                    status="started",
+                    status="routed",
                     created_at=first.created_at,
                     **common,
                 )
@@ -640,19 +580,21 @@ async def test_connector_media_options_and_credentials_token(
 async def test_call_account_id(db: Database, clock: StepClock) -> None:
     apikey, connector_id = await _connector(db, clock)
     async with transaction(db, clock) as repo:
-        call = await repo.create_call(
+        call = await repo.insert_call(
             apikey=apikey,
             connector_id=connector_id,
             provider="twilio",
             provider_call_id="CA-acct",
+            status="routed",
             account_id="AC0123",
         )
         with pytest.raises(ValueError, match="NUL"):
-            await repo.create_call(
+            await repo.insert_call(
                 apikey=apikey,
                 connector_id=connector_id,
                 provider="twilio",
                 provider_call_id="CA-x",
+                status="routed",
                 account_id="AC\x00",
             )
     async with transaction(db, clock) as repo:
@@ -669,18 +611,23 @@ async def test_list_and_count_calls(db: Database, clock: StepClock) -> None:
     for n in range(5):
         clock.advance(1)
         async with transaction(db, clock) as repo:
-            call = await repo.create_call(
+            call = await repo.insert_call(
                 apikey=apikey,
                 connector_id=first_connector if n % 2 == 0 else second_connector,
                 provider="twilio",
                 provider_call_id=f"CA{n}",
+                status="routed",
             )
             if n == 1:
-                await repo.mark_call_ended(call.id, "caller-hangup")
+                await repo.update_call(call.id, ["routed"], {"status": "ended"})
             ids.append(call.id)
     async with transaction(db, clock) as repo:
-        await repo.create_call(
-            apikey=other, connector_id=other_connector, provider="twilio", provider_call_id="CAo"
+        await repo.insert_call(
+            apikey=other,
+            connector_id=other_connector,
+            provider="twilio",
+            provider_call_id="CAo",
+            status="routed",
         )
     newest_first = list(reversed(ids))
     async with transaction(db, clock) as repo:
@@ -693,7 +640,7 @@ async def test_list_and_count_calls(db: Database, clock: StepClock) -> None:
         assert await repo.count_calls(apikey, connector_id=first_connector) == 3
         ended = await repo.list_calls(apikey, status="ended")
         assert [c.id for c in ended] == [ids[1]]
-        assert await repo.count_calls(apikey, connector_id=second_connector, status="started") == 1
+        assert await repo.count_calls(apikey, connector_id=second_connector, status="routed") == 1
         assert await repo.list_calls(apikey, connector_id=other_connector) == []
         assert await repo.count_calls(other) == 1
         assert await repo.list_calls(apikey, connector_id="cn_\x00") == []

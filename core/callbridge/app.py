@@ -14,14 +14,20 @@ from litestar.openapi import OpenAPIConfig
 from opentelemetry.sdk.trace import SpanProcessor
 
 from callbridge import __version__
+from callbridge.api.allow_header import answer_options
 from callbridge.api.auth import security_components
 from callbridge.api.calls import CallController
-from callbridge.api.connectors import ConnectorController, document_providers
+from callbridge.api.connectors import ConnectorController
 from callbridge.api.errors import exception_handlers
 from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, voice_webhook
+from callbridge.api.json_request import JsonRequest
+from callbridge.api.openapi import document_api
 from callbridge.api.rooms import room_participant
-from callbridge.redaction import install_redaction
-from callbridge.runtime import Runtime, build_runtime
+from callbridge.calls.state import EndReason
+from callbridge.calls.sweeper import CallSweeper
+from callbridge.redaction import install_redaction, remember_secrets
+from callbridge.runtime import SHUTDOWN_GRACE_SECONDS, Runtime, build_runtime
+from callbridge.safe_json import BODY_LIMITS
 from callbridge.settings import Settings
 from callbridge.store.repository import transaction
 
@@ -43,11 +49,13 @@ async def rsa_public_key(state: State) -> dict[str, object]:
 async def ensure_api_keys(runtime: Runtime) -> None:
     """Create configured API keys, and a development key on an empty store if allowed."""
     auth = runtime.settings.auth
+    remember_secrets(key.secret.get_secret_value() for key in auth.api_keys)
     async with transaction(runtime.db, runtime.clock) as repo:
         for key in auth.api_keys:
             await repo.ensure_api_key(key.apikey, key.secret.get_secret_value(), key.name)
         if auth.create_dev_key and await repo.first_api_key() is None:
             created = await repo.create_api_key("development")
+            remember_secrets([created.secret])
             log.info(
                 "development API key created; run `callbridge token` to get a token",
                 apikey=created.apikey,
@@ -73,6 +81,8 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
         await ensure_api_keys(runtime)
+        sweeper = CallSweeper(runtime)
+        await sweeper.start()
         log.info(
             "callbridge ready",
             api_url=settings.server.api_url,
@@ -82,6 +92,8 @@ def create_app(
         try:
             yield
         finally:
+            await runtime.end_calls(EndReason.SHUTDOWN, SHUTDOWN_GRACE_SECONDS)
+            await sweeper.stop()
             await runtime.stop()
 
     return Litestar(
@@ -96,7 +108,10 @@ def create_app(
             healthz,
         ],
         lifespan=[lifespan],
-        on_startup=[document_providers],
+        on_startup=[document_api],
+        request_class=JsonRequest,
+        request_max_body_size=BODY_LIMITS.max_bytes,
+        before_request=answer_options,
         exception_handlers=exception_handlers(),
         state=State(
             {

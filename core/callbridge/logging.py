@@ -1,28 +1,19 @@
-"""structlog configuration: every line carries the current trace/span ids and bound call ids."""
+"""structlog configuration: every line carries the current trace/span ids and bound call ids.
+
+Secrets are removed by :mod:`callbridge.redaction`, the one redactor, on both structlog's lines
+and the standard ``logging`` records rendered here; tracebacks are plain, without locals.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any
 
 import structlog
 from opentelemetry import trace
 
-_SECRET_PATTERNS = (
-    (re.compile(r"(/v2/hooks/[^/\s\"?]+/)[^/\s\"?]+"), r"\1[redacted]"),
-    (re.compile(r"(/ingest/[^/\s\"?]+/)[^/\s\"?]+"), r"\1[redacted]"),
-    (re.compile(r"([?&](?:token|ref)=)[^&\s\"]+"), r"\1[redacted]"),
-    (re.compile(r"whk_[A-Za-z0-9]+"), "whk_[redacted]"),
-)
-
-
-def redact(text: str) -> str:
-    """Remove webhook keys, refs and tokens from a URL or log message."""
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+from callbridge.redaction import exception_from_record, install_redaction, redaction_processors
 
 
 def _add_trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -33,19 +24,12 @@ def _add_trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any
     return event_dict
 
 
-class RedactingFilter(logging.Filter):
-    """Applied to uvicorn's loggers, whose lines quote request paths."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        return True
-
-
 def configure_logging(log_format: str = "console", level: str = "info") -> None:
-    """Configure structlog and the standard logging bridge (process-wide; call once)."""
+    """Configure structlog and the standard logging bridge (process-wide; call once).
+
+    Both write to stderr through the same renderer (``console`` or ``json``), with secrets
+    redacted and exceptions rendered as plain tracebacks without local variables.
+    """
     numeric_level = logging.getLevelName(level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -56,10 +40,12 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, *redaction_processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
@@ -67,11 +53,14 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *redaction_processors(),
+                renderer,
+            ],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, exception_from_record],
         )
     )
-    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
@@ -82,4 +71,4 @@ def configure_logging(log_format: str = "console", level: str = "info") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-        logger.addFilter(RedactingFilter())
+    install_redaction()

@@ -307,6 +307,9 @@ class Provider(Protocol):
             there is only one).
         credential_fields: camelCase names of the credentials a connector may hold
             (Twilio: ``accountSid``, ``authToken``).
+        credential_patterns: for the credentials whose values :meth:`validate_credentials`
+            restricts, the JSON-Schema pattern of what it accepts (documented in the OpenAPI
+            document, so API clients and fuzzers know); empty when it restricts none.
         echoes_marks_on_clear: the provider echoes every pending mark when it clears
             (Twilio, Telnyx); otherwise pending marks are reported cleared on :class:`ClearDone`.
     """
@@ -315,6 +318,7 @@ class Provider(Protocol):
     supported_codecs: tuple[CodecSpec, ...]
     markup_styles: tuple[str, ...]
     credential_fields: tuple[str, ...]
+    credential_patterns: Mapping[str, str]
     echoes_marks_on_clear: bool
 
     def parse_webhook(self, request: WebhookRequest) -> CallInfo:
@@ -460,6 +464,8 @@ class RoomLeg(Protocol):
 
     participant_id: str
     sample_rate: int
+    closed_reason: str | None
+    """Why the transport ended this leg (the room closed, its mixer failed), when it did."""
 
     def send_audio(self, frame: Pcm) -> None:
         """Put one 20 ms frame into the room (never blocks; overflow drops the oldest)."""
@@ -525,22 +531,43 @@ class RefRecord:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+class RefStoreFull(PluginError):
+    """The ref store holds as many outstanding refs as it may; try again later."""
+
+
 @runtime_checkable
 class RefStore(Protocol):
-    """Issues and atomically claims single-use, expiring call references."""
+    """Issues and atomically claims single-use, expiring call references.
+
+    A ref is consumed only by a claim on its own provider's path; a claim that presents it on
+    another provider's path is refused and leaves it claimable.
+    """
 
     name: str
+
+    async def start(self) -> None:
+        """Start background work (e.g. a timer sweeping expired refs); called once at start."""
+        ...
 
     async def issue(self, record: RefRecord, ttl_seconds: float, idempotency_key: str) -> str:
         """Return a fresh ref (>=128 bits) for ``record``, valid ``ttl_seconds`` from now.
 
         If a live, unclaimed ref was already issued under ``idempotency_key`` (a provider
         retrying the same webhook), return that ref instead of issuing a second one.
+
+        Raises:
+            RefStoreFull: the store holds as many outstanding refs as it may.
         """
         ...
 
-    async def claim(self, ref: str) -> RefRecord | None:
-        """Atomically consume ``ref``; ``None`` if unknown, expired or already claimed."""
+    async def find(self, idempotency_key: str) -> tuple[str, RefRecord] | None:
+        """The live, unclaimed ref issued under ``idempotency_key`` and its record, or
+        ``None`` (never issued, claimed, or expired). Nothing is consumed."""
+        ...
+
+    async def claim(self, ref: str, provider: str) -> RefRecord | None:
+        """Atomically consume ``ref`` if its record belongs to ``provider``; ``None`` if it is
+        unknown, expired, already claimed, or another provider's (that ref stays claimable)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pluggy
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Tracer
 
+from callbridge.calls.state import CallLifecycle, EndReason
 from callbridge.crypto import CredentialBox, load_credentials_key
 from callbridge.plugin_types import PluginKind, PluginRecord
 from callbridge.plugins import build_plugin_manager
@@ -24,6 +27,7 @@ from callbridge.protocols import (
     WebhookError,
     WebhookSigner,
 )
+from callbridge.redaction import remember_secrets
 from callbridge.registry import Registry
 from callbridge.settings import ConfigError, Settings
 from callbridge.store.db import Database
@@ -76,9 +80,28 @@ def plugin_manager_for(settings: Settings) -> pluggy.PluginManager:
     )
 
 
+SHUTDOWN_GRACE_SECONDS = 5.0
+"""At shutdown, how long bridged calls get to end and record their end."""
+
+
+class ActiveCall(Protocol):
+    """A call bridged in this process, as the rest of the server may touch it."""
+
+    def request_hangup(self, reason: EndReason) -> None:
+        """End the call from outside, with ``reason`` (the bridge then hangs up and records)."""
+        ...
+
+
 @dataclass
 class Runtime:
-    """Everything a running server uses, built from :class:`Settings` without I/O."""
+    """Everything a running server uses, built from :class:`Settings` without I/O.
+
+    Attributes:
+        instance_id: this server process, as call owners and heartbeats name it.
+        lifecycle: the call state machine; the only way to change a call's status.
+        active_calls: calls bridged in this process, by call id.
+        call_tasks: the tasks running claimed calls (from claim to the recorded end).
+    """
 
     settings: Settings
     context: PluginContext
@@ -92,7 +115,10 @@ class Runtime:
     tracer_provider: TracerProvider
     tracer: Tracer
     clock: Callable[[], float]
-    active_calls: dict[str, Any] = field(default_factory=dict)
+    instance_id: str
+    lifecycle: CallLifecycle
+    active_calls: dict[str, ActiveCall] = field(default_factory=dict)
+    call_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _credential_box: CredentialBox | None = None
 
     @property
@@ -124,19 +150,30 @@ class Runtime:
         if not token:
             return None
         try:
-            return ProviderCredentials(self.credential_box.decrypt(token, connector.id))
+            values = self.credential_box.decrypt(token, connector.id)
         except ValueError:
             raise WebhookError("the connector's credentials cannot be decrypted", 403) from None
+        remember_secrets(values.values())
+        return ProviderCredentials(values)
 
     async def start(self) -> None:
         self.credential_box  # noqa: B018 - load or create the key before the first call
         await self.db.migrate()
+        await self.ref_store.start()
         for transport in self.room_transports.values():
             await transport.start()
 
+    async def end_calls(self, reason: EndReason, grace_seconds: float) -> None:
+        """Ask every bridged call to end with ``reason`` and wait up to ``grace_seconds`` for
+        the claimed calls to finish (each records its own end)."""
+        for call in list(self.active_calls.values()):
+            call.request_hangup(reason)
+        tasks = {task for task in self.call_tasks if not task.done()}
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_seconds)
+
     async def stop(self) -> None:
-        for bridge in list(self.active_calls.values()):
-            bridge.request_hangup()
+        await self.end_calls(EndReason.SHUTDOWN, SHUTDOWN_GRACE_SECONDS)
         for transport in self.room_transports.values():
             await transport.aclose()
         for provider in self.providers.values():
@@ -180,6 +217,8 @@ def build_runtime(
         kind: {name: TracedPlugin(obj, kind, tracer) for name, obj in objs.items()}
         for kind, objs in built.items()
     }
+    db = Database(settings.database_url)
+    instance_id = "inst_" + secrets.token_hex(8)
     return Runtime(
         settings=settings,
         context=context,
@@ -189,8 +228,10 @@ def build_runtime(
         room_transports=traced["room_transport"],
         signer=traced["webhook_signer"][settings.webhooks.signer],
         ref_store=traced["ref_store"][settings.refs.store],
-        db=Database(settings.database_url),
+        db=db,
         tracer_provider=tracer_provider,
         tracer=tracer,
         clock=clock,
+        instance_id=instance_id,
+        lifecycle=CallLifecycle(db, clock, instance_id=instance_id),
     )

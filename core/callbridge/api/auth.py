@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
 import jwt
+from jwt.utils import base64url_decode
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import Components, SecurityScheme
 
+from callbridge import safe_json
 from callbridge.api.errors import ApiError
+from callbridge.safe_json import TOKEN_LIMITS
 from callbridge.store.db import Database
 from callbridge.store.repository import Repository
 
@@ -121,23 +124,34 @@ def token_from_header(value: str | None) -> str:
     raise _fail("Malformed Authorization header; expected '<jwt>' or 'Bearer <jwt>'")
 
 
+def _unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    # Decoded with safe_json before PyJWT sees the token: its json.loads raises RecursionError
+    # on deeply nested claims, which must be a 401, not a 500 or a dropped socket.
+    parts = token.split(".") if 0 < len(token) <= MAX_TOKEN_LENGTH else []
+    if len(parts) != 3:
+        raise _fail("Malformed token")
+    try:
+        header = safe_json.decode(base64url_decode(parts[0]), TOKEN_LIMITS)
+        claims = safe_json.decode(base64url_decode(parts[1]), TOKEN_LIMITS)
+    except ValueError:  # JsonInputError, binascii.Error, a non-ASCII token
+        raise _fail("Malformed token") from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise _fail("Malformed token")
+    return header, claims
+
+
 async def authenticate_token(token: str, db: Database, clock: Callable[[], float]) -> Principal:
     """Verify an API token and return its :class:`Principal`.
 
-    The unverified ``apikey`` claim picks the secret; the signature (HS256 only) is then
-    verified, and ``exp`` (required) and ``nbf`` are checked against ``clock()`` with a
-    small leeway.
+    The header and claims are first decoded with :mod:`callbridge.safe_json`
+    (:data:`~callbridge.safe_json.TOKEN_LIMITS`); the unverified ``apikey`` claim picks the
+    secret; the signature (HS256 only) is then verified, and ``exp`` (required) and ``nbf``
+    are checked against ``clock()`` with a small leeway.
 
     Raises:
         ApiError: 401 with the reason (malformed, unknown API key, bad signature, expired...).
     """
-    if not token or len(token) > MAX_TOKEN_LENGTH:
-        raise _fail("Malformed token")
-    try:
-        header = jwt.get_unverified_header(token)
-        unverified = jwt.decode(token, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        raise _fail("Malformed token") from None
+    header, unverified = _unverified_parts(token)
     if header.get("alg") != ALGORITHM:
         raise _fail(f"Unsupported token algorithm; expected {ALGORITHM}")
     apikey = unverified.get("apikey")

@@ -13,7 +13,7 @@ with reason ``api-hangup`` (``200``). An ended or failed call answers ``409``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 import msgspec
 import structlog
@@ -33,16 +33,15 @@ from callbridge.api.shapes import (
     PerPage,
     error_spec,
     format_timestamp,
-    request_clock,
 )
-from callbridge.calls.claim import hang_up_at_provider
+from callbridge.calls.hangup import hang_up_at_provider
+from callbridge.calls.state import CallStatus, EndReason
 from callbridge.protocols import HangupTarget
+from callbridge.runtime import Runtime
 from callbridge.store.models import Call
-from callbridge.store.repository import Repository, transaction
+from callbridge.store.repository import Repository
 
-API_HANGUP_REASON: Final = "api-hangup"
-CallStatus = Literal["started", "answered", "ended", "failed"]
-_ENDED: Final = frozenset({"ended", "failed"})
+_ENDED: Final = frozenset({CallStatus.ENDED, CallStatus.FAILED})
 
 
 class CallData(msgspec.Struct, rename="camel"):
@@ -57,8 +56,22 @@ class CallData(msgspec.Struct, rename="camel"):
     from_: str | None = msgspec.field(name="from")
     to: str | None
     room_id: str | None
-    status: CallStatus
-    end_reason: str | None
+    status: Annotated[
+        CallStatus,
+        msgspec.Meta(
+            description="`routed`: answered with markup, waiting for the media socket; "
+            "`answered`: bridged into its room; `ended`: it ran its course; `failed`: it "
+            "could not be connected or broke."
+        ),
+    ]
+    end_reason: Annotated[
+        EndReason | None,
+        msgspec.Meta(description="Why it ended or failed (see the README's call states)."),
+    ]
+    end_detail: Annotated[
+        str | None,
+        msgspec.Meta(description="More about the end reason, e.g. which signature check failed."),
+    ]
     created_at: DateTime
     answered_at: DateTime | None
     ended_at: DateTime | None
@@ -89,8 +102,9 @@ def call_data(call: Call) -> CallData:
         from_=call.from_number,
         to=call.to_number,
         room_id=call.room_id,
-        status=call.status,  # type: ignore[arg-type]
-        end_reason=call.end_reason,
+        status=CallStatus(call.status),
+        end_reason=EndReason(call.end_reason) if call.end_reason else None,
+        end_detail=call.end_detail,
         created_at=format_timestamp(call.created_at),
         answered_at=_optional_timestamp(call.answered_at),
         ended_at=_optional_timestamp(call.ended_at),
@@ -203,27 +217,24 @@ class CallController(Controller):
             call = await Repository(session).get_call(principal.apikey, call_id)
         if call is None:
             raise ApiError(404, "Not found")
-        runtime = request.app.state.get("runtime")
-        active = getattr(runtime, "active_calls", None) or {}
-        bridge = active.get(call.id)
-        if bridge is not None:
-            bridge.request_hangup()
+        runtime: Runtime = request.app.state.runtime
+        bridged = runtime.active_calls.get(call.id)
+        if bridged is not None:
+            bridged.request_hangup(EndReason.API_HANGUP)
             return Response(
                 CallResponse(message="Hang-up requested", data=call_data(call)), status_code=202
             )
         if call.status in _ENDED:
             raise ApiError(409, "call already ended")
-        async with transaction(request.app.state.db, request_clock(request)) as repo:
-            ended = await repo.mark_call_ended(call.id, API_HANGUP_REASON)
+        ended = await runtime.lifecycle.end(call.id, EndReason.API_HANGUP)
         if ended is None:  # it ended meanwhile
             raise ApiError(409, "call already ended")
-        if runtime is not None:
-            with structlog.contextvars.bound_contextvars(call_id=call.id):
-                await hang_up_at_provider(
-                    runtime,
-                    apikey=call.apikey,
-                    connector_id=call.connector_id,
-                    provider_name=call.provider,
-                    target=HangupTarget(call.provider_call_id, call.account_id),
-                )
+        with structlog.contextvars.bound_contextvars(call_id=call.id):
+            await hang_up_at_provider(
+                runtime,
+                apikey=call.apikey,
+                connector_id=call.connector_id,
+                provider_name=call.provider,
+                target=HangupTarget(call.provider_call_id, call.account_id),
+            )
         return Response(CallResponse(message="Call ended", data=call_data(ended)), status_code=200)

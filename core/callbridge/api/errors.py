@@ -113,6 +113,9 @@ def _http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException)
         return error_response(exc.status_code, INTERNAL_ERROR_MESSAGE)
     if isinstance(exc, ValidationException):
         message = validation_message(exc)
+    elif exc.status_code == 413:
+        limit = request.route_handler.resolve_request_max_body_size()
+        message = f"body: larger than {limit} bytes" if limit else "body: too large"
     elif exc.detail.startswith("JSON is malformed"):
         message = f"body: {exc.detail}"
     else:
@@ -143,7 +146,8 @@ def exception_handlers() -> ExceptionHandlersMap:
     """The app-level ``exception_handlers`` mapping: every error becomes ``{"message": ...}``.
 
     ``ApiError`` keeps its status and message; Litestar ``HTTPException`` keeps its status
-    (validation errors name the field, 5xx are masked); a body that is not UTF-8 is a 400;
+    (validation errors name the field, an oversize body names the limit, 5xx are masked); a
+    body that is not UTF-8 is a 400;
     anything else is logged and becomes
     ``500 {"message": "Internal server error"}``.
     """

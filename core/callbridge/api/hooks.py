@@ -8,7 +8,8 @@ from litestar import Request, Response, WebSocket, route, websocket
 from litestar.exceptions import NotFoundException
 
 from callbridge.api.channel import AsgiSocketChannel
-from callbridge.calls.claim import claim_ref, run_claimed_call
+from callbridge.api.openapi import WEBHOOK_RESPONSES
+from callbridge.calls.claim import abandon_claimed_call, claim_ref, run_claimed_call
 from callbridge.calls.intake import handle_voice_webhook
 from callbridge.protocols import WebhookRequest
 from callbridge.runtime import Runtime
@@ -24,11 +25,14 @@ def _runtime(connection: Request | WebSocket) -> Runtime:  # type: ignore[type-a
 @route(
     "/v2/hooks/{provider:str}/{webhook_key:str}",
     http_method=["GET", "POST"],
+    status_code=200,
     request_max_body_size=MAX_WEBHOOK_BYTES,
     include_in_schema=True,
     summary="Provider voice webhook",
-    description="The URL a connector's provider calls when a call arrives (``webhookUrl``). "
-    "Answers with the provider's markup.",
+    description="The URL a connector's provider calls when a call arrives (`webhookUrl`), with "
+    "the provider's own parameters (a form body or the query; JSON for custom clients) and an "
+    'optional `?roomId=`. Answers with the provider\'s markup; errors are `{"message": …}`.',
+    responses=WEBHOOK_RESPONSES,
     tags=["hooks"],
 )
 async def voice_webhook(request: Request, provider: str, webhook_key: str) -> Response[str]:  # type: ignore[type-arg]
@@ -57,7 +61,12 @@ async def voice_webhook(request: Request, provider: str, webhook_key: str) -> Re
     answer = await handle_voice_webhook(runtime, provider, webhook_key, webhook_request)
     if not answer.found:
         raise NotFoundException()
-    return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
+    return Response(
+        answer.body,
+        status_code=answer.status,
+        media_type=answer.media_type,
+        headers=dict(answer.headers),
+    )
 
 
 async def _ingest(socket: WebSocket, provider: str, ref: str) -> None:  # type: ignore[type-arg]
@@ -73,7 +82,11 @@ async def _ingest(socket: WebSocket, provider: str, ref: str) -> None:  # type: 
         # Closing before accepting makes the server refuse the handshake (HTTP 403).
         await socket.close(code=4403, reason="")
         return
-    await socket.accept()
+    try:
+        await socket.accept()
+    except Exception:  # the provider went away during the handshake
+        await abandon_claimed_call(runtime, record)
+        return
     await run_claimed_call(runtime, record, AsgiSocketChannel(socket))
 
 

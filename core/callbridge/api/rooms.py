@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import structlog
 from litestar import WebSocket, websocket
 
+from callbridge import safe_json
 from callbridge.api.auth import authenticate_token
 from callbridge.api.channel import AsgiSocketChannel
 from callbridge.api.errors import ApiError
 from callbridge.media.framing import FrameAssembler
 from callbridge.protocols import Participant, PluginError, RoomLeg
 from callbridge.runtime import Runtime
+from callbridge.store.ids import is_room_id
 
 log = structlog.get_logger("callbridge.rooms")
 
-ROOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 CONTROL_EVENTS = frozenset({"clear", "mark", "hangup"})
 MAX_CONTROL_BYTES = 4096
+"""Text messages longer than this are counted as malformed and dropped."""
+MAX_NAME_CHARS = 128
+"""Longest mark name, and longest call id a command may address."""
+MAX_DISPLAY_NAME_CHARS = 100
+
+
+@dataclass
+class _Counters:
+    malformed: int = 0
 
 
 @websocket("/v2/rooms/{room_id:str}/participants")
@@ -37,11 +48,12 @@ async def room_participant(socket: WebSocket, room_id: str) -> None:  # type: ig
         await socket.close(code=4401)
         return
     transport = runtime.room_transports.get("local")
-    if transport is None or not ROOM_ID_PATTERN.match(room_id):
+    if transport is None or not is_room_id(room_id):
         await socket.close(code=4404)
         return
     participant_id = "p_" + secrets.token_hex(6)
-    name = (socket.query_params.get("name") or "")[:100]
+    name = "".join(c for c in socket.query_params.get("name") or "" if c.isprintable())
+    name = name[:MAX_DISPLAY_NAME_CHARS]
     try:
         leg = await transport.join(
             principal.apikey, room_id, Participant(participant_id, "client", display_name=name)
@@ -52,6 +64,7 @@ async def room_participant(socket: WebSocket, room_id: str) -> None:  # type: ig
         return
     await socket.accept()
     channel = AsgiSocketChannel(socket)
+    counters = _Counters()
     with structlog.contextvars.bound_contextvars(room_id=room_id, participant_id=participant_id):
         log.info("participant joined")
         try:
@@ -67,16 +80,16 @@ async def room_participant(socket: WebSocket, room_id: str) -> None:  # type: ig
                     }
                 )
             )
-            await _pump(channel, leg)
+            await _pump(channel, leg, counters)
         finally:
             await leg.leave()
             await channel.close()
-            log.info("participant left")
+            log.info("participant left", malformed=counters.malformed)
 
 
-async def _pump(channel: AsgiSocketChannel, leg: RoomLeg) -> None:
+async def _pump(channel: AsgiSocketChannel, leg: RoomLeg, counters: _Counters) -> None:
     tasks = {
-        asyncio.create_task(_client_to_room(channel, leg)),
+        asyncio.create_task(_client_to_room(channel, leg, counters)),
         asyncio.create_task(_room_audio_to_client(channel, leg)),
         asyncio.create_task(_room_events_to_client(channel, leg)),
     }
@@ -88,7 +101,7 @@ async def _pump(channel: AsgiSocketChannel, leg: RoomLeg) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _client_to_room(channel: AsgiSocketChannel, leg: RoomLeg) -> None:
+async def _client_to_room(channel: AsgiSocketChannel, leg: RoomLeg, counters: _Counters) -> None:
     assembler = FrameAssembler(leg.sample_rate // 50)
     while True:
         message = await channel.receive()
@@ -100,14 +113,36 @@ async def _client_to_room(channel: AsgiSocketChannel, leg: RoomLeg) -> None:
                 for frame in assembler.push(np.frombuffer(message[:usable], dtype="<i2")):
                     leg.send_audio(frame)
             continue
-        if len(message) > MAX_CONTROL_BYTES:
-            continue
-        try:
-            event = json.loads(message)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("event") in CONTROL_EVENTS:
-            await leg.send_event(event)
+        command = _command(message)
+        if command is None:
+            counters.malformed += 1
+        else:
+            await leg.send_event(command)
+
+
+def _command(message: str) -> dict[str, Any] | None:
+    """The room command a text message carries, reduced to its known fields; ``None`` when it
+    is not one (too long, not JSON, not an object, an unknown event, a bad field)."""
+    try:
+        event = safe_json.decode(
+            message, safe_json.JsonLimits(max_bytes=MAX_CONTROL_BYTES, max_depth=4)
+        )
+    except safe_json.JsonInputError:
+        return None
+    if not isinstance(event, dict) or event.get("event") not in CONTROL_EVENTS:
+        return None
+    command: dict[str, Any] = {"event": event["event"]}
+    call_id = event.get("callId")
+    if call_id is not None:
+        if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_NAME_CHARS:
+            return None
+        command["callId"] = call_id
+    if command["event"] == "mark":
+        name = event.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+            return None
+        command["name"] = name
+    return command
 
 
 async def _room_audio_to_client(channel: AsgiSocketChannel, leg: RoomLeg) -> None:

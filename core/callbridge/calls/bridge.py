@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from callbridge.calls.state import EndReason
 from callbridge.media.codecs import Codec, get_codec
 from callbridge.media.framing import ByteFramer, FrameAssembler, Pacer
 from callbridge.media.resample import StreamResampler
@@ -24,6 +25,14 @@ from callbridge.protocols import (
 log = structlog.get_logger("callbridge.bridge")
 
 FRAME_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class BridgeEnd:
+    """Why a bridged call ended, as the state machine records it."""
+
+    reason: EndReason
+    detail: str | None = None
 
 
 @dataclass
@@ -71,17 +80,20 @@ class CallBridge:
         self._caller_frames = ByteFramer(self.codec.frame_bytes)
         self._pacer = Pacer(FRAME_SECONDS, lead=lead_frames)
         self._hangup = asyncio.Event()
+        self._hangup_reason = EndReason.API_HANGUP
         self._echoes_marks_on_clear = echoes_marks_on_clear
         # Marks sent to the provider and not yet reported, in order; True once a clear was sent
         # after them, so their echo (or the clear confirmation) reports them "cleared".
         self._pending_marks: dict[str, bool] = {}
 
-    def request_hangup(self) -> None:
-        """End the call from outside (API hang-up, server drain)."""
-        self._hangup.set()
+    def request_hangup(self, reason: EndReason = EndReason.API_HANGUP) -> None:
+        """End the call from outside (API hang-up, server shutdown) with ``reason``."""
+        if not self._hangup.is_set():
+            self._hangup_reason = reason
+            self._hangup.set()
 
-    async def run(self, max_seconds: float) -> str:
-        """Bridge until one side ends; returns the end reason."""
+    async def run(self, max_seconds: float) -> BridgeEnd:
+        """Bridge until one side ends; returns why."""
         tasks = {
             asyncio.create_task(self._caller_to_room(), name="caller-to-room"),
             asyncio.create_task(self._room_to_caller(), name="room-to-caller"),
@@ -93,7 +105,7 @@ class CallBridge:
                 tasks, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
-                return "max-duration"
+                return BridgeEnd(EndReason.MAX_DURATION)
             finished = next(iter(done))
             return finished.result()
         finally:
@@ -101,7 +113,7 @@ class CallBridge:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _caller_to_room(self) -> str:
+    async def _caller_to_room(self) -> BridgeEnd:
         stream, leg, codec = self.stream, self.leg, self.codec
         while True:
             event = await stream.receive()
@@ -125,25 +137,27 @@ class CallBridge:
                         del self._pending_marks[name]
                         await self._report_mark(name, True)
             elif isinstance(event, StreamStopped):
-                return "caller-hangup" if event.reason == "stop" else f"stream-{event.reason}"
+                if event.reason == "stop":
+                    return BridgeEnd(EndReason.CALLER_HANGUP)
+                return BridgeEnd(EndReason.STREAM_CLOSED, event.reason)
 
-    async def _room_to_caller(self) -> str:
+    async def _room_to_caller(self) -> BridgeEnd:
         stream, leg, codec = self.stream, self.leg, self.codec
         pacer = self._pacer
         while True:
             frame = await leg.receive_audio()
             if frame is None:
-                return "room-closed"
+                return self._room_closed()
             for payload in self._caller_frames.push(codec.encode(self._to_caller.process(frame))):
                 await pacer.wait()
                 await stream.send_audio(payload)
                 self.stats.frames_out += 1
 
-    async def _room_control(self) -> str:
+    async def _room_control(self) -> BridgeEnd:
         while True:
             event = await self.leg.receive_event()
             if event is None:
-                return "room-closed"
+                return self._room_closed()
             target = event.get("callId")
             if target is not None and target != self.call_id:
                 continue
@@ -160,7 +174,10 @@ class CallBridge:
                 self._pending_marks[event["name"]] = False
                 await self.stream.send_mark(event["name"])
             elif kind == "hangup":
-                return "room-hangup"
+                return BridgeEnd(EndReason.ROOM_HANGUP)
+
+    def _room_closed(self) -> BridgeEnd:
+        return BridgeEnd(EndReason.ROOM_CLOSED, self.leg.closed_reason)
 
     async def _report_mark(self, name: str, cleared: bool) -> None:
         await self.leg.send_event(
@@ -172,9 +189,9 @@ class CallBridge:
             }
         )
 
-    async def _wait_hangup(self) -> str:
+    async def _wait_hangup(self) -> BridgeEnd:
         await self._hangup.wait()
-        return "api-hangup"
+        return BridgeEnd(self._hangup_reason)
 
 
 def _valid_mark_name(name: object) -> bool:

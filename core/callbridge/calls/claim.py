@@ -1,25 +1,32 @@
 """The media socket: claim the ref, verify, adapt the provider socket, join the room, bridge,
-and end the call at the provider when the bridge (not the caller) ends it."""
+and end the call at the provider when the bridge (not the caller) ends it.
+
+Every status change goes through :class:`~callbridge.calls.state.CallLifecycle`. The teardown
+of a call is supervised: each of its steps (close the stream, leave the room, hang up at the
+provider, record the end) runs even when an earlier one failed, and a failure is logged.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from callbridge.calls.bridge import CallBridge
+from callbridge.calls.bridge import BridgeEnd, CallBridge
+from callbridge.calls.hangup import hang_up_at_provider
+from callbridge.calls.state import EndReason
 from callbridge.protocols import (
-    HangupResult,
     HangupTarget,
     MediaStream,
     Participant,
     PluginError,
     Provider,
     RefRecord,
+    RoomLeg,
     SocketChannel,
     StreamStarted,
     StreamStopped,
@@ -31,10 +38,9 @@ from callbridge.telemetry import context_from_trace_parent
 
 log = structlog.get_logger("callbridge.claim")
 
-STREAM_END_REASONS = frozenset({"caller-hangup", "stream-closed"})
+MAX_REF_CHARS = 256
+STREAM_END_REASONS = frozenset({EndReason.CALLER_HANGUP, EndReason.STREAM_CLOSED})
 """End reasons that mean the provider side ended the stream."""
-ENDED_BEFORE_ANSWER = "ended-before-answer"
-"""The call was ended (e.g. through the calls API) before its media socket arrived."""
 
 
 async def claim_ref(
@@ -45,51 +51,73 @@ async def claim_ref(
     public_url: str = "",
     headers: Mapping[str, str] | None = None,
 ) -> RefRecord | None:
-    """Consume ``ref`` for ``provider_name`` and check the handshake signature when the
-    connector asks for it; ``None`` (logged, without the ref) if refused."""
-    if provider_name not in runtime.providers or not ref or len(ref) > 256:
+    """Consume ``ref`` on ``provider_name``'s path, check the handshake signature when the
+    connector asks for it, and record the claim; ``None`` (logged, without the ref) if refused.
+
+    A ref presented on another provider's path is refused and stays claimable. A refused
+    signature fails the call (``signature``); a call that is no longer waiting for its socket
+    (hung up through the API, expired) is refused without a change.
+    """
+    if provider_name not in runtime.providers or not ref or len(ref) > MAX_REF_CHARS:
         log.warning(
             "media claim refused", provider=provider_name, reason="unknown provider or bad ref"
         )
         return None
-    record = await runtime.ref_store.claim(ref)
+    record = await runtime.ref_store.claim(ref, provider_name)
     if record is None:
-        log.warning(
-            "media claim refused", provider=provider_name, reason="unknown, expired or used ref"
-        )
-        return None
-    if record.provider != provider_name:
         log.warning(
             "media claim refused",
             provider=provider_name,
-            call_id=record.call_id,
-            reason="ref belongs to another provider",
+            reason="unknown, expired, used or another provider's ref",
         )
         return None
-    if record.verify_signatures:
-        try:
-            async with transaction(runtime.db, runtime.clock) as repo:
-                connector = await repo.get_connector(record.apikey, record.connector_id)
-            if connector is None:
-                raise WebhookError("the connector no longer exists", 403)
-            runtime.providers[provider_name].verify_handshake(
-                public_url, headers or {}, runtime.credentials_of(connector)
-            )
-        except WebhookError as exc:
-            log.warning(
-                "media claim refused",
-                provider=provider_name,
-                call_id=record.call_id,
-                reason=str(exc),
-            )
-            async with transaction(runtime.db, runtime.clock) as repo:
-                await repo.mark_call_ended(record.call_id, f"handshake refused: {exc}", failed=True)
+    with structlog.contextvars.bound_contextvars(call_id=record.call_id, provider=provider_name):
+        if record.verify_signatures:
+            refusal = await _verify_handshake(runtime, record, public_url, headers or {})
+            if refusal is not None:
+                reason, detail = refusal
+                log.warning("media claim refused", reason=reason.value, detail=detail)
+                await runtime.lifecycle.end(record.call_id, reason, detail)
+                return None
+        if await runtime.lifecycle.claim(record.call_id) is None:
+            log.warning("media claim refused", reason="the call is no longer waiting for it")
             return None
     return record
 
 
+async def _verify_handshake(
+    runtime: Runtime, record: RefRecord, public_url: str, headers: Mapping[str, str]
+) -> tuple[EndReason, str] | None:
+    try:
+        async with transaction(runtime.db, runtime.clock) as repo:
+            connector = await repo.get_connector(record.apikey, record.connector_id)
+        if connector is None:
+            return EndReason.HANDSHAKE_REFUSED, "the connector no longer exists"
+        credentials = runtime.credentials_of(connector)
+    except WebhookError as exc:
+        return EndReason.HANDSHAKE_REFUSED, str(exc)
+    try:
+        runtime.providers[record.provider].verify_handshake(public_url, headers, credentials)
+    except WebhookError as exc:
+        return EndReason.SIGNATURE, str(exc)
+    return None
+
+
+async def abandon_claimed_call(runtime: Runtime, record: RefRecord) -> None:
+    """Record the end of a call whose claimed socket could not be accepted."""
+    with structlog.contextvars.bound_contextvars(call_id=record.call_id):
+        log.warning("media socket lost during its handshake")
+        await runtime.lifecycle.end(
+            record.call_id, EndReason.NO_START, "the media socket closed during its handshake"
+        )
+
+
 async def run_claimed_call(runtime: Runtime, record: RefRecord, channel: SocketChannel) -> None:
-    """Bridge one accepted media socket until the call ends."""
+    """Bridge one accepted media socket until the call ends, then tear it down and record
+    the end. Never raises, except the cancellation of a server that stops."""
+    task = asyncio.current_task()
+    if task is not None:
+        runtime.call_tasks.add(task)
     context = context_from_trace_parent(record.trace_parent)
     with (
         runtime.tracer.start_as_current_span(
@@ -103,40 +131,130 @@ async def run_claimed_call(runtime: Runtime, record: RefRecord, channel: SocketC
         span.set_attribute("callbridge.room_id", record.room_id)
         span.add_event("ref claimed")
         provider = runtime.providers[record.provider]
-        stream = provider.open_stream(channel, record.options)
         started_at = time.monotonic()
-        reason = "unknown"
+        call = _ClaimedCall(runtime, record, provider, channel)
+        end = BridgeEnd(EndReason.ERROR)
         try:
-            reason = await _bridge(runtime, record, provider, stream, span)
+            end = await call.run(span)
+        except asyncio.CancelledError:
+            end = BridgeEnd(EndReason.SHUTDOWN, "the server stopped")
+            raise
         except Exception as exc:
-            reason = "error"
+            end = BridgeEnd(EndReason.ERROR, f"unexpected {type(exc).__name__}")
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             log.exception("call failed")
         finally:
-            await stream.close()
-            span.set_attribute("callbridge.end_reason", reason)
-            await _hang_up_if_needed(runtime, record, provider, reason)
-            async with transaction(runtime.db, runtime.clock) as repo:
-                await repo.mark_call_ended(record.call_id, reason, failed=reason == "error")
+            span.set_attribute("callbridge.end_reason", end.reason.value)
+            await call.tear_down(end)
             log.info(
-                "call ended", reason=reason, duration_s=round(time.monotonic() - started_at, 3)
+                "call ended",
+                reason=end.reason.value,
+                detail=end.detail,
+                duration_s=round(time.monotonic() - started_at, 3),
             )
+            if task is not None:
+                runtime.call_tasks.discard(task)
 
 
-async def _bridge(
-    runtime: Runtime, record: RefRecord, provider: Provider, stream: MediaStream, span: trace.Span
-) -> str:
-    started = await _wait_for_start(stream, runtime.settings.server.start_timeout_seconds)
-    if started is None:
-        return "no-start"
-    span.set_attribute("callbridge.stream_id", started.stream_id)
-    transport_name = record.transport or runtime.settings.rooms.default
-    transport = runtime.room_transports.get(transport_name)
-    if transport is None:
-        log.warning("unknown room transport", transport=transport_name)
-        return "no-room"
-    participant = Participant(
+class _ClaimedCall:
+    """One claimed call from its socket's ``start`` to its recorded end."""
+
+    def __init__(
+        self, runtime: Runtime, record: RefRecord, provider: Provider, channel: SocketChannel
+    ) -> None:
+        self.runtime = runtime
+        self.record = record
+        self.provider = provider
+        self.channel = channel
+        self.stream: MediaStream | None = None
+        self.leg: RoomLeg | None = None
+        self.bridge: CallBridge | None = None
+        self.ended_elsewhere = False
+
+    async def run(self, span: trace.Span) -> BridgeEnd:
+        runtime, record = self.runtime, self.record
+        self.stream = self.provider.open_stream(self.channel, record.options)
+        started = await _wait_for_start(self.stream, runtime.settings.server.start_timeout_seconds)
+        if started is None:
+            return BridgeEnd(EndReason.NO_START, "the media socket sent no start")
+        span.set_attribute("callbridge.stream_id", started.stream_id)
+        transport_name = record.transport or runtime.settings.rooms.default
+        transport = runtime.room_transports.get(transport_name)
+        if transport is None:
+            return BridgeEnd(EndReason.NO_ROOM, f"unknown room transport {transport_name!r}")
+        try:
+            self.leg = await transport.join(record.apikey, record.room_id, _participant(record))
+        except PluginError as exc:
+            log.warning("room join failed", reason=str(exc))
+            return BridgeEnd(EndReason.NO_ROOM, str(exc))
+        if await runtime.lifecycle.answer(record.call_id) is None:
+            log.info("call was ended before its media arrived")
+            self.ended_elsewhere = True
+            return BridgeEnd(EndReason.API_HANGUP)
+        log.info(
+            "call answered",
+            room_id=record.room_id,
+            stream_id=started.stream_id,
+            codec=f"{started.codec.name}/{started.codec.sample_rate}",
+        )
+        self.bridge = CallBridge(
+            record.call_id,
+            self.stream,
+            started,
+            self.leg,
+            echoes_marks_on_clear=self.provider.echoes_marks_on_clear,
+        )
+        runtime.active_calls[record.call_id] = self.bridge
+        try:
+            return await self.bridge.run(runtime.settings.server.max_call_seconds)
+        finally:
+            runtime.active_calls.pop(record.call_id, None)
+
+    async def tear_down(self, end: BridgeEnd) -> None:
+        """Every step runs, whatever the others do."""
+        stream, leg, bridge = self.stream, self.leg, self.bridge
+        await _step("close the stream", stream.close if stream else self.channel.close)
+        if leg is not None:
+            await _step("leave the room", leg.leave)
+        if bridge is not None and stream is not None:
+            stats = bridge.stats.as_dict(stream.malformed)
+            span = trace.get_current_span()
+            for key, value in stats.items():
+                span.set_attribute(f"callbridge.media.{key}", value)
+            log.info("call media ended", reason=end.reason.value, **stats)
+        if self.ended_elsewhere:  # whoever ended it (the calls API) hung up and recorded it
+            return
+        await _step("hang up at the provider", lambda: self._hang_up_if_needed(end.reason))
+        await _step(
+            "record the end",
+            lambda: self.runtime.lifecycle.end(self.record.call_id, end.reason, end.detail),
+        )
+
+    async def _hang_up_if_needed(self, reason: EndReason) -> None:
+        """End the call at the provider when the bridge ended it, or when the provider keeps
+        the call up after its stream ends (Telnyx ``start`` style)."""
+        record = self.record
+        if reason in STREAM_END_REASONS and self.provider.call_ends_with_stream(record.options):
+            return
+        await hang_up_at_provider(
+            self.runtime,
+            apikey=record.apikey,
+            connector_id=record.connector_id,
+            provider_name=record.provider,
+            target=HangupTarget(record.provider_call_id, record.account_id),
+        )
+
+
+async def _step(name: str, action: Callable[[], Awaitable[object]]) -> None:
+    try:
+        await action()
+    except Exception:
+        log.exception("call teardown step failed", step=name)
+
+
+def _participant(record: RefRecord) -> Participant:
+    return Participant(
         participant_id=record.call_id,
         kind="caller",
         display_name=record.from_number or "caller",
@@ -148,91 +266,6 @@ async def _bridge(
             **record.metadata,
         },
     )
-    try:
-        leg = await transport.join(record.apikey, record.room_id, participant)
-    except PluginError as exc:
-        log.warning("room join failed", reason=str(exc))
-        return "no-room"
-    async with transaction(runtime.db, runtime.clock) as repo:
-        answered = await repo.mark_call_answered(record.call_id)
-    if answered is None:
-        await leg.leave()
-        log.info("call was ended before its media arrived")
-        return ENDED_BEFORE_ANSWER
-    log.info(
-        "call answered",
-        room_id=record.room_id,
-        stream_id=started.stream_id,
-        codec=f"{started.codec.name}/{started.codec.sample_rate}",
-    )
-    bridge = CallBridge(
-        record.call_id,
-        stream,
-        started,
-        leg,
-        echoes_marks_on_clear=provider.echoes_marks_on_clear,
-    )
-    runtime.active_calls[record.call_id] = bridge
-    try:
-        reason = await bridge.run(runtime.settings.server.max_call_seconds)
-    finally:
-        runtime.active_calls.pop(record.call_id, None)
-        await leg.leave()
-        stats = bridge.stats.as_dict(stream.malformed)
-        for key, value in stats.items():
-            span.set_attribute(f"callbridge.media.{key}", value)
-        log.info("call media ended", reason=reason, **stats)
-    return reason
-
-
-async def _hang_up_if_needed(
-    runtime: Runtime, record: RefRecord, provider: Provider, reason: str
-) -> None:
-    """End the call at the provider when the bridge ended it, or when the provider keeps the
-    call up after its stream ends (Telnyx ``start`` style)."""
-    if reason in STREAM_END_REASONS and provider.call_ends_with_stream(record.options):
-        return
-    if reason == ENDED_BEFORE_ANSWER:  # whoever ended it (the calls API) hung up already
-        return
-    await hang_up_at_provider(
-        runtime,
-        apikey=record.apikey,
-        connector_id=record.connector_id,
-        provider_name=record.provider,
-        target=HangupTarget(record.provider_call_id, record.account_id),
-    )
-
-
-async def hang_up_at_provider(
-    runtime: Runtime, *, apikey: str, connector_id: str, provider_name: str, target: HangupTarget
-) -> HangupResult | None:
-    """Ask the provider's REST API to end the call, with the connector's credentials.
-
-    Returns ``None`` when it could not be asked (no credentials, unknown provider).
-    """
-    provider = runtime.providers.get(provider_name)
-    if provider is None:
-        return None
-    try:
-        async with transaction(runtime.db, runtime.clock) as repo:
-            connector = await repo.get_connector(apikey, connector_id)
-        credentials = runtime.optional_credentials(connector) if connector else None
-    except WebhookError as exc:
-        log.warning("provider hang-up skipped", reason=str(exc))
-        return None
-    if credentials is None:
-        log.info("provider hang-up skipped", reason="connector holds no provider credentials")
-        return None
-    result = await provider.hangup(target, credentials)
-    trace.get_current_span().add_event(
-        "provider hang-up",
-        {"ok": result.ok, "status": result.status, "already_ended": result.already_ended},
-    )
-    if result.ok:
-        log.info("provider hang-up done", status=result.status, already_ended=result.already_ended)
-    else:
-        log.warning("provider hang-up failed", status=result.status, detail=result.detail)
-    return result
 
 
 async def _wait_for_start(stream: MediaStream, limit_seconds: float) -> StreamStarted | None:

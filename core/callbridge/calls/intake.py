@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,11 +13,13 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from callbridge.calls.routing import route_call
+from callbridge.calls.state import CallStatus, DuplicateCallError, EndReason
 from callbridge.protocols import (
     CallInfo,
     ConnectorView,
     Provider,
     RefRecord,
+    RefStoreFull,
     Route,
     RoutingContext,
     StreamOptions,
@@ -24,10 +27,15 @@ from callbridge.protocols import (
     WebhookRequest,
 )
 from callbridge.runtime import Runtime
-from callbridge.store.repository import DuplicateCallError, transaction
+from callbridge.store.ids import new_call_id
+from callbridge.store.repository import transaction
 from callbridge.telemetry import current_trace_parent
 
 log = structlog.get_logger("callbridge.intake")
+
+
+RETRY_AFTER_SECONDS = 5
+"""``Retry-After`` of a 503 answered while the ref store is full."""
 
 
 @dataclass(frozen=True)
@@ -38,19 +46,25 @@ class WebhookAnswer:
     body: str
     media_type: str
     found: bool = True
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 NOT_FOUND = WebhookAnswer(404, "", "application/json", found=False)
 
 
-def _error(exc: WebhookError) -> WebhookAnswer:
-    return WebhookAnswer(exc.status, json.dumps({"message": str(exc)}), "application/json")
+def _error(status: int, message: str) -> WebhookAnswer:
+    return WebhookAnswer(status, json.dumps({"message": message}), "application/json")
 
 
 async def handle_voice_webhook(
     runtime: Runtime, provider_name: str, webhook_key: str, request: WebhookRequest
 ) -> WebhookAnswer:
-    """Run the intake of one voice webhook. Unknown provider or key → :data:`NOT_FOUND`."""
+    """Run the intake of one voice webhook. Unknown provider or key → :data:`NOT_FOUND`.
+
+    A retried webhook (same provider call id on the same connector) routes nothing again: while
+    its ref is unclaimed it gets the same answer as the first, with the same ref; once a media
+    socket has claimed the call, or the call is over, it gets ``409`` and nothing changes.
+    """
     provider = runtime.providers.get(provider_name)
     if provider is None or not webhook_key.startswith("whk_"):
         return NOT_FOUND
@@ -72,7 +86,11 @@ async def handle_voice_webhook(
         except WebhookError as exc:
             span.set_status(Status(StatusCode.ERROR, str(exc)))
             log.warning("webhook rejected", reason=str(exc), status=exc.status)
-            return _error(exc)
+            return _error(exc.status, str(exc))
+        async with transaction(runtime.db, runtime.clock) as repo:
+            existing = await repo.get_call_by_provider_id(connector.id, call.provider_call_id)
+        if existing is not None:
+            return await _answer_retry(runtime, provider, existing)
         view = ConnectorView(
             id=connector.id,
             apikey=connector.apikey,
@@ -83,48 +101,173 @@ async def handle_voice_webhook(
         )
         query = {name: values[0] for name, values in _query_params(request).items() if values}
         outcome = await route_call(runtime.routing_chain, RoutingContext(call, view, query))
-        route = outcome.route
-        async with transaction(runtime.db, runtime.clock) as repo:
-            try:
-                row = await repo.create_call(
-                    apikey=connector.apikey,
-                    connector_id=connector.id,
-                    provider=provider_name,
-                    provider_call_id=call.provider_call_id,
-                    from_number=call.from_number,
-                    to_number=call.to_number,
-                    room_id=route.room_id if route else None,
-                    account_id=call.account_id,
-                )
-                retry = False
-            except DuplicateCallError as duplicate:
-                row, retry = duplicate.call, True
-            if route is None:
-                await repo.mark_call_ended(row.id, outcome.reason, failed=True)
-        span.set_attribute("callbridge.call_id", row.id)
-        with structlog.contextvars.bound_contextvars(call_id=row.id):
-            if route is None:
-                log.warning("call not routed", reason=outcome.reason)
-                span.set_status(Status(StatusCode.ERROR, outcome.reason))
-                markup = provider.reject_markup(runtime.settings.routing.reject_message)
-                return WebhookAnswer(200, markup.body, markup.media_type)
-            record = RefRecord(
-                call_id=row.id,
-                apikey=connector.apikey,
-                connector_id=connector.id,
-                provider=provider_name,
-                provider_call_id=call.provider_call_id,
-                room_id=route.room_id,
-                transport=route.transport,
-                options=stream_options(provider, connector, route),
-                account_id=call.account_id,
-                from_number=call.from_number,
-                to_number=call.to_number,
-                verify_signatures=bool(connector.verify_signatures),
-                trace_parent=current_trace_parent(),
-                metadata=dict(route.metadata),
+        if outcome.route is None:
+            return await _refuse(runtime, provider, connector, call, outcome.reason)
+        return await _route(runtime, provider, connector, call, outcome.route)
+
+
+async def _refuse(
+    runtime: Runtime, provider: Provider, connector: Any, call: CallInfo, reason: str
+) -> WebhookAnswer:
+    try:
+        row = await runtime.lifecycle.refuse(
+            apikey=connector.apikey,
+            connector_id=connector.id,
+            provider=provider.name,
+            provider_call_id=call.provider_call_id,
+            from_number=call.from_number,
+            to_number=call.to_number,
+            account_id=call.account_id,
+            detail=reason,
+        )
+    except DuplicateCallError as duplicate:  # a retry raced the first request
+        return await _answer_retry(runtime, provider, duplicate.call)
+    span = trace.get_current_span()
+    span.set_attribute("callbridge.call_id", row.id)
+    span.set_status(Status(StatusCode.ERROR, reason))
+    log.warning("call not routed", call_id=row.id, reason=reason)
+    return _reject(runtime, provider)
+
+
+async def _route(
+    runtime: Runtime, provider: Provider, connector: Any, call: CallInfo, route: Route
+) -> WebhookAnswer:
+    # The ref is issued before the call row exists, keyed by the provider's call id: a
+    # duplicate request racing this one gets the same ref and record (whose call id names the
+    # row), and a full ref store refuses before anything is recorded.
+    ttl = runtime.settings.refs.ttl_seconds
+    span = trace.get_current_span()
+    offered = RefRecord(
+        call_id=new_call_id(),
+        apikey=connector.apikey,
+        connector_id=connector.id,
+        provider=provider.name,
+        provider_call_id=call.provider_call_id,
+        room_id=route.room_id,
+        transport=route.transport,
+        options=stream_options(provider, connector, route),
+        account_id=call.account_id,
+        from_number=call.from_number,
+        to_number=call.to_number,
+        verify_signatures=bool(connector.verify_signatures),
+        trace_parent=current_trace_parent(),
+        metadata=dict(route.metadata),
+    )
+    key = _ref_key(offered)
+    try:
+        await runtime.ref_store.issue(offered, ttl, idempotency_key=key)
+    except RefStoreFull as exc:
+        log.warning("call refused: the ref store is full", reason=str(exc))
+        span.set_status(Status(StatusCode.ERROR, "ref store full"))
+        return WebhookAnswer(
+            503,
+            json.dumps({"message": "too many calls are waiting to connect; try again later"}),
+            "application/json",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    issued = await runtime.ref_store.find(key)
+    if issued is None:  # claimed or expired already: only a duplicate request could have
+        return await _answer_existing(runtime, provider, connector.id, call.provider_call_id)
+    ref, record = issued
+    try:
+        row = await runtime.lifecycle.route(
+            call_id=record.call_id,
+            apikey=connector.apikey,
+            connector_id=connector.id,
+            provider=provider.name,
+            provider_call_id=call.provider_call_id,
+            room_id=record.room_id,
+            ref_ttl_seconds=ttl,
+            from_number=call.from_number,
+            to_number=call.to_number,
+            account_id=call.account_id,
+        )
+    except DuplicateCallError as duplicate:
+        return await _answer_retry(runtime, provider, duplicate.call)
+    span.set_attribute("callbridge.call_id", row.id)
+    span.set_attribute("callbridge.room_id", record.room_id)
+    span.set_attribute(
+        "callbridge.codec", f"{record.options.codec.name}/{record.options.codec.sample_rate}"
+    )
+    log.info(
+        "call routed",
+        call_id=row.id,
+        room_id=record.room_id,
+        strategy=route.strategy,
+        codec=record.options.codec.name,
+    )
+    return _connect(runtime, provider, record, ref)
+
+
+async def _answer_existing(
+    runtime: Runtime, provider: Provider, connector_id: str, provider_call_id: str
+) -> WebhookAnswer:
+    async with transaction(runtime.db, runtime.clock) as repo:
+        existing = await repo.get_call_by_provider_id(connector_id, provider_call_id)
+    if existing is None:
+        return _error(409, "the call is being connected by another request")
+    return await _answer_retry(runtime, provider, existing)
+
+
+async def _answer_retry(runtime: Runtime, provider: Provider, existing: Any) -> WebhookAnswer:
+    """The answer to a retried webhook: the first answer while it still applies, else 409."""
+    span = trace.get_current_span()
+    span.set_attribute("callbridge.call_id", existing.id)
+    span.set_attribute("callbridge.retry", True)
+    with structlog.contextvars.bound_contextvars(call_id=existing.id):
+        if existing.status == CallStatus.FAILED and existing.end_reason == EndReason.NO_ROUTE:
+            log.info("retried webhook answered again", status=existing.status)
+            return _reject(runtime, provider)
+        if existing.status == CallStatus.ROUTED and existing.claimed_at is None:
+            found = await runtime.ref_store.find(
+                f"{existing.connector_id}:{existing.provider_call_id}"
             )
-            return await _answer(runtime, provider, record, call, route, retry)
+            if found is not None:
+                ref, record = found
+                log.info("retried webhook answered again", status=existing.status)
+                return _connect(runtime, provider, record, ref)
+        log.warning(
+            "retried webhook refused: the call is already connected or over",
+            status=existing.status,
+        )
+        over = existing.status in (CallStatus.ENDED, CallStatus.FAILED)
+        message = (
+            f"call {existing.id} is already over"
+            if over
+            else f"call {existing.id} is already connected"
+        )
+        return _error(409, message)
+
+
+def _connect(runtime: Runtime, provider: Provider, record: RefRecord, ref: str) -> WebhookAnswer:
+    """The provider's markup sending the call's media to the socket that ``ref`` opens; built
+    from ``record`` alone, so a retried webhook gets exactly the first answer."""
+    call = CallInfo(
+        provider=record.provider,
+        provider_call_id=record.provider_call_id,
+        from_number=record.from_number,
+        to_number=record.to_number,
+        account_id=record.account_id,
+    )
+    route = Route(
+        room_id=record.room_id,
+        strategy="",
+        transport=record.transport,
+        codec=record.options.codec,
+        metadata=record.metadata,
+    )
+    stream_url = provider.stream_url(runtime.settings.server.ingest_url, ref)
+    markup = provider.answer_markup(call, stream_url, route, record.options)
+    return WebhookAnswer(200, markup.body, markup.media_type)
+
+
+def _reject(runtime: Runtime, provider: Provider) -> WebhookAnswer:
+    markup = provider.reject_markup(runtime.settings.routing.reject_message)
+    return WebhookAnswer(200, markup.body, markup.media_type)
+
+
+def _ref_key(record: RefRecord) -> str:
+    return f"{record.connector_id}:{record.provider_call_id}"
 
 
 def stream_options(provider: Provider, connector: Any, route: Route) -> StreamOptions:
@@ -147,36 +290,6 @@ def stream_options(provider: Provider, connector: Any, route: Route) -> StreamOp
                 codec=f"{route.codec.name}/{route.codec.sample_rate}",
             )
     return StreamOptions(codec=codec, markup_style=connector.markup_style)
-
-
-async def _answer(
-    runtime: Runtime,
-    provider: Provider,
-    record: RefRecord,
-    call: CallInfo,
-    route: Route,
-    retry: bool,
-) -> WebhookAnswer:
-    ref = await runtime.ref_store.issue(
-        record,
-        runtime.settings.refs.ttl_seconds,
-        idempotency_key=f"{record.connector_id}:{call.provider_call_id}",
-    )
-    stream_url = provider.stream_url(runtime.settings.server.ingest_url, ref)
-    markup = provider.answer_markup(call, stream_url, route, record.options)
-    span = trace.get_current_span()
-    span.set_attribute("callbridge.room_id", route.room_id)
-    span.set_attribute(
-        "callbridge.codec", f"{record.options.codec.name}/{record.options.codec.sample_rate}"
-    )
-    log.info(
-        "call routed",
-        room_id=route.room_id,
-        strategy=route.strategy,
-        codec=record.options.codec.name,
-        retry=retry,
-    )
-    return WebhookAnswer(200, markup.body, markup.media_type)
 
 
 def _query_params(request: WebhookRequest) -> dict[str, list[str]]:

@@ -90,6 +90,16 @@ class Database:
         """A new session; use it as ``async with db.session() as s, s.begin(): ...``."""
         return self._sessions()
 
+    async def begin_writing(self, session: AsyncSession) -> None:
+        """Start ``session``'s transaction as a writer (call it first thing in the transaction).
+
+        SQLite then takes its write lock at ``BEGIN`` (waiting for other writers), instead of
+        failing at once when a transaction that has read tries to write after another
+        connection wrote. A no-op on PostgreSQL, whose row locks need nothing of the kind.
+        """
+        if self.dialect == "sqlite":
+            await session.connection(execution_options={_SQLITE_IMMEDIATE: True})
+
     async def migrate(self) -> None:
         """Apply every pending migration (alembic ``upgrade head``); a no-op when up to date.
 

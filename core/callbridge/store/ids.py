@@ -1,7 +1,8 @@
 """Identifier and secret formats, and the hashing of webhook keys.
 
 Every secret comes from :mod:`secrets`. Webhook keys carry 32 alphanumerics (about 190 bits)
-and only their SHA-256 is stored; :func:`redact_secrets` removes them from text bound for logs.
+and only their SHA-256 is stored; :func:`redact_secrets` removes them (and every other secret
+:mod:`callbridge.redaction` knows) from text bound for logs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import hashlib
 import re
 import secrets
 import string
+
+from callbridge.redaction import redact
 
 _LOWER_ALNUM = string.ascii_lowercase + string.digits
 _ALNUM = string.ascii_letters + string.digits
@@ -23,7 +26,6 @@ ROOM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 As a JSON Schema pattern (``$`` is the end of the text there). Python's ``$`` also matches
 before a final newline, so code checks ids with :func:`is_room_id` (a full match)."""
 _ROOM_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
-_WEBHOOK_KEY_ANYWHERE = re.compile(r"whk_[A-Za-z0-9]+")
 
 
 def _random(alphabet: str, length: int) -> str:
@@ -71,5 +73,5 @@ def is_room_id(value: str) -> bool:
 
 
 def redact_secrets(text: str) -> str:
-    """Replace every ``whk_…`` key in ``text`` with ``whk_…`` (for logs and error text)."""
-    return _WEBHOOK_KEY_ANYWHERE.sub("whk_\u2026", text)
+    """``text`` without webhook keys or other secrets: :func:`callbridge.redaction.redact`."""
+    return redact(text)

@@ -34,7 +34,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-CALL_STATUSES = ("started", "answered", "ended", "failed")
+CALL_STATUSES = ("routed", "answered", "ended", "failed")
+"""Every status a call row may hold (see :mod:`callbridge.calls.state` for what they mean)."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -120,14 +121,21 @@ class Call(Base):
 
     ``connector_id`` is deliberately not a foreign key: a call's history outlives the deletion
     of its connector. ``(connector_id, provider_call_id)`` is unique, so a provider retrying
-    its voice webhook cannot create a second call.
+    its voice webhook cannot create a second call. ``status``, ``end_reason`` and the
+    lifecycle timestamps are changed only by :class:`callbridge.calls.state.CallLifecycle`.
+
+    ``owner_id`` is the :class:`Instance` (server process) that holds the call: the one that
+    answered the webhook, then the one that claimed its media socket. ``claimed_at`` is set
+    when a media socket claimed the call's ref; ``ref_expires_at`` is when that ref stops
+    being claimable.
     """
 
     __tablename__ = "calls"
     __table_args__ = (
         UniqueConstraint("connector_id", "provider_call_id"),
-        CheckConstraint("status IN ('started', 'answered', 'ended', 'failed')", name="status"),
+        CheckConstraint("status IN ('routed', 'answered', 'ended', 'failed')", name="status"),
         Index("ix_calls_apikey_created_at", "apikey", "created_at"),
+        Index("ix_calls_status_ref_expires_at", "status", "ref_expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -146,6 +154,29 @@ class Call(Base):
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     account_id: Mapped[str | None] = mapped_column(String(255))
+    end_detail: Mapped[str | None] = mapped_column(String(500))
+    owner_id: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ref_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     def __repr__(self) -> str:
         return f"Call(id={self.id!r}, connector_id={self.connector_id!r}, status={self.status!r})"
+
+
+class Instance(Base):
+    """A running server process, alive while it keeps ``heartbeat_at`` fresh.
+
+    Calls owned by an instance that stopped heartbeating are closed as interrupted by the
+    sweeper of any other (or the next) instance.
+    """
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer())
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"Instance(id={self.id!r}, host={self.host!r}, pid={self.pid!r})"

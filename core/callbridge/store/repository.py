@@ -7,8 +7,10 @@ the outbox rows it causes can commit together. Methods flush but never commit. T
         connector, webhook_key = await repo.create_connector(apikey, "twilio")
 
 Every connector and call query is scoped to an API key, except the lookups the webhook and
-media paths need (:meth:`Repository.find_connector_by_webhook_key`,
-:meth:`Repository.get_call_by_provider_id`, the ``mark_call_*`` transitions).
+media paths and the call state machine need (:meth:`Repository.find_connector_by_webhook_key`,
+:meth:`Repository.get_call_by_provider_id`, :meth:`Repository.get_call_by_id`, the sweeps).
+Call rows are inserted and their status changed only through :mod:`callbridge.calls.state`
+(:meth:`Repository.insert_call`, :meth:`Repository.update_call`).
 
 Connector credentials are stored as the opaque token the caller gives (see
 :mod:`callbridge.crypto`); nothing here encrypts, decrypts or inspects them.
@@ -17,10 +19,10 @@ Connector credentials are stored as the opaque token the caller gives (see
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,7 +39,7 @@ from callbridge.store.ids import (
     new_connector_id,
     new_webhook_key,
 )
-from callbridge.store.models import ApiKey, Call, Connector
+from callbridge.store.models import ApiKey, Call, Connector, Instance
 
 if TYPE_CHECKING:
     from callbridge.store.db import Database
@@ -68,7 +70,8 @@ def _storable(*values: str | None) -> bool:
 
 
 class DuplicateCallError(Exception):
-    """A call with this ``(connector_id, provider_call_id)`` exists; it is in :attr:`call`."""
+    """A call with this ``(connector_id, provider_call_id)`` exists; it is in :attr:`call`
+    (detached from its session, so readable after the transaction ended)."""
 
     def __init__(self, call: Call) -> None:
         super().__init__(f"call already exists: {call.id}")
@@ -279,23 +282,30 @@ class Repository:
 
     # ----------------------------------------------------------------------- calls
 
-    async def create_call(
+    async def insert_call(
         self,
         *,
+        call_id: str | None = None,
         apikey: str,
         connector_id: str,
         provider: str,
         provider_call_id: str,
+        status: str,
         from_number: str | None = None,
         to_number: str | None = None,
         room_id: str | None = None,
         account_id: str | None = None,
+        owner_id: str | None = None,
+        ref_expires_at: datetime | None = None,
+        end_reason: str | None = None,
+        end_detail: str | None = None,
     ) -> Call:
-        """Record a new call in status ``started``.
+        """Insert a call row as given (``call_id``: a fresh one by default); only
+        :mod:`callbridge.calls.state` calls this.
 
-        ``account_id`` is the provider account the call belongs to (for REST hang-up).
-
-        The insert runs in a savepoint, so a duplicate leaves the caller's transaction usable.
+        ``account_id`` is the provider account the call belongs to (for REST hang-up). A row
+        inserted in an end status gets ``ended_at`` = now. The insert runs in a savepoint, so a
+        duplicate leaves the caller's transaction usable.
 
         Raises:
             DuplicateCallError: this connector already has a call with this provider call id
@@ -304,8 +314,9 @@ class Repository:
         """
         if not _storable(provider_call_id, from_number, to_number, room_id, account_id):
             raise ValueError("call fields must not contain NUL characters")
+        now = self.now()
         call = Call(
-            id=new_call_id(),
+            id=call_id or new_call_id(),
             apikey=apikey,
             connector_id=connector_id,
             provider=provider,
@@ -314,8 +325,13 @@ class Repository:
             to_number=to_number,
             room_id=room_id,
             account_id=account_id,
-            status="started",
-            created_at=self.now(),
+            status=status,
+            created_at=now,
+            owner_id=owner_id,
+            ref_expires_at=ref_expires_at,
+            end_reason=end_reason,
+            end_detail=end_detail[:500] if end_detail else end_detail,
+            ended_at=now if end_reason is not None else None,
         )
         try:
             async with self.session.begin_nested():
@@ -324,6 +340,8 @@ class Repository:
             existing = await self.get_call_by_provider_id(connector_id, provider_call_id)
             if existing is None:
                 raise
+            # Detached, so it stays readable when the caller's transaction rolls back.
+            self.session.expunge(existing)
             raise DuplicateCallError(existing) from None
         return call
 
@@ -391,46 +409,115 @@ class Repository:
         )
         return int(await self.session.scalar(statement) or 0)
 
-    async def mark_call_answered(self, call_id: str) -> Call | None:
-        """Move a ``started`` call to ``answered``.
-
-        Returns the updated call, or ``None`` when nothing changed (unknown call, or it was
-        already answered or ended), so the caller emits ``call-answered`` at most once.
-        """
-        return await self._transition(
-            call_id, ("started",), status="answered", answered_at=self.now()
-        )
-
-    async def mark_call_ended(
-        self, call_id: str, reason: str | None, *, failed: bool = False
+    async def update_call(
+        self,
+        call_id: str,
+        from_statuses: Iterable[str],
+        values: Mapping[str, Any],
+        *,
+        unclaimed_only: bool = False,
     ) -> Call | None:
-        """Move a ``started`` or ``answered`` call to ``ended`` (or ``failed``).
+        """Set ``values`` on the call if its status is one of ``from_statuses`` (and, with
+        ``unclaimed_only``, no media socket has claimed it); only :mod:`callbridge.calls.state`
+        calls this.
 
-        The first end wins: returns the updated call, or ``None`` when nothing changed.
+        The check and the change are one ``UPDATE``, so of two racing changes exactly one
+        applies. Returns the updated call, or ``None`` when nothing changed.
         """
-        status: Literal["ended", "failed"] = "failed" if failed else "ended"
-        return await self._transition(
-            call_id,
-            ("started", "answered"),
-            status=status,
-            end_reason=reason[:255] if reason else reason,
-            ended_at=self.now(),
-        )
-
-    async def _transition(
-        self, call_id: str, from_statuses: tuple[str, ...], **values: Any
-    ) -> Call | None:
+        conditions = [Call.id == call_id, Call.status.in_(list(from_statuses))]
+        if unclaimed_only:
+            conditions.append(Call.claimed_at.is_(None))
         result = await self.session.execute(
-            update(Call).where(Call.id == call_id, Call.status.in_(from_statuses)).values(**values),
+            update(Call).where(*conditions).values(**values),
             execution_options={"synchronize_session": False},
         )
         if not getattr(result, "rowcount", 0):
             return None
         return await self.session.get(Call, call_id, populate_existing=True)
 
+    async def get_call_by_id(self, call_id: str) -> Call | None:
+        """The call with this id, whatever API key owns it (for internal bookkeeping only)."""
+        if not _storable(call_id):
+            return None
+        return await self.session.get(Call, call_id, populate_existing=True)
+
+    async def unclaimed_calls_expired_before(self, moment: datetime, limit: int) -> list[str]:
+        """Ids of ``routed`` calls whose ref expired before ``moment`` with no socket claim."""
+        statement = (
+            select(Call.id)
+            .where(
+                Call.status == "routed",
+                Call.claimed_at.is_(None),
+                Call.ref_expires_at < moment,
+            )
+            .order_by(Call.ref_expires_at)
+            .limit(limit)
+        )
+        return list(await self.session.scalars(statement))
+
+    async def calls_of_dead_owners(
+        self, alive_since: datetime, limit: int, *, alive_owner: str
+    ) -> list[str]:
+        """Ids of calls held by a process that has not heartbeated since ``alive_since`` (or
+        has no instance row at all): answered calls, and routed calls a socket had claimed.
+        ``alive_owner`` (the asking process) is alive whatever its row says."""
+        alive = select(Instance.id).where(Instance.heartbeat_at >= alive_since)
+        statement = (
+            select(Call.id)
+            .where(
+                Call.owner_id.is_not(None),
+                Call.owner_id != alive_owner,
+                Call.owner_id.not_in(alive),
+                (Call.status == "answered")
+                | ((Call.status == "routed") & Call.claimed_at.is_not(None)),
+            )
+            .limit(limit)
+        )
+        return list(await self.session.scalars(statement))
+
+    # ----------------------------------------------------------------------- instances
+
+    async def record_heartbeat(self, instance_id: str, host: str, pid: int) -> None:
+        """Insert this process's instance row, or refresh its ``heartbeat_at``."""
+        now = self.now()
+        result = await self.session.execute(
+            update(Instance).where(Instance.id == instance_id).values(heartbeat_at=now),
+            execution_options={"synchronize_session": False},
+        )
+        if not getattr(result, "rowcount", 0):
+            self.session.add(
+                Instance(id=instance_id, host=host, pid=pid, started_at=now, heartbeat_at=now)
+            )
+            await self.session.flush()
+
+    async def forget_instance(self, instance_id: str) -> None:
+        """Delete an instance row (a process that stopped cleanly)."""
+        await self.session.execute(delete(Instance).where(Instance.id == instance_id))
+
+    async def forget_instances_dead_since(self, moment: datetime) -> int:
+        """Delete the rows of instances that have not heartbeated since ``moment`` and hold no
+        live call; returns how many."""
+        holding = select(Call.owner_id).where(
+            Call.status.in_(("routed", "answered")), Call.owner_id.is_not(None)
+        )
+        # NOT IN over a subquery that yields NULL matches nothing; the filter above keeps
+        # NULLs out.
+        result = await self.session.execute(
+            delete(Instance).where(Instance.heartbeat_at < moment, Instance.id.not_in(holding))
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
 
 @asynccontextmanager
-async def transaction(db: Database, clock: Clock = time.time) -> AsyncIterator[Repository]:
-    """A :class:`Repository` in a new session and transaction, committed on success."""
+async def transaction(
+    db: Database, clock: Clock = time.time, *, write: bool = False
+) -> AsyncIterator[Repository]:
+    """A :class:`Repository` in a new session and transaction, committed on success.
+
+    ``write=True`` for a transaction that reads, then writes depending on what it read (see
+    :meth:`Database.begin_writing`).
+    """
     async with db.session() as session, session.begin():
+        if write:
+            await db.begin_writing(session)
         yield Repository(session, clock)

@@ -10,8 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import msgspec
-
+from callbridge import safe_json
 from callbridge.protocols import (
     AudioIn,
     DtmfIn,
@@ -21,8 +20,8 @@ from callbridge.protocols import (
     StreamStopped,
 )
 
-MAX_MESSAGE_CHARS = 64 * 1024
-"""Media-socket messages longer than this are counted as malformed and dropped."""
+MAX_MESSAGE_CHARS = safe_json.SOCKET_LIMITS.max_bytes
+"""Media-socket messages longer than this (64 KiB) are counted as malformed and dropped."""
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 """The keys a ``dtmf`` event may name."""
@@ -84,8 +83,8 @@ class JsonMediaStream:
 
     def _parse(self, message: str) -> StreamEvent | None:
         try:
-            data = msgspec.json.decode(message)
-        except msgspec.DecodeError:
+            data = safe_json.decode(message, safe_json.SOCKET_LIMITS)
+        except safe_json.JsonInputError:
             self.malformed += 1
             return None
         if not isinstance(data, dict):

@@ -18,10 +18,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
-from callbridge import hookimpl
+from callbridge import hookimpl, safe_json
 from callbridge.media.codecs import get_codec
 from callbridge.media.framing import ByteFramer
 from callbridge.plugin_types import ProviderPlugin
@@ -58,8 +57,9 @@ from callbridge_plugins.simulators.custom import (
 CUSTOM_CODECS = (CodecSpec("L16", 8000), CodecSpec("L16", 16000))
 """PCM16-LE mono at 8 kHz (the default) or 16 kHz."""
 
-MAX_MESSAGE_BYTES = 64 * 1024
-"""Socket messages (text or binary) larger than this are counted as malformed and dropped."""
+MAX_MESSAGE_BYTES = safe_json.SOCKET_LIMITS.max_bytes
+"""Socket messages (text or binary) larger than this (64 KiB) are counted as malformed and
+dropped."""
 
 MAX_SIGNATURES = 8
 """At most this many ``v1=`` values are checked in one signature header."""
@@ -105,6 +105,7 @@ class CustomProvider:
     supported_codecs = CUSTOM_CODECS
     markup_styles = ()
     credential_fields = ("signingSecret",)
+    credential_patterns: Mapping[str, str] = {}
     echoes_marks_on_clear = True
 
     def __init__(self, config: CustomConfig, context: PluginContext) -> None:
@@ -303,8 +304,8 @@ class CustomMediaStream:
 
     def _parse(self, message: str) -> StreamEvent | None:
         try:
-            data = msgspec.json.decode(message)
-        except msgspec.DecodeError:
+            data = safe_json.decode(message, safe_json.SOCKET_LIMITS)
+        except safe_json.JsonInputError:
             self.malformed += 1
             return None
         kind = data.get("event") if isinstance(data, dict) else None
@@ -428,9 +429,9 @@ def _codec(options: StreamOptions) -> CodecSpec:
 
 def _json_fields(body: bytes) -> dict[str, Any]:
     try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise WebhookError("body: expected a JSON object", 400) from None
+        data = safe_json.decode(body, safe_json.BODY_LIMITS)
+    except safe_json.JsonInputError as exc:
+        raise WebhookError(f"body: {exc}", 400) from None
     if not isinstance(data, dict):
         raise WebhookError("body: expected a JSON object", 400)
     for name in data:

@@ -24,7 +24,7 @@ import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from callbridge import hookimpl
+from callbridge import hookimpl, safe_json
 from callbridge.plugin_types import ProviderPlugin
 from callbridge.protocols import (
     CallInfo,
@@ -183,6 +183,7 @@ class PlivoProvider(RestClient):
     supported_codecs = PLIVO_CODECS
     markup_styles = ()
     credential_fields = ("authId", "authToken")
+    credential_patterns: Mapping[str, str] = {}
     echoes_marks_on_clear = False
 
     def __init__(self, config: PlivoConfig, context: PluginContext) -> None:
@@ -525,8 +526,8 @@ def _extra_headers(value: object) -> dict[str, str]:
     text = value.strip()
     if text.startswith("{"):
         try:
-            decoded = json.loads(text)
-        except ValueError:
+            decoded = safe_json.decode(text, safe_json.SOCKET_LIMITS)
+        except safe_json.JsonInputError:
             return {}
         return {str(k): str(v) for k, v in decoded.items()} if isinstance(decoded, dict) else {}
     separator = ";" if ";" in text else ","

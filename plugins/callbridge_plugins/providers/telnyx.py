@@ -129,6 +129,8 @@ class TelnyxProvider(RestClient):
     name = "telnyx"
     supported_codecs = (PCMU, PCMA)
     credential_fields = ("apiKey", "publicKey")
+    # base64 of 32 bytes, as validate_credentials accepts it
+    credential_patterns: Mapping[str, str] = {"publicKey": r"^[A-Za-z0-9+/]{43}=$"}
     echoes_marks_on_clear = True
 
     def __init__(self, config: TelnyxConfig, context: PluginContext) -> None:

@@ -102,6 +102,7 @@ class TwilioProvider(RestClient):
     supported_codecs = (TWILIO_CODEC,)
     markup_styles = ()
     credential_fields = ("accountSid", "authToken")
+    credential_patterns: Mapping[str, str] = {}
     echoes_marks_on_clear = True
 
     def __init__(self, config: TwilioConfig, context: PluginContext) -> None:

@@ -3,6 +3,10 @@
 Each room runs one mixer task. Every tick it takes at most one frame from each participant's
 small inbound buffer (silence if none), sums all of them once, and gives each participant the
 sum minus its own contribution (N-1 mix), clipped to int16.
+
+A tick that raises is logged (at most once a second) and counted, and the room keeps mixing;
+if every tick fails for :data:`MAX_FAILING_TICKS` in a row, the room ends its legs with the
+reason ``room mixer failed`` rather than leaving its calls silent.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 from pydantic import BaseModel, Field
 
 from callbridge import hookimpl
@@ -22,9 +27,14 @@ from callbridge.plugin_types import RoomTransportPlugin
 from callbridge.protocols import Participant, PluginContext, PluginError
 
 FRAME_SECONDS = 0.02
+MAX_FAILING_TICKS = 50
+"""Consecutive failing mixer ticks (one second) after which a room ends its legs."""
+MIXER_FAILED = "room mixer failed"
 _MAX_CATCH_UP_TICKS = 3
 # Events are rare; the cap only protects a leg whose owner never reads its events.
 _EVENT_BACKLOG = 256
+
+log = structlog.get_logger("callbridge.rooms.local")
 
 
 class LocalRoomsConfig(BaseModel):
@@ -113,6 +123,7 @@ class LocalLeg:
         self._audio_ready = asyncio.Event()
         self._event_ready = asyncio.Event()
         self._closed = False
+        self.closed_reason: str | None = None
 
     @property
     def closed(self) -> bool:
@@ -180,7 +191,9 @@ class LocalLeg:
         self._events.append(event)
         self._event_ready.set()
 
-    def _close(self) -> None:
+    def _close(self, reason: str | None = None) -> None:
+        if not self._closed:
+            self.closed_reason = reason
         self._closed = True
         self._outbound.clear()
         self._events.clear()
@@ -200,6 +213,9 @@ class _Room:
         self._on_empty = on_empty
         self._legs: dict[str, LocalLeg] = {}
         self._task: asyncio.Task[None] | None = None
+        self.failed_ticks = 0
+        self._failing_in_a_row = 0
+        self._last_failure_log = -1.0
         self._resize()
 
     def participant_ids(self) -> list[str]:
@@ -232,9 +248,9 @@ class _Room:
             if leg is not sender:
                 leg._deliver_event(copy.deepcopy(event))
 
-    async def stop(self) -> None:
+    async def stop(self, reason: str | None = None) -> None:
         for leg in list(self._legs.values()):
-            leg._close()
+            leg._close(reason)
         self._legs.clear()
         self._resize()
         task, self._task = self._task, None
@@ -265,11 +281,32 @@ class _Room:
         loop = asyncio.get_running_loop()
         deadline = loop.time()
         while True:
-            self.tick()
+            try:
+                self.tick()
+                self._failing_in_a_row = 0
+            except Exception:
+                if self._tick_failed(loop.time()):
+                    self._on_empty(self)
+                    await self.stop(MIXER_FAILED)
+                    return
             now = loop.time()
             # After a stall, make up at most a few missed ticks, then carry on from now.
             deadline = max(deadline + FRAME_SECONDS, now - _MAX_CATCH_UP_TICKS * FRAME_SECONDS)
             await asyncio.sleep(max(0.0, deadline - now))
+
+    def _tick_failed(self, now: float) -> bool:
+        """Count and log (at most once a second) a failed tick; whether to give up."""
+        self.failed_ticks += 1
+        self._failing_in_a_row += 1
+        if now - self._last_failure_log >= 1.0:
+            self._last_failure_log = now
+            log.exception(
+                "room mixer tick failed", room_id=self.key[1], failed_ticks=self.failed_ticks
+            )
+        if self._failing_in_a_row < MAX_FAILING_TICKS:
+            return False
+        log.error("room mixer keeps failing; ending the room", room_id=self.key[1])
+        return True
 
 
 def _joined_event(participant: Participant) -> dict[str, Any]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, Field
 
 from callbridge import hookimpl
 from callbridge.plugin_types import RoutingStrategyPlugin
 from callbridge.protocols import PluginContext, Route, RoutingContext
-
-ROOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+from callbridge.store.ids import is_room_id
 
 
 class RoomQueryConfig(BaseModel):
@@ -31,7 +28,7 @@ class RoomQueryStrategy:
 
     async def route(self, context: RoutingContext) -> Route | None:
         room_id = context.query.get(self._parameter)
-        if not room_id or not ROOM_ID_PATTERN.match(room_id):
+        if not room_id or not is_room_id(room_id):
             return None
         return Route(room_id=room_id, strategy=self.name)
 
