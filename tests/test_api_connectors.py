@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -939,6 +939,7 @@ class FakeProvider:
     )
     markup_styles: tuple[str, ...] = ("connect", "start")
     credential_fields: tuple[str, ...] = ("apiKey", "publicKey")
+    credential_patterns: Mapping[str, str] = field(default_factory=dict)
 
     def validate_credentials(self, values: dict[str, str]) -> None:
         if values.get("publicKey") == "bad":

@@ -25,6 +25,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from callbridge import safe_json
 from callbridge.api.errors import ApiError
+from callbridge.redaction import remember_secrets
 from callbridge.safe_json import TOKEN_LIMITS
 from callbridge.store.db import Database
 from callbridge.store.repository import Repository
@@ -163,6 +164,7 @@ async def authenticate_token(token: str, db: Database, clock: Callable[[], float
     if api_key is None:
         raise _fail("Unknown API key")
 
+    remember_secrets([api_key.secret])
     try:
         claims = jwt.decode(token, api_key.secret, algorithms=[ALGORITHM], options=_DECODE_OPTIONS)
     except jwt.InvalidSignatureError:

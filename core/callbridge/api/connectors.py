@@ -21,6 +21,7 @@ Uses ``request.app.state.db``, ``.public_api_url``, ``.provider_names`` and ``.r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Final
 
 from litestar import Controller, Request, Response, delete, get, patch, post
@@ -60,6 +61,7 @@ from callbridge.api.shapes import (
     request_clock,
 )
 from callbridge.crypto import CredentialBox
+from callbridge.redaction import remember_secrets
 from callbridge.runtime import Runtime
 from callbridge.store.ids import new_connector_id
 from callbridge.store.models import Connector
@@ -82,9 +84,13 @@ def enabled_providers(request: Request[Any, Any, Any]) -> dict[str, ProviderOpti
     }
 
 
-def _credential_box(request: Request[Any, Any, Any]) -> CredentialBox:
+def _sealed(request: Request[Any, Any, Any], credentials: Mapping[str, str], owner: str) -> str:
+    """The encrypted token of ``credentials`` bound to connector ``owner``; their values are
+    redacted from logs from now on."""
     runtime: Runtime = request.app.state.runtime
-    return runtime.credential_box
+    remember_secrets(credentials.values())
+    box: CredentialBox = runtime.credential_box
+    return box.encrypt(dict(credentials), owner)
 
 
 def _fields(connector: Connector) -> dict[str, Any]:
@@ -193,11 +199,7 @@ class ConnectorController(Controller):
         except RuleError as error:
             raise _refused(400, error) from None
         connector_id = new_connector_id()
-        token = (
-            None
-            if credentials is None
-            else _credential_box(request).encrypt(credentials, connector_id)
-        )
+        token = None if credentials is None else _sealed(request, credentials, connector_id)
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
             connector, key = await repo.create_connector(
                 principal.apikey,
@@ -310,9 +312,7 @@ class ConnectorController(Controller):
             if "credentials" in changes:
                 credentials = changes.pop("credentials")
                 fields["credentials_token"] = (
-                    None
-                    if credentials is None
-                    else _credential_box(request).encrypt(credentials, connector.id)
+                    None if credentials is None else _sealed(request, credentials, connector.id)
                 )
             fields.update(changes)
             updated = await repo.update_connector(principal.apikey, connector_id, **fields)
