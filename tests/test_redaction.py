@@ -571,6 +571,12 @@ async def drive_error_paths(base_url: str, apikey: str, api_secret: str, secrets
             assert 400 <= malformed.status_code < 500, malformed.text
         assert (await client.post(signed_url, data=form)).status_code == 403
 
+        deep = b'{"a":' + b"[" * 20000 + b"]" * 20000 + b"}"
+        json_type = {**auth, "content-type": "application/json"}
+        assert (
+            await client.post("/v2/connectors", content=deep, headers=json_type)
+        ).status_code == 400
+
         rooms = f"{ws_base}/v2/rooms/{ROOM}/participants"
         assert await _refused(f"{rooms}?token={bad_token}") == 403
         async with connect(f"{rooms}?token={token}", open_timeout=5) as participant:
@@ -585,12 +591,22 @@ async def drive_error_paths(base_url: str, apikey: str, api_secret: str, secrets
         stream_url = answer.text[start : answer.text.index('"', start)]
         ref = stream_url.rsplit("/", 1)[1]
         handshake = {"X-Twilio-Signature": twilio_signature(AUTH_TOKEN, stream_url)}
+        foreign = stream_url.replace("/ingest/twilio/", "/ingest/plivo/")
+        assert await _refused(foreign, additional_headers=handshake) == 403
         stream_sid = "MZ" + secrets.token_hex(16)
         async with connect(stream_url, additional_headers=handshake, open_timeout=5) as media:
             await media.send(tw.connected())
             await media.send(tw.start(stream_sid, form["CallSid"]))
+            await media.send(deep.decode())
             await media.send(tw.stop(stream_sid, form["CallSid"], 2))
         assert await _refused(stream_url, additional_headers=handshake) == 403
+        assert (await _signed_post(client, signed_url, form)).status_code == 409
+
+        unsigned_form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
+        unsigned = await _signed_post(client, signed_url, unsigned_form)
+        start = unsigned.text.index('url="') + len('url="')
+        unsigned_url = unsigned.text[start : unsigned.text.index('"', start)]
+        assert await _refused(unsigned_url) == 403, "the handshake's signature is missing"
 
         failing = tw.voice_webhook_form(AccountSid=ACCOUNT_SID, From=TRIGGER_NUMBER)
         crashed = await _signed_post(client, signed_url, failing)
@@ -606,6 +622,7 @@ async def drive_error_paths(base_url: str, apikey: str, api_secret: str, secrets
         bad_token,
         *unknown_refs,
         ref,
+        unsigned_url.rsplit("/", 1)[1],
         *CREDENTIALS.values(),
         api_secret,
     ]
