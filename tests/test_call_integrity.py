@@ -6,11 +6,13 @@ that must keep carrying the right tone both ways through whatever is thrown at i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from callbridge_plugins.rooms import local as local_rooms
 from tests import twilio_wire as tw
 from tests.fake_provider_api import FakeProviderApi
 from tests.live_calls import (
+    LiveCaller,
+    ToneParticipant,
     assert_both_ways_after,
     custom_caller,
     tone_participant,
@@ -88,6 +92,34 @@ def twilio_connector(server: InProcessServer, room: str) -> Connector:
     return create_connector(
         server.url, server.token(), provider="twilio", defaultRoomId=room, credentials=CREDENTIALS
     )
+
+
+@dataclass
+class LiveCall:
+    """A bridged Twilio call: its hand-driven caller, a tone participant in its room, and what
+    made it."""
+
+    caller: LiveCaller
+    participant: ToneParticipant
+    connector: Connector
+    form: dict[str, str]
+    token: str
+
+
+@contextlib.asynccontextmanager
+async def live_twilio_call(server: InProcessServer, room: str) -> AsyncIterator[LiveCall]:
+    """A Twilio call bridged into ``room``, both sides streaming their tones."""
+    connector = twilio_connector(server, room)
+    form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
+    answer = await tw.post_webhook(connector.webhook_url, form)
+    assert answer.stream_url is not None
+    token = server.token()
+    async with (
+        tone_participant(room_url(server, room, token)) as participant,
+        twilio_caller(answer.stream_url, form["CallSid"]) as caller,
+    ):
+        await participant.wait_for("participant-joined")
+        yield LiveCall(caller, participant, connector, form, token)
 
 
 def room_url(server: InProcessServer | ServerProcess, room: str, token: str) -> str:
@@ -210,16 +242,8 @@ async def test_a_ref_on_another_providers_path_is_refused_and_stays_usable(
 async def test_deeply_nested_json_on_a_twilio_socket_is_dropped_and_the_call_goes_on(
     server: InProcessServer, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    connector = twilio_connector(server, "deep-twilio")
-    form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
-    answer = await tw.post_webhook(connector.webhook_url, form)
-    assert answer.stream_url is not None
-    token = server.token()
-    async with (
-        tone_participant(room_url(server, "deep-twilio", token)) as participant,
-        twilio_caller(answer.stream_url, form["CallSid"]) as caller,
-    ):
-        await participant.wait_for("participant-joined")
+    async with live_twilio_call(server, "deep-twilio") as call:
+        caller, participant, token = call.caller, call.participant, call.token
         moment = time.monotonic()
         await assert_both_ways_after(
             caller, participant, moment, hostile=lambda: caller.inject(DEEP_JSON)
@@ -258,16 +282,8 @@ async def test_deeply_nested_json_on_a_custom_socket_is_dropped_and_the_call_goe
 async def test_deeply_nested_json_from_a_participant_keeps_it_in_the_room(
     server: InProcessServer,
 ) -> None:
-    connector = twilio_connector(server, "deep-room")
-    form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
-    answer = await tw.post_webhook(connector.webhook_url, form)
-    assert answer.stream_url is not None
-    token = server.token()
-    async with (
-        tone_participant(room_url(server, "deep-room", token)) as participant,
-        twilio_caller(answer.stream_url, form["CallSid"]) as caller,
-    ):
-        await participant.wait_for("participant-joined")
+    async with live_twilio_call(server, "deep-room") as call:
+        caller, participant = call.caller, call.participant
         moment = time.monotonic()
         await assert_both_ways_after(
             caller,
@@ -424,16 +440,8 @@ async def test_a_failing_provider_hangup_does_not_stop_the_teardown(
         raise RuntimeError("REST client exploded")
 
     monkeypatch.setattr(server.runtime.providers["twilio"].wrapped, "hangup", broken_hangup)
-    connector = twilio_connector(server, "hangup-fails")
-    form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
-    answer = await tw.post_webhook(connector.webhook_url, form)
-    assert answer.stream_url is not None
-    token = server.token()
-    async with (
-        tone_participant(room_url(server, "hangup-fails", token)) as participant,
-        twilio_caller(answer.stream_url, form["CallSid"]) as caller,
-    ):
-        await participant.wait_for("participant-joined")
+    async with live_twilio_call(server, "hangup-fails") as call:
+        caller, participant, token = call.caller, call.participant, call.token
         await participant.send({"event": "hangup"})
         await asyncio.wait_for(caller.closed.wait(), 5)
         row = await row_when(server, token, "ended")
@@ -454,16 +462,8 @@ async def test_a_mixer_tick_that_raises_is_counted_and_the_room_keeps_serving(
             raise FloatingPointError("mixer exploded")
         return real_mix(*args)
 
-    connector = twilio_connector(server, "flaky-mixer")
-    form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
-    answer = await tw.post_webhook(connector.webhook_url, form)
-    assert answer.stream_url is not None
-    token = server.token()
-    async with (
-        tone_participant(room_url(server, "flaky-mixer", token)) as participant,
-        twilio_caller(answer.stream_url, form["CallSid"]) as caller,
-    ):
-        await participant.wait_for("participant-joined")
+    async with live_twilio_call(server, "flaky-mixer") as call:
+        caller, participant = call.caller, call.participant
         monkeypatch.setattr(local_rooms, "mix_minus_one", flaky_mix)
         moment = time.monotonic()
         await assert_both_ways_after(caller, participant, moment)
@@ -479,16 +479,8 @@ async def test_a_mixer_that_keeps_failing_ends_its_calls_with_a_reason(
     def broken_mix(*args: Any) -> np.ndarray:
         raise FloatingPointError("mixer exploded")
 
-    connector = twilio_connector(server, "dead-mixer")
-    form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
-    answer = await tw.post_webhook(connector.webhook_url, form)
-    assert answer.stream_url is not None
-    token = server.token()
-    async with (
-        tone_participant(room_url(server, "dead-mixer", token)) as participant,
-        twilio_caller(answer.stream_url, form["CallSid"]) as caller,
-    ):
-        await participant.wait_for("participant-joined")
+    async with live_twilio_call(server, "dead-mixer") as call:
+        caller, participant, token = call.caller, call.participant, call.token
         monkeypatch.setattr(local_rooms, "mix_minus_one", broken_mix)
         await asyncio.wait_for(caller.closed.wait(), 5)
         await asyncio.wait_for(participant.closed.wait(), 5)

@@ -36,7 +36,6 @@ from callbridge.api.shapes import (
 )
 from callbridge.calls.hangup import hang_up_at_provider
 from callbridge.calls.state import CallStatus, EndReason
-from callbridge.protocols import HangupTarget
 from callbridge.runtime import Runtime
 from callbridge.store.models import Call
 from callbridge.store.repository import Repository
@@ -230,11 +229,5 @@ class CallController(Controller):
         if ended is None:  # it ended meanwhile
             raise ApiError(409, "call already ended")
         with structlog.contextvars.bound_contextvars(call_id=call.id):
-            await hang_up_at_provider(
-                runtime,
-                apikey=call.apikey,
-                connector_id=call.connector_id,
-                provider_name=call.provider,
-                target=HangupTarget(call.provider_call_id, call.account_id),
-            )
+            await hang_up_at_provider(runtime, call)
         return Response(CallResponse(message="Call ended", data=call_data(ended)), status_code=200)

@@ -20,7 +20,6 @@ from callbridge.calls.bridge import BridgeEnd, CallBridge
 from callbridge.calls.hangup import hang_up_at_provider
 from callbridge.calls.state import EndReason
 from callbridge.protocols import (
-    HangupTarget,
     MediaStream,
     Participant,
     PluginError,
@@ -237,13 +236,7 @@ class _ClaimedCall:
         record = self.record
         if reason in STREAM_END_REASONS and self.provider.call_ends_with_stream(record.options):
             return
-        await hang_up_at_provider(
-            self.runtime,
-            apikey=record.apikey,
-            connector_id=record.connector_id,
-            provider_name=record.provider,
-            target=HangupTarget(record.provider_call_id, record.account_id),
-        )
+        await hang_up_at_provider(self.runtime, record)
 
 
 async def _step(name: str, action: Callable[[], Awaitable[object]]) -> None:

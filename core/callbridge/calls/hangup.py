@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from opentelemetry import trace
@@ -16,15 +16,30 @@ if TYPE_CHECKING:
 log = structlog.get_logger("callbridge.calls.hangup")
 
 
-async def hang_up_at_provider(
-    runtime: Runtime, *, apikey: str, connector_id: str, provider_name: str, target: HangupTarget
-) -> HangupResult | None:
-    """Ask the provider's REST API to end the call, with the connector's credentials.
+class CallAtProvider(Protocol):
+    """What names a call at its provider: a call row, or the ref record of a claimed call."""
+
+    @property
+    def apikey(self) -> str: ...
+    @property
+    def connector_id(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def provider_call_id(self) -> str: ...
+    @property
+    def account_id(self) -> str | None: ...
+
+
+async def hang_up_at_provider(runtime: Runtime, call: CallAtProvider) -> HangupResult | None:
+    """Ask the provider's REST API to end ``call``, with its connector's credentials.
 
     Returns ``None`` when it could not be asked (no credentials, unknown provider or
     connector). Failures are logged, never raised.
     """
-    provider = runtime.providers.get(provider_name)
+    apikey, connector_id = call.apikey, call.connector_id
+    target = HangupTarget(call.provider_call_id, call.account_id)
+    provider = runtime.providers.get(call.provider)
     if provider is None:
         return None
     try:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
@@ -209,23 +209,19 @@ class CallLifecycle:
             DuplicateCallError: the connector already has this provider call (a retried
                 webhook); nothing changed.
         """
-        async with transaction(self.db, self.clock, write=True) as repo:
-            call = await repo.insert_call(
-                call_id=call_id,
-                apikey=apikey,
-                connector_id=connector_id,
-                provider=provider,
-                provider_call_id=provider_call_id,
-                status=CallStatus.ROUTED,
-                from_number=from_number,
-                to_number=to_number,
-                room_id=room_id,
-                account_id=account_id,
-                owner_id=self.instance_id,
-                ref_expires_at=self._now() + timedelta(seconds=ref_ttl_seconds),
-            )
-            await self._notify(repo, Transition(call, None, CallStatus.ROUTED))
-        return call
+        return await self._create(
+            CallStatus.ROUTED,
+            call_id=call_id,
+            apikey=apikey,
+            connector_id=connector_id,
+            provider=provider,
+            provider_call_id=provider_call_id,
+            from_number=from_number,
+            to_number=to_number,
+            room_id=room_id,
+            account_id=account_id,
+            ref_expires_at=self._now() + timedelta(seconds=ref_ttl_seconds),
+        )
 
     async def refuse(
         self,
@@ -244,22 +240,35 @@ class CallLifecycle:
         Raises:
             DuplicateCallError: as :meth:`route`.
         """
-        reason = EndReason.NO_ROUTE
+        return await self._create(
+            EndReason.NO_ROUTE.status,
+            EndReason.NO_ROUTE,
+            detail,
+            apikey=apikey,
+            connector_id=connector_id,
+            provider=provider,
+            provider_call_id=provider_call_id,
+            from_number=from_number,
+            to_number=to_number,
+            account_id=account_id,
+        )
+
+    async def _create(
+        self,
+        status: CallStatus,
+        reason: EndReason | None = None,
+        detail: str | None = None,
+        **fields: Any,
+    ) -> Call:
         async with transaction(self.db, self.clock, write=True) as repo:
             call = await repo.insert_call(
-                apikey=apikey,
-                connector_id=connector_id,
-                provider=provider,
-                provider_call_id=provider_call_id,
-                status=reason.status,
-                from_number=from_number,
-                to_number=to_number,
-                account_id=account_id,
+                status=status,
                 owner_id=self.instance_id,
                 end_reason=reason,
                 end_detail=detail,
+                **fields,
             )
-            await self._notify(repo, Transition(call, None, reason.status, reason, detail))
+            await self._notify(repo, Transition(call, None, status, reason, detail))
         return call
 
     async def claim(self, call_id: str) -> Call | None:

@@ -18,7 +18,6 @@ import structlog
 
 from callbridge.calls.hangup import hang_up_at_provider
 from callbridge.calls.state import EndReason
-from callbridge.protocols import HangupTarget
 
 if TYPE_CHECKING:
     from callbridge.runtime import Runtime
@@ -75,13 +74,7 @@ class CallSweeper:
             report.expired.append(call_id)
             with structlog.contextvars.bound_contextvars(call_id=call_id):
                 log.warning("call failed: its media socket never came", reason="ref-expired")
-                await hang_up_at_provider(
-                    self._runtime,
-                    apikey=call.apikey,
-                    connector_id=call.connector_id,
-                    provider_name=call.provider,
-                    target=HangupTarget(call.provider_call_id, call.account_id),
-                )
+                await hang_up_at_provider(self._runtime, call)
         for call_id in await lifecycle.orphaned(self._settings.owner_timeout_seconds):
             if await lifecycle.end(call_id, EndReason.INTERRUPTED, INTERRUPTED_DETAIL):
                 report.interrupted.append(call_id)
