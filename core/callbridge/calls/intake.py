@@ -87,8 +87,7 @@ async def handle_voice_webhook(
             span.set_status(Status(StatusCode.ERROR, str(exc)))
             log.warning("webhook rejected", reason=str(exc), status=exc.status)
             return _error(exc.status, str(exc))
-        async with transaction(runtime.db, runtime.clock) as repo:
-            existing = await repo.get_call_by_provider_id(connector.id, call.provider_call_id)
+        existing = await _existing_call(runtime, connector.id, call.provider_call_id)
         if existing is not None:
             return await _answer_retry(runtime, provider, existing)
         view = ConnectorView(
@@ -153,7 +152,7 @@ async def _route(
         trace_parent=current_trace_parent(),
         metadata=dict(route.metadata),
     )
-    key = _ref_key(offered)
+    key = _ref_key(offered.connector_id, offered.provider_call_id)
     try:
         await runtime.ref_store.issue(offered, ttl, idempotency_key=key)
     except RefStoreFull as exc:
@@ -199,11 +198,16 @@ async def _route(
     return _connect(runtime, provider, record, ref)
 
 
+async def _existing_call(runtime: Runtime, connector_id: str, provider_call_id: str) -> Any:
+    """The call this connector already has for the provider's call id, or ``None``."""
+    async with transaction(runtime.db, runtime.clock) as repo:
+        return await repo.get_call_by_provider_id(connector_id, provider_call_id)
+
+
 async def _answer_existing(
     runtime: Runtime, provider: Provider, connector_id: str, provider_call_id: str
 ) -> WebhookAnswer:
-    async with transaction(runtime.db, runtime.clock) as repo:
-        existing = await repo.get_call_by_provider_id(connector_id, provider_call_id)
+    existing = await _existing_call(runtime, connector_id, provider_call_id)
     if existing is None:
         return _error(409, "the call is being connected by another request")
     return await _answer_retry(runtime, provider, existing)
@@ -220,7 +224,7 @@ async def _answer_retry(runtime: Runtime, provider: Provider, existing: Any) -> 
             return _reject(runtime, provider)
         if existing.status == CallStatus.ROUTED and existing.claimed_at is None:
             found = await runtime.ref_store.find(
-                f"{existing.connector_id}:{existing.provider_call_id}"
+                _ref_key(existing.connector_id, existing.provider_call_id)
             )
             if found is not None:
                 ref, record = found
@@ -266,8 +270,9 @@ def _reject(runtime: Runtime, provider: Provider) -> WebhookAnswer:
     return WebhookAnswer(200, markup.body, markup.media_type)
 
 
-def _ref_key(record: RefRecord) -> str:
-    return f"{record.connector_id}:{record.provider_call_id}"
+def _ref_key(connector_id: str, provider_call_id: str) -> str:
+    """The idempotency key of a call's ref: one live ref per provider call and connector."""
+    return f"{connector_id}:{provider_call_id}"
 
 
 def stream_options(provider: Provider, connector: Any, route: Route) -> StreamOptions:

@@ -99,6 +99,9 @@ class EndReason(StrEnum):
         return CallStatus.ENDED if self in _ENDED_REASONS else CallStatus.FAILED
 
 
+MAX_END_DETAIL_CHARS: Final = 500
+"""The length of ``calls.end_detail``."""
+
 _ENDED_REASONS: Final = frozenset(
     {
         EndReason.CALLER_HANGUP,
@@ -265,7 +268,7 @@ class CallLifecycle:
                 status=status,
                 owner_id=self.instance_id,
                 end_reason=reason,
-                end_detail=detail,
+                end_detail=_clipped(detail),
                 **fields,
             )
             await self._notify(repo, Transition(call, None, status, reason, detail))
@@ -331,7 +334,7 @@ class CallLifecycle:
                     {
                         "status": reason.status,
                         "end_reason": reason,
-                        "end_detail": detail[:500] if detail else None,
+                        "end_detail": _clipped(detail),
                         "ended_at": repo.now(),
                     },
                     unclaimed_only=unclaimed_only,
@@ -381,3 +384,8 @@ class CallLifecycle:
             async with transaction(self.db, self.clock, write=True) as repo:
                 await repo.forget_instances_dead_since(alive_since)
         return orphans
+
+
+def _clipped(detail: str | None) -> str | None:
+    """``detail`` cut to what ``calls.end_detail`` holds (``None`` for empty)."""
+    return detail[:MAX_END_DETAIL_CHARS] if detail else None

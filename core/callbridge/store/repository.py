@@ -330,7 +330,7 @@ class Repository:
             owner_id=owner_id,
             ref_expires_at=ref_expires_at,
             end_reason=end_reason,
-            end_detail=end_detail[:500] if end_detail else end_detail,
+            end_detail=end_detail,
             ended_at=now if end_reason is not None else None,
         )
         try:
@@ -433,7 +433,7 @@ class Repository:
         )
         if not getattr(result, "rowcount", 0):
             return None
-        return await self.session.get(Call, call_id, populate_existing=True)
+        return await self.get_call_by_id(call_id)
 
     async def get_call_by_id(self, call_id: str) -> Call | None:
         """The call with this id, whatever API key owns it (for internal bookkeeping only)."""
