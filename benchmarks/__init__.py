@@ -1,1 +1,2 @@
-"""Micro-benchmarks of the media path (``python -m benchmarks.run``)."""
+"""Benchmarks: ``python -m benchmarks.run`` (``make bench``: callbridge against a floor under
+the same load) and ``python -m benchmarks.micro`` (per-frame media micro-benchmarks)."""

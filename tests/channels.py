@@ -22,11 +22,14 @@ class FakeChannel:
     async def receive(self) -> str | bytes | None:
         return await self.incoming.get()
 
-    async def send_text(self, data: str) -> None:
+    def send_text(self, data: str, droppable: bool = False) -> None:
         self.sent.append(data)
 
-    async def send_bytes(self, data: bytes) -> None:
+    def send_bytes(self, data: bytes, droppable: bool = False) -> None:
         self.sent.append(data)
+
+    def drop_pending(self) -> int:
+        return 0  # every send is written at once
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed += 1
@@ -37,7 +40,7 @@ class TextChannel(FakeChannel):
 
     sent: list[str]  # type: ignore[assignment]
 
-    async def send_bytes(self, data: bytes) -> None:
+    def send_bytes(self, data: bytes, droppable: bool = False) -> None:
         raise AssertionError("this provider takes text frames only")
 
 
@@ -57,12 +60,12 @@ async def check_marks_pending_at_a_clear_echo_as_cleared(
     """After a started ``stream``: a mark echoed before a clear is played, one pending at the
     clear is echoed cleared, and one sent after the clear is played again. ``mark_echo`` makes
     the provider's echo of mark ``name`` with a sequence number."""
-    await stream.send_mark("played")
+    stream.send_mark("played")
     channel.incoming.put_nowait(mark_echo(2, "played"))
     assert await stream.receive() == MarkEcho("played", cleared=False)
-    await stream.send_mark("flushed")
-    await stream.send_clear()
-    await stream.send_mark("after")
+    stream.send_mark("flushed")
+    stream.send_clear()
+    stream.send_mark("after")
     channel.incoming.put_nowait(mark_echo(3, "flushed"))
     channel.incoming.put_nowait(mark_echo(4, "after"))
     assert await stream.receive() == MarkEcho("flushed", cleared=True)

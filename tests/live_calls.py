@@ -61,6 +61,9 @@ class LiveCaller:
         self.socket = socket
         self.heard = Heard(8000)
         self.texts: list[dict[str, Any]] = []
+        # For each text message: how many audio frames had arrived before it.
+        self.text_positions: list[int] = []
+        self.stream_sid = ""
         self.closed = asyncio.Event()
         self._encode = encode
         self._decode = decode
@@ -93,6 +96,7 @@ class LiveCaller:
                     self.heard.add(pcm)
                 elif isinstance(message, str):
                     self.texts.append(json.loads(message))
+                    self.text_positions.append(len(self.heard.frames))
         except Exception:
             pass
         finally:
@@ -132,6 +136,7 @@ async def twilio_caller(
         await socket.send(tw.connected())
         await socket.send(tw.start(stream_sid, call_sid))
         caller = LiveCaller(socket, encode, decode)
+        caller.stream_sid = stream_sid
         caller.start()
         try:
             yield caller

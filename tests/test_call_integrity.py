@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -453,18 +452,18 @@ async def test_a_failing_provider_hangup_does_not_stop_the_teardown(
 async def test_a_mixer_tick_that_raises_is_counted_and_the_room_keeps_serving(
     server: InProcessServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_mix = local_rooms.mix_minus_one
+    real_tick = local_rooms._Room._direct_tick
     failures = {"left": 10}
 
-    def flaky_mix(*args: Any) -> np.ndarray:
+    def flaky_tick(room: Any) -> None:
         if failures["left"] > 0:
             failures["left"] -= 1
             raise FloatingPointError("mixer exploded")
-        return real_mix(*args)
+        real_tick(room)
 
     async with live_twilio_call(server, "flaky-mixer") as call:
         caller, participant = call.caller, call.participant
-        monkeypatch.setattr(local_rooms, "mix_minus_one", flaky_mix)
+        monkeypatch.setattr(local_rooms._Room, "_direct_tick", flaky_tick)
         moment = time.monotonic()
         await assert_both_ways_after(caller, participant, moment)
         assert failures["left"] == 0
@@ -476,12 +475,12 @@ async def test_a_mixer_tick_that_raises_is_counted_and_the_room_keeps_serving(
 async def test_a_mixer_that_keeps_failing_ends_its_calls_with_a_reason(
     server: InProcessServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_mix(*args: Any) -> np.ndarray:
+    def broken_tick(room: Any) -> None:
         raise FloatingPointError("mixer exploded")
 
     async with live_twilio_call(server, "dead-mixer") as call:
         caller, participant, token = call.caller, call.participant, call.token
-        monkeypatch.setattr(local_rooms, "mix_minus_one", broken_mix)
+        monkeypatch.setattr(local_rooms._Room, "_direct_tick", broken_tick)
         await asyncio.wait_for(caller.closed.wait(), 5)
         await asyncio.wait_for(participant.closed.wait(), 5)
     row = await row_when(server, token, "ended")

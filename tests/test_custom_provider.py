@@ -446,18 +446,21 @@ async def test_outbound_messages_have_the_documented_shape() -> None:
     channel = FakeChannel([START])
     stream = CustomMediaStream(channel)
     await stream.receive()
-    await stream.send_audio(FRAME)
-    await stream.send_mark("utt-1")
-    await stream.send_clear()
+    stream.send_audio(FRAME)
+    stream.send_mark("utt-1")
+    stream.send_clear()
     assert channel.sent == [FRAME, '{"event":"mark","name":"utt-1"}', '{"event":"clear"}']
 
 
 async def test_sending_before_start_raises() -> None:
     channel = FakeChannel([])
     stream = CustomMediaStream(channel)
-    for send in (stream.send_audio(FRAME), stream.send_mark("m"), stream.send_clear()):
-        with pytest.raises(RuntimeError):
-            await send
+    with pytest.raises(RuntimeError):
+        stream.send_audio(FRAME)
+    with pytest.raises(RuntimeError):
+        stream.send_mark("m")
+    with pytest.raises(RuntimeError):
+        stream.send_clear()
     assert channel.sent == []
 
 
@@ -483,7 +486,7 @@ async def test_close_sends_no_stop_after_the_client_ended(ending: str | None) ->
 
 async def test_close_survives_a_dead_socket() -> None:
     class DeadChannel(FakeChannel):
-        async def send_text(self, data: str) -> None:
+        def send_text(self, data: str, droppable: bool = False) -> None:
             raise ConnectionError("gone")
 
     channel = DeadChannel([START])

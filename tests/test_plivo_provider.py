@@ -452,11 +452,14 @@ class FakeChannel:
     async def receive(self) -> str | bytes | None:
         return self.incoming.pop(0) if self.incoming else None
 
-    async def send_text(self, data: str) -> None:
+    def send_text(self, data: str, droppable: bool = False) -> None:
         self.sent.append(json.loads(data))
 
-    async def send_bytes(self, data: bytes) -> None:
+    def send_bytes(self, data: bytes, droppable: bool = False) -> None:
         raise AssertionError("Plivo takes text only")
+
+    def drop_pending(self) -> int:
+        return 0
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed += 1
@@ -606,13 +609,13 @@ async def test_outbound_messages_match_the_stream_codec(
     channel = FakeChannel([start(encoding, codec.sample_rate)])
     stream = PlivoMediaStream(channel, codec)
     with pytest.raises(RuntimeError, match="not started"):
-        await stream.send_audio(b"\x00" * 160)
+        stream.send_audio(b"\x00" * 160)
     started = await stream.receive()
     assert isinstance(started, StreamStarted) and started.codec == codec
     frame = bytes(range(256))[: codec.sample_rate // 50 * (1 if codec.name == "PCMU" else 2)]
-    await stream.send_audio(frame)
-    await stream.send_mark("utt-1")
-    await stream.send_clear()
+    stream.send_audio(frame)
+    stream.send_mark("utt-1")
+    stream.send_clear()
     await stream.close()
     await stream.close()
     play, checkpoint, clear = channel.sent
@@ -634,7 +637,7 @@ async def test_start_media_format_wins_over_the_requested_codec() -> None:
     stream = PlivoMediaStream(channel, PCMU)
     started = await stream.receive()
     assert isinstance(started, StreamStarted) and started.codec == L16_16K
-    await stream.send_audio(b"\x00\x00" * 320)
+    stream.send_audio(b"\x00\x00" * 320)
     assert channel.sent[0]["media"]["contentType"] == "audio/x-l16"
     assert channel.sent[0]["media"]["sampleRate"] == 16000
 

@@ -1,4 +1,6 @@
-import asyncio
+"""The ``local`` room transport on a hand-driven media clock: direct forwarding for two, N-1
+mixing for more, playout buffers, marks and clears travelling with the audio."""
+
 import time
 
 import numpy as np
@@ -6,33 +8,43 @@ import pydantic
 import pytest
 
 from callbridge.media.analysis import dominant_frequency
+from callbridge.media.clock import MediaClock
 from callbridge.media.tones import ToneGenerator
 from callbridge.protocols import (
+    LegSink,
     Participant,
     PluginContext,
     PluginError,
     RoomLeg,
     RoomTransport,
 )
-from callbridge_plugins.rooms import local
 from callbridge_plugins.rooms.local import (
+    MIXER_FAILED,
     LocalRooms,
     LocalRoomsConfig,
     callbridge_room_transports,
     mix_minus_one,
 )
+from tests.sinks import RecordingSink
 
 RATE = 16000
 FRAME = RATE // 50
 
 
 @pytest.fixture
-def context(tmp_path):
+def clock() -> MediaClock:
+    """A media clock that never runs by itself: tests call ``run_tick()``."""
+    return MediaClock(autostart=False)
+
+
+@pytest.fixture
+def context(tmp_path, clock):
     return PluginContext(
         data_dir=tmp_path,
         clock=time.time,
         public_api_url="http://127.0.0.1:8080",
         public_ingest_url="ws://127.0.0.1:8080/ingest",
+        media_clock=clock,
     )
 
 
@@ -44,19 +56,19 @@ async def rooms(context):
     await transport.aclose()
 
 
-@pytest.fixture
-def manual_clock(monkeypatch):
-    """Stop the mixers' clocks; tests tick rooms by hand through ``tick(leg)``."""
-
-    async def idle(self):
-        await asyncio.Event().wait()
-
-    monkeypatch.setattr(local._Room, "_run", idle)
-    return lambda leg: leg._room.tick()
-
-
 def person(participant_id, kind="client", **extra):
     return Participant(participant_id=participant_id, kind=kind, **extra)
+
+
+async def member(rooms, participant_id, room="room"):
+    sink = RecordingSink()
+    leg = await rooms.join("t", room, person(participant_id), sink)
+    return leg, sink
+
+
+def tone(hz, level=0.25):
+    generator = ToneGenerator(hz, RATE, level)
+    return lambda: generator.next_frame(FRAME)
 
 
 def band_share(pcm: np.ndarray, frequency: float, width: float = 30.0) -> float:
@@ -67,252 +79,317 @@ def band_share(pcm: np.ndarray, frequency: float, width: float = 30.0) -> float:
     return float(power[np.abs(bins - frequency) <= width].sum() / max(power.sum(), 1e-12))
 
 
-async def lockstep(leg, source, frames: int) -> np.ndarray:
-    """Send ``source()`` frames paced by what the leg receives; return what the leg heard."""
-    if source is not None:
-        for _ in range(3):
-            leg.send_audio(source())
-    heard = []
-    for _ in range(frames):
-        frame = await leg.receive_audio()
-        assert frame is not None
-        heard.append(frame)
-        if source is not None:
-            leg.send_audio(source())
-    # The first frames may predate the other senders; measure the settled part only.
-    return np.concatenate(heard[8:])
-
-
 def test_plugin_registration():
-    (record,) = list(callbridge_room_transports())
-    assert record.name == "local"
-    assert record.factory is LocalRooms
-    assert record.config_model is LocalRoomsConfig
-    assert record.description
+    (plugin,) = list(callbridge_room_transports())
+    assert plugin.name == "local"
+    assert plugin.factory is LocalRooms
+    assert plugin.config_model is LocalRoomsConfig
 
 
 def test_config_validation():
     assert LocalRoomsConfig().sample_rate == 16000
-    assert LocalRoomsConfig(sample_rate=48000).sample_rate == 48000
+    assert LocalRoomsConfig().playout_target_frames == 1
     with pytest.raises(pydantic.ValidationError):
-        LocalRoomsConfig(sample_rate=44100)
+        LocalRoomsConfig(sample_rate=11025)
     with pytest.raises(pydantic.ValidationError):
-        LocalRoomsConfig(jitter=3)
+        LocalRoomsConfig(playout_max_frames=1)
     with pytest.raises(pydantic.ValidationError):
-        LocalRoomsConfig(jitter_frames=0)
-    for field in LocalRoomsConfig.model_fields.values():
-        assert field.description
+        LocalRoomsConfig(playout_target_frames=0)
+    with pytest.raises(pydantic.ValidationError):
+        LocalRoomsConfig(jitter_frames=6)
 
 
 async def test_satisfies_protocols(rooms):
-    leg = await rooms.join("key", "room", person("a"))
     assert isinstance(rooms, RoomTransport)
+    leg, sink = await member(rooms, "a")
     assert isinstance(leg, RoomLeg)
-    assert rooms.sample_rate == leg.sample_rate == RATE
+    assert isinstance(sink, LegSink)
 
 
-async def test_each_participant_hears_everyone_but_itself(rooms):
-    leg_a = await rooms.join("key", "room", person("a"))
-    leg_b = await rooms.join("key", "room", person("b"))
-    leg_c = await rooms.join("key", "room", person("c"))
-    tone_a = ToneGenerator(440, RATE, amplitude=0.3)
-    tone_b = ToneGenerator(1000, RATE, amplitude=0.3)
-    heard_a, heard_b, heard_c = await asyncio.gather(
-        lockstep(leg_a, lambda: tone_a.next_frame(FRAME), 30),
-        lockstep(leg_b, lambda: tone_b.next_frame(FRAME), 30),
-        lockstep(leg_c, None, 30),
-    )
-    assert band_share(heard_c, 440) > 0.2
-    assert band_share(heard_c, 1000) > 0.2
-    assert band_share(heard_c, 440) + band_share(heard_c, 1000) > 0.95
-
-    assert dominant_frequency(heard_a, RATE) == pytest.approx(1000, abs=5)
-    assert band_share(heard_a, 440) < 1e-3
-    assert dominant_frequency(heard_b, RATE) == pytest.approx(440, abs=5)
-    assert band_share(heard_b, 1000) < 1e-3
+# --------------------------------------------------------------------------- direct mode
 
 
-async def test_loud_sum_clips_without_wrapping(rooms):
-    leg_a = await rooms.join("key", "room", person("a"))
-    leg_b = await rooms.join("key", "room", person("b"))
-    leg_c = await rooms.join("key", "room", person("c"))
+async def test_two_members_hear_each_other_the_moment_a_frame_arrives(rooms, clock):
+    a, heard_by_a = await member(rooms, "a")
+    _b, heard_by_b = await member(rooms, "b")
+    assert rooms.room_mode("t", "room") == "direct"
+    frame = np.full(FRAME, 1234, dtype=np.int16)
+    a.send_audio(frame)
+    assert clock.stats.ticks == 0
+    assert len(heard_by_b.frames) == 1 and (heard_by_b.frames[0] == 1234).all()
+    assert heard_by_a.frames == [], "nobody hears themselves"
+    frame[:] = 0  # the room did not keep the caller's array
+    assert (heard_by_b.frames[0] == 1234).all()
+
+
+async def test_a_member_running_ahead_of_the_clock_is_paced_by_it(rooms, clock):
+    a, _ = await member(rooms, "a")
+    _, heard_by_b = await member(rooms, "b")
+    frames = [np.full(FRAME, value, dtype=np.int16) for value in range(1, 7)]
+    for frame in frames:
+        a.send_audio(frame)
+    lead = LocalRoomsConfig().direct_lead_frames
+    assert [int(f[0]) for f in heard_by_b.frames] == list(range(1, lead + 1))
+    for _ in range(6 - lead):
+        clock.run_tick()
+    assert [int(f[0]) for f in heard_by_b.frames] == list(range(1, 7)), "one per tick, in order"
+
+
+async def test_a_silent_member_is_heard_as_steady_silence(rooms, clock):
+    a, _ = await member(rooms, "a")
+    _, heard_by_b = await member(rooms, "b")
+    a.send_audio(np.full(FRAME, 500, dtype=np.int16))
+    for _ in range(10):
+        clock.run_tick()
+    assert 8 <= len(heard_by_b.frames) <= 10
+    assert not np.concatenate(heard_by_b.frames[1:]).any(), "silence, never a repeated frame"
+    assert a.media_stats()["underruns"] == 1
+
+
+async def test_a_burst_after_a_stall_is_drained_back_to_the_target(rooms, clock):
+    a, _ = await member(rooms, "a")
+    _, _heard_by_b = await member(rooms, "b")
+    for _ in range(20):  # steady: one frame per tick
+        a.send_audio(np.full(FRAME, 100, dtype=np.int16))
+        clock.run_tick()
+    for _ in range(10):  # 200 ms stall ...
+        clock.run_tick()
+    for _ in range(10):  # ... then everything at once
+        a.send_audio(np.full(FRAME, 100, dtype=np.int16))
+    depths = []
+    for _ in range(50):  # and steady again
+        a.send_audio(np.full(FRAME, 100, dtype=np.int16))
+        clock.run_tick()
+        depths.append(a.playout.depth)
+    window = LocalRoomsConfig().playout_window_frames
+    assert max(depths) >= 6, "the burst did queue"
+    assert max(depths[2 * window :]) == 0, "nothing stands in the buffer any more"
+    assert a.media_stats()["drained"] >= 5
+
+
+# --------------------------------------------------------------------------- mixing
+
+
+async def mixing_room(rooms, *hz):
+    legs = [await member(rooms, f"p{index}") for index in range(len(hz))]
+    sources = [tone(frequency) for frequency in hz]
+    return legs, sources
+
+
+def run_mixing(clock, legs, sources, ticks):
+    for _ in range(ticks):
+        for (leg, _), source in zip(legs, sources, strict=True):
+            leg.send_audio(source())
+        clock.run_tick()
+
+
+async def test_each_member_hears_everyone_but_itself(rooms, clock):
+    legs, sources = await mixing_room(rooms, 440, 1000, 2500)
+    assert rooms.room_mode("t", "room") == "mixing"
+    run_mixing(clock, legs, sources, 50)
+    for index, (_, sink) in enumerate(legs):
+        assert len(sink.frames) == 50, "one frame per tick"
+        heard = sink.audio()[FRAME * 5 :]
+        own = (440, 1000, 2500)[index]
+        others = [hz for hz in (440, 1000, 2500) if hz != own]
+        assert band_share(heard, own) < 0.01
+        for hz in others:
+            assert band_share(heard, hz) > 0.3
+
+
+async def test_loud_sum_clips_without_wrapping(rooms, clock):
+    legs = [await member(rooms, f"p{index}") for index in range(3)]
     loud = np.full(FRAME, 30000, dtype=np.int16)
-    _, _, heard_c = await asyncio.gather(
-        lockstep(leg_a, lambda: loud, 20),
-        lockstep(leg_b, lambda: loud, 20),
-        lockstep(leg_c, None, 20),
-    )
-    assert heard_c.max() == 32767
-    assert heard_c.min() >= 0
-    assert set(np.unique(heard_c)) <= {0, 30000, 32767}
+    for leg, _ in legs[:2]:
+        leg.send_audio(loud)
+    clock.run_tick()
+    assert (legs[2][1].frames[0] == 32767).all()
 
 
 def test_mix_minus_one_clips_equal_phase_tones():
-    tone = ToneGenerator(440, RATE, amplitude=0.95).next_frame(FRAME)
-    inputs = np.stack([tone, tone, np.zeros(FRAME, dtype=np.int16)])
-    total = np.empty(FRAME, dtype=np.int32)
-    work = np.empty((3, FRAME), dtype=np.int32)
-    mixed = mix_minus_one(inputs, total, work)
+    frame = ToneGenerator(440, RATE, 0.9).next_frame(FRAME)
+    inputs = np.stack([frame, frame, frame])
+    mixed = mix_minus_one(inputs, np.empty(FRAME, np.int32), np.empty((3, FRAME), np.int32))
     assert mixed.dtype == np.int16
-    doubled = 2 * tone.astype(np.int32)
-    assert np.array_equal(mixed[2], np.clip(doubled, -32768, 32767))
-    assert mixed[2].max() == 32767
-    assert mixed[2].min() == -32768
-    assert np.all(np.sign(mixed[2]) == np.sign(tone))
-    assert np.array_equal(mixed[0], tone)
-    assert np.array_equal(mixed[1], tone)
+    assert mixed.max() == 32767 and mixed.min() == -32768
+    assert dominant_frequency(mixed[0], RATE) == pytest.approx(440, abs=60)
 
 
 def test_mix_minus_one_is_exact_n_minus_one():
-    rng = np.random.default_rng(9)
-    inputs = rng.integers(-3000, 3000, (5, FRAME), dtype=np.int16)
-    mixed = mix_minus_one(inputs, np.empty(FRAME, np.int32), np.empty((5, FRAME), np.int32))
-    for index in range(5):
-        others = np.delete(inputs, index, axis=0).sum(axis=0)
-        assert np.array_equal(mixed[index], others)
+    rng = np.random.default_rng(1)
+    inputs = rng.integers(-1000, 1000, (4, FRAME), dtype=np.int16)
+    out = np.empty((4, FRAME), dtype=np.int16)
+    mixed = mix_minus_one(inputs, np.empty(FRAME, np.int32), np.empty((4, FRAME), np.int32), out)
+    assert mixed is out
+    expected = inputs.astype(np.int32).sum(axis=0) - inputs.astype(np.int32)
+    assert (mixed == expected).all()
 
 
-async def test_jitter_buffer_drops_the_oldest(context, manual_clock):
-    transport = LocalRooms(LocalRoomsConfig(jitter_frames=2), context)
-    talker = await transport.join("key", "room", person("talker"))
-    listener = await transport.join("key", "room", person("listener"))
+async def test_a_third_member_joins_and_leaves_without_a_gap(rooms, clock):
+    (a, heard_by_a), (b, heard_by_b) = await member(rooms, "a"), await member(rooms, "b")
+    tone_a, tone_b = tone(440), tone(1000)
+    modes = []
+    third = None
+    for tick in range(150):
+        if tick == 50:
+            third = await member(rooms, "c")
+        if tick == 100:
+            assert third is not None
+            await third[0].leave()
+        a.send_audio(tone_a())
+        b.send_audio(tone_b())
+        clock.run_tick()
+        modes.append(rooms.room_mode("t", "room"))
+    assert modes[49] == "direct" and modes[60] == "mixing" and modes[120] == "direct"
+    for sink, hz in ((heard_by_a, 1000), (heard_by_b, 440)):
+        assert abs(len(sink.frames) - 150) <= 2, "one frame per tick throughout"
+        levels = [float(np.abs(frame).max()) for frame in sink.frames]
+        assert min(levels[1:]) > 1000, "no silent frame while both kept talking"
+        heard = sink.audio()
+        for start in range(0, len(heard) - 1600, 1600):
+            assert band_share(heard[start : start + 1600], hz) > 0.9
+
+
+# --------------------------------------------------------------------------- marks and clears
+
+
+async def test_a_mark_is_delivered_after_the_audio_sent_before_it(rooms, clock):
+    legs = [await member(rooms, f"p{index}") for index in range(3)]
+    (speaker, _), (_, listener) = legs[0], legs[1]
+    order: list[str] = []
+    listener.hear = lambda frame: order.append(f"audio:{int(frame[0])}")  # type: ignore[method-assign]
+    listener.notify = lambda event: order.append(f"event:{event['event']}")  # type: ignore[method-assign]
     for value in (1, 2, 3):
-        talker.send_audio(np.full(FRAME, value, dtype=np.int16))
-    for _ in range(3):
-        manual_clock(talker)
-    heard = [int((await listener.receive_audio())[0]) for _ in range(3)]
-    assert heard == [2, 3, 0]
-    await transport.aclose()
+        speaker.send_audio(np.full(FRAME, value * 100, dtype=np.int16))
+    speaker.send_event({"event": "mark", "name": "m1"})
+    assert order == [], "the mark waits for its audio"
+    for _ in range(4):
+        clock.run_tick()
+    assert order[:4] == ["audio:100", "audio:200", "audio:300", "event:mark"]
 
 
-async def test_outbound_queue_drops_the_oldest(context, manual_clock):
-    transport = LocalRooms(LocalRoomsConfig(outbound_frames=2), context)
-    talker = await transport.join("key", "room", person("talker"))
-    listener = await transport.join("key", "room", person("listener"))
-    for value in (1, 2, 3):
-        talker.send_audio(np.full(FRAME, value, dtype=np.int16))
-        manual_clock(talker)
-    assert [int((await listener.receive_audio())[0]) for _ in range(2)] == [2, 3]
-    await transport.aclose()
+async def test_a_clear_drops_waiting_audio_and_answers_its_marks_first(rooms, clock):
+    legs = [await member(rooms, f"p{index}") for index in range(3)]
+    (speaker, _), (_, listener) = legs[0], legs[1]
+    for value in range(1, 6):
+        speaker.send_audio(np.full(FRAME, value, dtype=np.int16))
+    speaker.send_event({"event": "mark", "name": "m1"})
+    speaker.send_event({"event": "clear"})
+    assert [e["event"] for e in listener.events if e["event"] != "participant-joined"] == [
+        "mark",
+        "clear",
+    ]
+    clock.run_tick()
+    assert not listener.frames[-1].any(), "nothing of the cleared audio is heard"
 
 
-async def test_received_frames_are_independent(rooms, manual_clock):
-    talker = await rooms.join("key", "room", person("talker"))
-    listener = await rooms.join("key", "room", person("listener"))
-    frame = np.full(FRAME, 5, dtype=np.int16)
-    talker.send_audio(frame)
-    frame[:] = 9  # the room copied the frame when it was sent
-    manual_clock(talker)
-    manual_clock(talker)
-    first, second = await listener.receive_audio(), await listener.receive_audio()
-    first[:] = 7
-    assert not second.any()
-    assert set(first.tolist()) == {7}
+# --------------------------------------------------------------------------- membership
 
 
 async def test_send_audio_rejects_wrong_frames(rooms):
-    leg = await rooms.join("key", "room", person("a"))
-    with pytest.raises(ValueError, match="320"):
-        leg.send_audio(np.zeros(FRAME - 1, dtype=np.int16))
-    with pytest.raises(ValueError, match="int16"):
-        leg.send_audio(np.zeros(FRAME, dtype=np.float32))
+    leg, _ = await member(rooms, "a")
     with pytest.raises(ValueError):
-        leg.send_audio(np.zeros((2, FRAME), dtype=np.int16))
+        leg.send_audio(np.zeros(FRAME - 1, dtype=np.int16))
+    with pytest.raises(ValueError):
+        leg.send_audio(np.zeros(FRAME, dtype=np.float32))
 
 
 async def test_join_and_leave_events(rooms):
-    leg_a = await rooms.join("key", "room", person("a"))
-    leg_b = await rooms.join(
-        "key", "room", person("b", kind="caller", display_name="+15550100", metadata={"x": "1"})
+    a, heard_by_a = await member(rooms, "a")
+    await rooms.join(
+        "t",
+        "room",
+        person("b", "caller", display_name="+1415", metadata={"k": "v"}),
+        RecordingSink(),
     )
-    assert await leg_a.receive_event() == {
+    joined = await heard_by_a.next_event()
+    assert joined == {
         "event": "participant-joined",
         "participantId": "b",
         "kind": "caller",
-        "displayName": "+15550100",
-        "metadata": {"x": "1"},
+        "displayName": "+1415",
+        "metadata": {"k": "v"},
     }
-    assert leg_b.participants() == leg_a.participants() == ["a", "b"]
-    await leg_b.leave()
-    assert await leg_a.receive_event() == {"event": "participant-left", "participantId": "b"}
-    assert leg_a.participants() == ["a"]
+    assert a.participants() == ["a", "b"]
 
 
 async def test_events_reach_every_other_leg_as_copies(rooms):
-    leg_a = await rooms.join("key", "room", person("a"))
-    leg_b = await rooms.join("key", "room", person("b"))
-    leg_c = await rooms.join("key", "room", person("c"))
-    for leg in (leg_a, leg_a, leg_b):  # drain the joined events
-        assert (await leg.receive_event())["event"] == "participant-joined"
-    event = {"event": "chat", "data": {"text": "hi"}}
-    await leg_b.send_event(event)
-    got_a = await leg_a.receive_event()
-    got_c = await leg_c.receive_event()
-    assert got_a == got_c == event
-    got_a["data"]["text"] = "changed"
-    assert got_c["data"]["text"] == "hi"
-    assert event["data"]["text"] == "hi"
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(leg_b.receive_event(), timeout=0.05)
-
-
-async def test_leave_releases_waiting_receivers(rooms, manual_clock):
-    leg = await rooms.join("key", "room", person("a"))
-    waiting_audio = asyncio.create_task(leg.receive_audio())
-    waiting_event = asyncio.create_task(leg.receive_event())
-    await asyncio.sleep(0.01)
-    assert not waiting_audio.done() and not waiting_event.done()
-    await leg.leave()
-    assert await waiting_audio is None
-    assert await waiting_event is None
-    assert await leg.receive_audio() is None
-    assert await leg.receive_event() is None
-    leg.send_audio(np.zeros(FRAME, dtype=np.int16))  # no-op after leaving
-    await leg.leave()  # idempotent
+    a, _ = await member(rooms, "a")
+    _, heard_by_b = await member(rooms, "b")
+    _, heard_by_c = await member(rooms, "c")
+    event = {"event": "custom", "data": {"x": 1}}
+    a.send_event(event)
+    got_b = await heard_by_b.next_event("custom")
+    got_c = await heard_by_c.next_event("custom")
+    got_b["data"]["x"] = 2
+    assert got_c["data"]["x"] == 1 and event["data"]["x"] == 1
 
 
 async def test_duplicate_participant_is_refused(rooms):
-    await rooms.join("key", "room", person("a"))
-    with pytest.raises(PluginError, match="already in room"):
-        await rooms.join("key", "room", person("a"))
-    other_tenant = await rooms.join("other-key", "room", person("a"))
-    assert other_tenant.participants() == ["a"]
-
-
-def mixer_tasks():
-    return [
-        task
-        for task in asyncio.all_tasks()
-        if task.get_name().startswith("local-room-mixer") and not task.done()
-    ]
-
-
-async def test_room_is_dropped_after_last_leave(rooms):
-    leg_a = await rooms.join("key", "room", person("a"))
-    leg_b = await rooms.join("key", "room", person("b"))
-    assert rooms.rooms() == [("key", "room")]
-    assert len(mixer_tasks()) == 1
-    await leg_a.leave()
-    assert rooms.rooms() == [("key", "room")]
-    await leg_b.leave()
-    assert rooms.rooms() == []
-    assert mixer_tasks() == []
-    again = await rooms.join("key", "room", person("a"))
-    assert again.participants() == ["a"]
-    assert await again.receive_audio() is not None
-
-
-async def test_aclose_stops_everything(context):
-    transport = LocalRooms(LocalRoomsConfig(), context)
-    await transport.start()
-    leg = await transport.join("key", "room", person("a"))
-    await transport.join("key", "other", person("b"))
-    waiting = asyncio.create_task(leg.receive_event())
-    await asyncio.sleep(0)
-    await transport.aclose()
-    assert await waiting is None
-    assert await leg.receive_audio() is None
-    assert mixer_tasks() == []
-    assert transport.rooms() == []
+    await member(rooms, "a")
     with pytest.raises(PluginError):
-        await transport.join("key", "room", person("c"))
+        await rooms.join("t", "room", person("a"), RecordingSink())
+
+
+async def test_room_leaves_the_clock_after_its_last_member(rooms, clock):
+    a, _ = await member(rooms, "a")
+    b, _ = await member(rooms, "b")
+    assert clock.tickers == 1, "one ticker per room, not per member"
+    await a.leave()
+    await a.leave()
+    assert rooms.rooms() == [("t", "room")]
+    await b.leave()
+    assert rooms.rooms() == [] and clock.tickers == 0
+
+
+async def test_a_leg_that_left_hears_nothing(rooms, clock):
+    a, _ = await member(rooms, "a")
+    b, heard_by_b = await member(rooms, "b")
+    await b.leave()
+    a.send_audio(np.full(FRAME, 9, dtype=np.int16))
+    clock.run_tick()
+    assert heard_by_b.frames == []
+
+
+async def test_a_member_alone_hears_steady_silence(rooms, clock):
+    a, heard = await member(rooms, "a")
+    a.send_audio(np.full(FRAME, 9, dtype=np.int16))
+    for _ in range(5):
+        clock.run_tick()
+    assert len(heard.frames) == 5 and not heard.audio().any()
+
+
+async def test_aclose_ends_every_leg(context):
+    transport = LocalRooms(LocalRoomsConfig(), context)
+    sink = RecordingSink()
+    await transport.join("t", "room", person("a"), sink)
+    await transport.aclose()
+    assert sink.closed and sink.closed_reason is None
+    with pytest.raises(PluginError):
+        await transport.join("t", "room", person("b"), RecordingSink())
+
+
+async def test_a_room_that_keeps_failing_ends_its_legs(rooms, clock):
+    legs = [await member(rooms, f"p{index}") for index in range(3)]
+
+    def explode(frame):
+        raise FloatingPointError("sink exploded")
+
+    legs[0][1].hear = explode  # type: ignore[method-assign]
+    for _ in range(60):
+        clock.run_tick()
+    assert all(sink.closed_reason == MIXER_FAILED for _, sink in legs)
+    assert rooms.rooms() == [] and clock.tickers == 0
+
+
+async def test_a_failing_listener_does_not_break_the_speaker(rooms, clock):
+    a, _ = await member(rooms, "a")
+    _, heard_by_b = await member(rooms, "b")
+
+    def explode(frame):
+        raise FloatingPointError("sink exploded")
+
+    heard_by_b.hear = explode  # type: ignore[method-assign]
+    a.send_audio(np.full(FRAME, 1, dtype=np.int16))
+    a.send_event({"event": "dtmf", "digit": "1"})
+    assert (await heard_by_b.next_event("dtmf"))["digit"] == "1"

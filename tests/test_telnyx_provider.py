@@ -672,9 +672,9 @@ async def test_start_without_media_format_uses_the_requested_codec() -> None:
 async def test_outbound_messages_have_telnyx_shape() -> None:
     stream, channel = open_stream([CONNECTED, start()])
     await stream.receive()
-    await stream.send_audio(frame(7))
-    await stream.send_mark("utt-1")
-    await stream.send_clear()
+    stream.send_audio(frame(7))
+    stream.send_mark("utt-1")
+    stream.send_clear()
     assert [json.loads(text) for text in channel.sent] == [
         {"event": "media", "media": {"payload": base64.b64encode(frame(7)).decode()}},
         {"event": "mark", "mark": {"name": "utt-1"}},

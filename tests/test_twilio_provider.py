@@ -324,9 +324,9 @@ async def test_outbound_messages_have_twilio_shape() -> None:
     channel = TextChannel([CONNECTED, START])
     stream = TwilioMediaStream(channel)
     await stream.receive()
-    await stream.send_audio(AUDIO)
-    await stream.send_mark("utt-1")
-    await stream.send_clear()
+    stream.send_audio(AUDIO)
+    stream.send_mark("utt-1")
+    stream.send_clear()
     sent = [json.loads(text) for text in channel.sent]
     assert sent == [
         {
@@ -351,11 +351,11 @@ async def test_sending_before_start_raises() -> None:
     channel = TextChannel([])
     stream = TwilioMediaStream(channel)
     with pytest.raises(RuntimeError):
-        await stream.send_audio(AUDIO)
+        stream.send_audio(AUDIO)
     with pytest.raises(RuntimeError):
-        await stream.send_mark("m")
+        stream.send_mark("m")
     with pytest.raises(RuntimeError):
-        await stream.send_clear()
+        stream.send_clear()
     assert channel.sent == []
 
 

@@ -22,6 +22,7 @@ from callbridge.api.errors import exception_handlers
 from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, voice_webhook
 from callbridge.api.json_request import JsonRequest
 from callbridge.api.openapi import document_api
+from callbridge.api.raw_socket import keep_server_send
 from callbridge.api.rooms import room_participant
 from callbridge.calls.state import EndReason
 from callbridge.calls.sweeper import CallSweeper
@@ -96,7 +97,7 @@ def create_app(
             await sweeper.stop()
             await runtime.stop()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             ConnectorController,
             CallController,
@@ -131,3 +132,5 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    app.asgi_handler = keep_server_send(app.asgi_handler)
+    return app

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+from callbridge.media.clock import MediaClock
 
 Pcm = npt.NDArray[np.int16]
 """Signed 16-bit mono PCM samples."""
@@ -32,6 +34,8 @@ class PluginContext:
         public_api_url: the public base URL of the REST API, e.g. ``https://cb.example.com``.
         public_ingest_url: the public base URL of media sockets, e.g. ``wss://cb.example.com/ingest``.
         ref_ttl_seconds: how long a ref stays claimable after the answer (``refs.ttl_seconds``).
+        media_clock: the process's one 20 ms media clock; room transports register their rooms
+            with it (the runtime passes its own; a context built by hand gets a fresh one).
     """
 
     data_dir: Path
@@ -39,6 +43,7 @@ class PluginContext:
     public_api_url: str
     public_ingest_url: str
     ref_ttl_seconds: float = 90.0
+    media_clock: MediaClock = field(default_factory=lambda: MediaClock())
 
 
 class PluginError(Exception):
@@ -257,15 +262,25 @@ StreamEvent = StreamStarted | AudioIn | DtmfIn | MarkEcho | ClearDone | StreamSt
 
 @runtime_checkable
 class SocketChannel(Protocol):
-    """The accepted media WebSocket, reduced to what a provider adapter needs."""
+    """The accepted media WebSocket, reduced to what a provider adapter needs.
+
+    Sends never block: a message is written to the socket at once, or, when the peer is not
+    reading fast enough, queued in order behind the ones still waiting. ``droppable`` messages
+    (audio) may be discarded while they wait, by :meth:`drop_pending` (a ``clear``) or when the
+    queue is full; control messages (marks, clears) are never dropped.
+    """
 
     async def receive(self) -> str | bytes | None:
         """Next message (text or binary); ``None`` once the socket is closed."""
         ...
 
-    async def send_text(self, data: str) -> None: ...
+    def send_text(self, data: str, droppable: bool = False) -> None: ...
 
-    async def send_bytes(self, data: bytes) -> None: ...
+    def send_bytes(self, data: bytes, droppable: bool = False) -> None: ...
+
+    def drop_pending(self) -> int:
+        """Discard droppable messages not yet written; returns how many."""
+        ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
@@ -275,7 +290,9 @@ class MediaStream(Protocol):
     """A provider's media socket adapted to provider-neutral events and commands.
 
     ``receive`` yields :data:`StreamEvent` records; the first meaningful one is always
-    :class:`StreamStarted`. Malformed messages are counted in ``malformed`` and skipped.
+    :class:`StreamStarted`. Malformed messages are counted in ``malformed`` and skipped. The
+    ``send_*`` commands never block (see :class:`SocketChannel`) and keep their order on the
+    wire: a mark sent after some audio reaches the provider after that audio.
     """
 
     malformed: int
@@ -284,13 +301,15 @@ class MediaStream(Protocol):
         """Next event; :class:`StreamStopped` once the stream ends (then keeps returning it)."""
         ...
 
-    async def send_audio(self, payload: bytes) -> None:
+    def send_audio(self, payload: bytes) -> None:
         """Send one whole 20 ms frame, already encoded in the stream codec."""
         ...
 
-    async def send_mark(self, name: str) -> None: ...
+    def send_mark(self, name: str) -> None: ...
 
-    async def send_clear(self) -> None: ...
+    def send_clear(self) -> None:
+        """Drop audio still waiting to be written, then tell the provider to clear its buffer."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -447,19 +466,50 @@ class Participant:
         kind: ``caller`` (a bridged phone call) or ``client`` (a room participant).
         display_name: human-readable label.
         metadata: small extra data other participants see in ``participant-joined``.
+        playout: how the room buffers what this member says. ``adaptive`` (the default) suits
+            a real-time source (a phone, a person): a small playout buffer whose standing delay
+            is drained. ``queue`` suits a source that sends faster than real time on purpose (an
+            agent's synthesized speech): everything is played in order at real time, up to the
+            transport's queue limit, and ``mark``/``clear`` manage it.
     """
 
     participant_id: str
     kind: str
     display_name: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    playout: Literal["adaptive", "queue"] = "adaptive"
+
+
+@runtime_checkable
+class LegSink(Protocol):
+    """Where a room delivers what one member hears: implemented by whatever carries the member
+    (the call bridge toward a provider socket, the participant socket, later agents, RTP and
+    WebRTC). Every method is called on the event loop, from the media clock's tick or from
+    another member's receive loop, and must return without blocking or awaiting.
+    """
+
+    def hear(self, frame: Pcm) -> None:
+        """One 20 ms frame at the room's rate. The array is only lent for the duration of the
+        call: convert or copy it, never keep it."""
+        ...
+
+    def notify(self, event: Mapping[str, Any]) -> None:
+        """A room event (another member's command, ``participant-joined``, …); a copy of its
+        own."""
+        ...
+
+    def leg_closed(self, reason: str | None) -> None:
+        """The transport ended the leg (room closed, mixer failed); ``reason`` says why."""
+        ...
 
 
 @runtime_checkable
 class RoomLeg(Protocol):
-    """One participant's connection to a room.
+    """One member's connection to a room.
 
-    Audio is exchanged as 20 ms frames of int16 mono PCM at ``sample_rate``.
+    Audio is exchanged as 20 ms frames of int16 mono PCM at ``sample_rate``: the member pushes
+    what it says with :meth:`send_audio`; the room pushes what it hears to the member's
+    :class:`LegSink`, paced by the process's media clock.
     """
 
     participant_id: str
@@ -468,23 +518,22 @@ class RoomLeg(Protocol):
     """Why the transport ended this leg (the room closed, its mixer failed), when it did."""
 
     def send_audio(self, frame: Pcm) -> None:
-        """Put one 20 ms frame into the room (never blocks; overflow drops the oldest)."""
+        """Put one 20 ms frame into the room (never blocks; the frame is copied or used at
+        once, so the caller may reuse its array)."""
         ...
 
-    async def receive_audio(self) -> Pcm | None:
-        """Next 20 ms frame of what this participant hears; ``None`` once the leg has left."""
+    def send_event(self, event: Mapping[str, Any]) -> None:
+        """Send a JSON-able event to every other member. A ``mark`` travels with this
+        member's audio (delivered after the audio sent before it); a ``clear`` first drops this
+        member's audio still waiting in the room."""
         ...
 
-    async def send_event(self, event: Mapping[str, Any]) -> None:
-        """Send a JSON-able event to every other participant of the room."""
-        ...
-
-    async def receive_event(self) -> Mapping[str, Any] | None:
-        """Next event for this participant; ``None`` once the leg has left."""
+    def media_stats(self) -> Mapping[str, int]:
+        """Counters of this member's inbound audio (frames in and out, drained, underruns…)."""
         ...
 
     async def leave(self) -> None:
-        """Leave the room; idempotent. Pending ``receive_*`` calls return ``None``."""
+        """Leave the room; idempotent. The sink hears nothing more."""
         ...
 
 
@@ -499,8 +548,11 @@ class RoomTransport(Protocol):
 
     async def aclose(self) -> None: ...
 
-    async def join(self, tenant: str, room_id: str, participant: Participant) -> RoomLeg:
-        """Join ``room_id`` of ``tenant`` (the API key owning the call)."""
+    async def join(
+        self, tenant: str, room_id: str, participant: Participant, sink: LegSink
+    ) -> RoomLeg:
+        """Join ``room_id`` of ``tenant`` (the API key owning the call); what the member hears
+        goes to ``sink``."""
         ...
 
 

@@ -15,6 +15,7 @@ from opentelemetry.trace import Tracer
 
 from callbridge.calls.state import CallLifecycle, EndReason
 from callbridge.crypto import CredentialBox, load_credentials_key
+from callbridge.media.clock import MediaClock
 from callbridge.plugin_types import PluginKind, PluginRecord
 from callbridge.plugins import build_plugin_manager
 from callbridge.protocols import (
@@ -176,6 +177,7 @@ class Runtime:
         await self.end_calls(EndReason.SHUTDOWN, SHUTDOWN_GRACE_SECONDS)
         for transport in self.room_transports.values():
             await transport.aclose()
+        await self.context.media_clock.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         await self.ref_store.aclose()
@@ -201,6 +203,7 @@ def build_runtime(
         public_api_url=settings.server.api_url,
         public_ingest_url=settings.server.ingest_url,
         ref_ttl_seconds=settings.refs.ttl_seconds,
+        media_clock=MediaClock(),
     )
     built: dict[PluginKind, dict[str, Any]] = {
         "provider": {},

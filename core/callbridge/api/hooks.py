@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-from litestar import Request, Response, WebSocket, route, websocket
+from litestar import Request, Response, asgi, route
+from litestar.enums import ScopeType
 from litestar.exceptions import NotFoundException
+from litestar.types import Receive, Scope, Send
 
 from callbridge.api.channel import AsgiSocketChannel
 from callbridge.api.openapi import WEBHOOK_RESPONSES
+from callbridge.api.raw_socket import (
+    accept,
+    not_a_websocket,
+    query_param,
+    server_send,
+    socket_headers,
+)
 from callbridge.calls.claim import abandon_claimed_call, claim_ref, run_claimed_call
 from callbridge.calls.intake import handle_voice_webhook
 from callbridge.protocols import WebhookRequest
@@ -18,7 +27,7 @@ MAX_WEBHOOK_BYTES = 64 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-def _runtime(connection: Request | WebSocket) -> Runtime:  # type: ignore[type-arg]
+def _runtime(connection: Request) -> Runtime:  # type: ignore[type-arg]
     return connection.app.state.runtime  # type: ignore[no-any-return]
 
 
@@ -69,42 +78,49 @@ async def voice_webhook(request: Request, provider: str, webhook_key: str) -> Re
     )
 
 
-async def _ingest(socket: WebSocket, provider: str, ref: str) -> None:  # type: ignore[type-arg]
-    runtime = _runtime(socket)
+async def _ingest(scope: Scope, receive: Receive, send: Send, provider: str, ref: str) -> None:
+    if scope["type"] != ScopeType.WEBSOCKET:
+        await not_a_websocket(scope, receive, send)
+        return
+    runtime: Runtime = scope["app"].state.runtime
     record = await claim_ref(
         runtime,
         provider,
         ref,
-        public_url=_public_ingest_url(runtime, socket),
-        headers={name.lower(): value for name, value in socket.headers.items()},
+        public_url=_public_ingest_url(runtime, scope),
+        headers=socket_headers(scope),
     )
     if record is None:
         # Closing before accepting makes the server refuse the handshake (HTTP 403).
-        await socket.close(code=4403, reason="")
+        await send({"type": "websocket.close", "code": 4403, "reason": ""})
         return
-    try:
-        await socket.accept()
-    except Exception:  # the provider went away during the handshake
+    if not await accept(receive, send):  # the provider went away during the handshake
         await abandon_claimed_call(runtime, record)
         return
-    await run_claimed_call(runtime, record, AsgiSocketChannel(socket))
+    await run_claimed_call(runtime, record, AsgiSocketChannel(receive, server_send(scope, send)))
 
 
-def _public_ingest_url(runtime: Runtime, socket: WebSocket) -> str:  # type: ignore[type-arg]
+def _public_ingest_url(runtime: Runtime, scope: Scope) -> str:
     """The URL the provider connected to, as configured publicly (proxies rewrite hosts)."""
-    raw_path = (socket.scope.get("raw_path") or socket.scope["path"].encode()).decode("latin-1")
+    raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     suffix = raw_path[len("/ingest") :] if raw_path.startswith("/ingest") else raw_path
-    query = socket.scope.get("query_string", b"").decode("latin-1")
+    query = scope.get("query_string", b"").decode("latin-1")
     return runtime.settings.server.ingest_url + suffix + (f"?{query}" if query else "")
 
 
-@websocket("/ingest/{provider:str}/{ref:str}")
-async def ingest_with_path_ref(socket: WebSocket, provider: str, ref: str) -> None:  # type: ignore[type-arg]
-    """Provider media socket; the single-use ref is the last path segment."""
-    await _ingest(socket, provider, ref)
+@asgi("/ingest/{provider:str}/{ref:str}")
+async def ingest_with_path_ref(scope: Scope, receive: Receive, send: Send) -> None:
+    """Provider media socket; the single-use ref is the last path segment.
+
+    A raw ASGI handler: Litestar routes it, the media path reads and writes the server's own
+    ``receive``/``send`` with no per-message wrapper.
+    """
+    params = scope["path_params"]
+    await _ingest(scope, receive, send, params["provider"], params["ref"])
 
 
-@websocket("/ingest/{provider:str}")
-async def ingest_with_query_ref(socket: WebSocket, provider: str) -> None:  # type: ignore[type-arg]
+@asgi("/ingest/{provider:str}")
+async def ingest_with_query_ref(scope: Scope, receive: Receive, send: Send) -> None:
     """Provider media socket with the ref in ``?ref=`` (VideoSDK's URL form)."""
-    await _ingest(socket, provider, socket.query_params.get("ref") or "")
+    ref = query_param(scope, "ref") or ""
+    await _ingest(scope, receive, send, scope["path_params"]["provider"], ref)

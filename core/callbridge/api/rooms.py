@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import structlog
-from litestar import WebSocket, websocket
+from litestar import asgi
+from litestar.enums import ScopeType
+from litestar.types import Receive, Scope, Send
 
 from callbridge import safe_json
 from callbridge.api.auth import authenticate_token
 from callbridge.api.channel import AsgiSocketChannel
 from callbridge.api.errors import ApiError
+from callbridge.api.raw_socket import accept, not_a_websocket, query_param, server_send
 from callbridge.media.framing import FrameAssembler
-from callbridge.protocols import Participant, PluginError, RoomLeg
+from callbridge.protocols import Participant, Pcm, PluginError, RoomLeg
 from callbridge.runtime import Runtime
 from callbridge.store.ids import is_room_id
 
@@ -29,6 +33,7 @@ MAX_CONTROL_BYTES = 4096
 MAX_NAME_CHARS = 128
 """Longest mark name, and longest call id a command may address."""
 MAX_DISPLAY_NAME_CHARS = 100
+_PCM = np.dtype("<i2")
 
 
 @dataclass
@@ -36,39 +41,82 @@ class _Counters:
     malformed: int = 0
 
 
-@websocket("/v2/rooms/{room_id:str}/participants")
-async def room_participant(socket: WebSocket, room_id: str) -> None:  # type: ignore[type-arg]
-    """Join a room as a participant (see the README's room protocol)."""
-    runtime: Runtime = socket.app.state.runtime
-    token = socket.query_params.get("token") or ""
+class _ParticipantSink:
+    """What the participant hears, written straight to its socket (a ``LegSink``)."""
+
+    def __init__(self, channel: AsgiSocketChannel) -> None:
+        self.channel = channel
+        self.live = False  # nothing may be sent before the handshake completes
+
+    def hear(self, frame: Pcm) -> None:
+        if self.live:
+            self.channel.send_bytes(frame.astype("<i2", copy=False).tobytes(), droppable=True)
+
+    def notify(self, event: Mapping[str, Any]) -> None:
+        if self.live:
+            self.channel.send_text(json.dumps(event))
+
+    def leg_closed(self, reason: str | None) -> None:
+        if self.live:
+            self.live = False
+            _closing.add(task := asyncio.ensure_future(self.channel.close()))
+            task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Future[None]] = set()
+
+
+@asgi("/v2/rooms/{room_id:str}/participants")
+async def room_participant(scope: Scope, receive: Receive, send: Send) -> None:
+    """Join a room as a participant (see the README's room protocol).
+
+    A raw ASGI handler: Litestar routes it; audio goes between the server's own
+    ``receive``/``send`` and the room with no per-message wrapper.
+    """
+    if scope["type"] != ScopeType.WEBSOCKET:
+        await not_a_websocket(scope, receive, send)
+        return
+    runtime: Runtime = scope["app"].state.runtime
+    room_id: str = scope["path_params"]["room_id"]
     try:
-        principal = await authenticate_token(token, runtime.db, runtime.clock)
+        principal = await authenticate_token(
+            query_param(scope, "token") or "", runtime.db, runtime.clock
+        )
     except ApiError as exc:
         log.info("room join refused", reason=exc.message)
-        await socket.close(code=4401)
+        await send({"type": "websocket.close", "code": 4401, "reason": ""})
         return
     transport = runtime.room_transports.get("local")
     if transport is None or not is_room_id(room_id):
-        await socket.close(code=4404)
+        await send({"type": "websocket.close", "code": 4404, "reason": ""})
+        return
+    playout = _playout_mode(query_param(scope, "playout"))
+    if playout is None:
+        await send({"type": "websocket.close", "code": 4400, "reason": ""})
         return
     participant_id = "p_" + secrets.token_hex(6)
-    name = "".join(c for c in socket.query_params.get("name") or "" if c.isprintable())
+    name = "".join(c for c in query_param(scope, "name") or "" if c.isprintable())
     name = name[:MAX_DISPLAY_NAME_CHARS]
+    channel = AsgiSocketChannel(receive, server_send(scope, send))
+    sink = _ParticipantSink(channel)
     try:
         leg = await transport.join(
-            principal.apikey, room_id, Participant(participant_id, "client", display_name=name)
+            principal.apikey,
+            room_id,
+            Participant(participant_id, "client", display_name=name, playout=playout),
+            sink,
         )
     except PluginError as exc:
         log.warning("room join failed", reason=str(exc))
-        await socket.close(code=4409)
+        await send({"type": "websocket.close", "code": 4409, "reason": ""})
         return
-    await socket.accept()
-    channel = AsgiSocketChannel(socket)
     counters = _Counters()
     with structlog.contextvars.bound_contextvars(room_id=room_id, participant_id=participant_id):
-        log.info("participant joined")
         try:
-            await channel.send_text(
+            if not await accept(receive, send):
+                return
+            log.info("participant joined")
+            channel.send_text(
                 json.dumps(
                     {
                         "event": "joined",
@@ -80,44 +128,46 @@ async def room_participant(socket: WebSocket, room_id: str) -> None:  # type: ig
                     }
                 )
             )
-            await _pump(channel, leg, counters)
+            sink.live = True
+            await _client_to_room(channel, leg, counters)
         finally:
+            sink.live = False
             await leg.leave()
             await channel.close()
-            log.info("participant left", malformed=counters.malformed)
-
-
-async def _pump(channel: AsgiSocketChannel, leg: RoomLeg, counters: _Counters) -> None:
-    tasks = {
-        asyncio.create_task(_client_to_room(channel, leg, counters)),
-        asyncio.create_task(_room_audio_to_client(channel, leg)),
-        asyncio.create_task(_room_events_to_client(channel, leg)),
-    }
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            log.info("participant left", malformed=counters.malformed, **leg.media_stats())
 
 
 async def _client_to_room(channel: AsgiSocketChannel, leg: RoomLeg, counters: _Counters) -> None:
-    assembler = FrameAssembler(leg.sample_rate // 50)
+    frame_samples = leg.sample_rate // 50
+    frame_bytes = frame_samples * 2
+    assembler = FrameAssembler(frame_samples)
     while True:
         message = await channel.receive()
         if message is None:
             return
         if isinstance(message, bytes):
+            if len(message) == frame_bytes and not assembler.pending:
+                leg.send_audio(np.frombuffer(message, dtype=_PCM))
+                continue
             usable = len(message) & ~1
             if usable:
-                for frame in assembler.push(np.frombuffer(message[:usable], dtype="<i2")):
+                for frame in assembler.push(np.frombuffer(message[:usable], dtype=_PCM)):
                     leg.send_audio(frame)
             continue
         command = _command(message)
         if command is None:
             counters.malformed += 1
         else:
-            await leg.send_event(command)
+            leg.send_event(command)
+
+
+def _playout_mode(value: str | None) -> Literal["adaptive", "queue"] | None:
+    """The ``playout`` query parameter; ``None`` when it names no mode."""
+    if value is None or value == "adaptive":
+        return "adaptive"
+    if value == "queue":
+        return "queue"
+    return None
 
 
 def _command(message: str) -> dict[str, Any] | None:
@@ -143,19 +193,3 @@ def _command(message: str) -> dict[str, Any] | None:
             return None
         command["name"] = name
     return command
-
-
-async def _room_audio_to_client(channel: AsgiSocketChannel, leg: RoomLeg) -> None:
-    while True:
-        frame = await leg.receive_audio()
-        if frame is None or channel.closed:
-            return
-        await channel.send_bytes(frame.astype("<i2", copy=False).tobytes())
-
-
-async def _room_events_to_client(channel: AsgiSocketChannel, leg: RoomLeg) -> None:
-    while True:
-        event = await leg.receive_event()
-        if event is None or channel.closed:
-            return
-        await channel.send_text(json.dumps(event))

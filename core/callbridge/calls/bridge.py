@@ -1,30 +1,46 @@
-"""The media bridge: two pumps and a control loop between a provider stream and a room leg."""
+"""The media bridge: one claimed provider stream as a member of its room.
+
+Caller → room: the stream's receive loop (the call's one pump task) decodes each frame,
+resamples it to the room's rate and pushes it into the room leg, all in the same step.
+Room → caller: the bridge is the leg's :class:`~callbridge.protocols.LegSink`; the room calls
+:meth:`CallBridge.hear` on the media clock's tick (or the moment the other member of a
+two-member room speaks), and the frame is resampled, encoded and written to the provider's
+socket right there. No per-call timer, pacer or queue: the one media clock paces everything.
+
+Marks and clears travel with the audio: the room hands a participant's ``mark`` to the bridge
+only after the audio that preceded it, so it reaches the provider after that audio; a ``clear``
+resets the outbound resampler and drops audio still waiting for the socket before the
+provider's own clear goes out.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from callbridge.calls.state import EndReason
 from callbridge.media.codecs import Codec, get_codec
-from callbridge.media.framing import ByteFramer, FrameAssembler, Pacer
-from callbridge.media.resample import StreamResampler
+from callbridge.media.framing import FrameAssembler
+from callbridge.media.playout import FarEndPlayout
+from callbridge.media.resample import FrameResampler
 from callbridge.protocols import (
     AudioIn,
     ClearDone,
     DtmfIn,
     MarkEcho,
     MediaStream,
+    Pcm,
     RoomLeg,
     StreamStarted,
     StreamStopped,
 )
 
 log = structlog.get_logger("callbridge.bridge")
-
-FRAME_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -45,10 +61,11 @@ class MediaStats:
     marks: int = 0
     clears: int = 0
 
-    def as_dict(self, malformed: int) -> dict[str, int]:
+    def as_dict(self, malformed: int, far_end_dropped: int = 0) -> dict[str, int]:
         return {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
+            "far_end_dropped": far_end_dropped,
             "dtmf": self.dtmf,
             "marks": self.marks,
             "clears": self.clears,
@@ -57,141 +74,152 @@ class MediaStats:
 
 
 class CallBridge:
-    """Bridges one claimed provider stream and one room leg until either side ends."""
+    """Bridges one claimed provider stream and its room leg until either side ends.
+
+    Create it, join the room with it as the sink, :meth:`attach` the leg, then :meth:`run`.
+    """
 
     def __init__(
         self,
         call_id: str,
         stream: MediaStream,
         started: StreamStarted,
-        leg: RoomLeg,
+        room_rate: int,
         *,
         echoes_marks_on_clear: bool = True,
-        lead_frames: int = 3,
     ) -> None:
         self.call_id = call_id
         self.stream = stream
-        self.leg = leg
+        self.leg: RoomLeg | None = None
         self.codec: Codec = get_codec(started.codec)
         self.stats = MediaStats()
-        self._to_room = StreamResampler(self.codec.sample_rate, leg.sample_rate)
-        self._to_caller = StreamResampler(leg.sample_rate, self.codec.sample_rate)
-        self._room_frames = FrameAssembler(leg.sample_rate // 50)
-        self._caller_frames = ByteFramer(self.codec.frame_bytes)
-        self._pacer = Pacer(FRAME_SECONDS, lead=lead_frames)
-        self._hangup = asyncio.Event()
-        self._hangup_reason = EndReason.API_HANGUP
+        self._to_room = FrameResampler(self.codec.sample_rate, room_rate)
+        self._to_caller = FrameResampler(room_rate, self.codec.sample_rate)
+        self._caller_frames = FrameAssembler(self.codec.frame_samples)
+        self.far_end = FarEndPlayout()
+        self._now = time.monotonic
         self._echoes_marks_on_clear = echoes_marks_on_clear
+        self._end: BridgeEnd | None = None
+        self._ended = asyncio.Event()
         # Marks sent to the provider and not yet reported, in order; True once a clear was sent
         # after them, so their echo (or the clear confirmation) reports them "cleared".
         self._pending_marks: dict[str, bool] = {}
 
+    def attach(self, leg: RoomLeg) -> None:
+        """The room leg this bridge feeds (joined with this bridge as its sink)."""
+        self.leg = leg
+
     def request_hangup(self, reason: EndReason = EndReason.API_HANGUP) -> None:
         """End the call from outside (API hang-up, server shutdown) with ``reason``."""
-        if not self._hangup.is_set():
-            self._hangup_reason = reason
-            self._hangup.set()
+        self._finish(BridgeEnd(reason))
 
     async def run(self, max_seconds: float) -> BridgeEnd:
         """Bridge until one side ends; returns why."""
-        tasks = {
-            asyncio.create_task(self._caller_to_room(), name="caller-to-room"),
-            asyncio.create_task(self._room_to_caller(), name="room-to-caller"),
-            asyncio.create_task(self._room_control(), name="room-control"),
-            asyncio.create_task(self._wait_hangup(), name="hangup"),
-        }
+        pump = asyncio.create_task(self._caller_to_room(), name="caller-to-room")
+        ended = asyncio.create_task(self._ended.wait(), name="bridge-ended")
         try:
             done, _ = await asyncio.wait(
-                tasks, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED
+                {pump, ended}, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED
             )
-            if not done:
-                return BridgeEnd(EndReason.MAX_DURATION)
-            finished = next(iter(done))
-            return finished.result()
+            if pump in done:
+                self._finish(pump.result())
+            elif not done:
+                self._finish(BridgeEnd(EndReason.MAX_DURATION))
+            assert self._end is not None
+            return self._end
         finally:
-            for task in tasks:
+            for task in (pump, ended):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(pump, ended, return_exceptions=True)
+
+    def _finish(self, end: BridgeEnd) -> None:
+        if self._end is None:
+            self._end = end
+            self._ended.set()
+
+    # ------------------------------------------------------------------ caller → room
 
     async def _caller_to_room(self) -> BridgeEnd:
-        stream, leg, codec = self.stream, self.leg, self.codec
+        stream, codec = self.stream, self.codec
+        leg = self.leg
+        assert leg is not None, "attach() the room leg before run()"
+        frame_samples = codec.frame_samples
+        assembler = self._caller_frames
+        to_room = self._to_room
         while True:
             event = await stream.receive()
             if isinstance(event, AudioIn):
                 self.stats.frames_in += 1
-                pcm = self._to_room.process(codec.decode(event.payload))
-                for frame in self._room_frames.push(pcm):
-                    leg.send_audio(frame)
+                pcm = codec.decode(event.payload)
+                if len(pcm) == frame_samples and not assembler.pending:
+                    leg.send_audio(to_room.process(pcm))
+                else:
+                    for frame in assembler.push(pcm):
+                        leg.send_audio(to_room.process(frame))
             elif isinstance(event, DtmfIn):
                 self.stats.dtmf += 1
-                await leg.send_event(
-                    {"event": "dtmf", "digit": event.digit, "callId": self.call_id}
-                )
+                leg.send_event({"event": "dtmf", "digit": event.digit, "callId": self.call_id})
             elif isinstance(event, MarkEcho):
                 cleared = self._pending_marks.pop(event.name, False)
-                await self._report_mark(event.name, cleared)
+                self._report_mark(event.name, cleared)
             elif isinstance(event, ClearDone):
                 if not self._echoes_marks_on_clear:
                     flushed = [name for name, cleared in self._pending_marks.items() if cleared]
                     for name in flushed:
                         del self._pending_marks[name]
-                        await self._report_mark(name, True)
+                        self._report_mark(name, True)
             elif isinstance(event, StreamStopped):
                 if event.reason == "stop":
                     return BridgeEnd(EndReason.CALLER_HANGUP)
                 return BridgeEnd(EndReason.STREAM_CLOSED, event.reason)
 
-    async def _room_to_caller(self) -> BridgeEnd:
-        stream, leg, codec = self.stream, self.leg, self.codec
-        pacer = self._pacer
-        while True:
-            frame = await leg.receive_audio()
-            if frame is None:
-                return self._room_closed()
-            for payload in self._caller_frames.push(codec.encode(self._to_caller.process(frame))):
-                await pacer.wait()
-                await stream.send_audio(payload)
-                self.stats.frames_out += 1
+    def _report_mark(self, name: str, cleared: bool) -> None:
+        if self.leg is not None:
+            self.leg.send_event(
+                {
+                    "event": "mark",
+                    "name": name,
+                    "status": "cleared" if cleared else "played",
+                    "callId": self.call_id,
+                }
+            )
 
-    async def _room_control(self) -> BridgeEnd:
-        while True:
-            event = await self.leg.receive_event()
-            if event is None:
-                return self._room_closed()
-            target = event.get("callId")
-            if target is not None and target != self.call_id:
-                continue
-            kind = event.get("event")
-            if kind == "clear":
-                self.stats.clears += 1
-                self._caller_frames.clear()
-                self._pacer.reset()
-                for name in self._pending_marks:
-                    self._pending_marks[name] = True
-                await self.stream.send_clear()
-            elif kind == "mark" and _valid_mark_name(event.get("name")):
-                self.stats.marks += 1
-                self._pending_marks[event["name"]] = False
-                await self.stream.send_mark(event["name"])
-            elif kind == "hangup":
-                return BridgeEnd(EndReason.ROOM_HANGUP)
+    # ------------------------------------------------------------------ room → caller (LegSink)
 
-    def _room_closed(self) -> BridgeEnd:
-        return BridgeEnd(EndReason.ROOM_CLOSED, self.leg.closed_reason)
+    def hear(self, frame: Pcm) -> None:
+        """One frame of what the caller hears: resampled, encoded and written at once."""
+        if self._end is not None:
+            return
+        pcm = self._to_caller.process(frame)  # the filter's history must see every frame
+        if self.far_end.admit(self._now()):
+            self.stream.send_audio(self.codec.encode(pcm))
+            self.stats.frames_out += 1
 
-    async def _report_mark(self, name: str, cleared: bool) -> None:
-        await self.leg.send_event(
-            {
-                "event": "mark",
-                "name": name,
-                "status": "cleared" if cleared else "played",
-                "callId": self.call_id,
-            }
-        )
+    def notify(self, event: Mapping[str, Any]) -> None:
+        """A room event: the participants' ``clear``, ``mark`` and ``hangup`` commands."""
+        if self._end is not None:
+            return
+        target = event.get("callId")
+        if target is not None and target != self.call_id:
+            return
+        kind = event.get("event")
+        if kind == "clear":
+            self.stats.clears += 1
+            self._to_caller.reset()
+            self.far_end.reset()
+            for name in self._pending_marks:
+                self._pending_marks[name] = True
+            self.stream.send_clear()
+        elif kind == "mark" and "status" not in event and _valid_mark_name(event.get("name")):
+            self.stats.marks += 1
+            self._pending_marks[event["name"]] = False
+            self.stream.send_mark(event["name"])
+        elif kind == "hangup":
+            self._finish(BridgeEnd(EndReason.ROOM_HANGUP))
 
-    async def _wait_hangup(self) -> BridgeEnd:
-        await self._hangup.wait()
-        return BridgeEnd(self._hangup_reason)
+    def leg_closed(self, reason: str | None) -> None:
+        """The room ended this call's leg."""
+        self._finish(BridgeEnd(EndReason.ROOM_CLOSED, reason))
 
 
 def _valid_mark_name(name: object) -> bool:

@@ -182,11 +182,21 @@ class _ClaimedCall:
         transport = runtime.room_transports.get(transport_name)
         if transport is None:
             return BridgeEnd(EndReason.NO_ROOM, f"unknown room transport {transport_name!r}")
+        self.bridge = CallBridge(
+            record.call_id,
+            self.stream,
+            started,
+            transport.sample_rate,
+            echoes_marks_on_clear=self.provider.echoes_marks_on_clear,
+        )
         try:
-            self.leg = await transport.join(record.apikey, record.room_id, _participant(record))
+            self.leg = await transport.join(
+                record.apikey, record.room_id, _participant(record), self.bridge
+            )
         except PluginError as exc:
             log.warning("room join failed", reason=str(exc))
             return BridgeEnd(EndReason.NO_ROOM, str(exc))
+        self.bridge.attach(self.leg)
         if await runtime.lifecycle.answer(record.call_id) is None:
             log.info("call was ended before its media arrived")
             self.ended_elsewhere = True
@@ -196,13 +206,6 @@ class _ClaimedCall:
             room_id=record.room_id,
             stream_id=started.stream_id,
             codec=f"{started.codec.name}/{started.codec.sample_rate}",
-        )
-        self.bridge = CallBridge(
-            record.call_id,
-            self.stream,
-            started,
-            self.leg,
-            echoes_marks_on_clear=self.provider.echoes_marks_on_clear,
         )
         runtime.active_calls[record.call_id] = self.bridge
         try:
@@ -217,7 +220,9 @@ class _ClaimedCall:
         if leg is not None:
             await _step("leave the room", leg.leave)
         if bridge is not None and stream is not None:
-            stats = bridge.stats.as_dict(stream.malformed)
+            stats = bridge.stats.as_dict(stream.malformed, bridge.far_end.dropped)
+            if leg is not None:
+                stats.update({f"playout_{k}": v for k, v in leg.media_stats().items()})
             span = trace.get_current_span()
             for key, value in stats.items():
                 span.set_attribute(f"callbridge.media.{key}", value)

@@ -151,7 +151,7 @@ class JsonMediaStream:
             raise RuntimeError(f"the {self._label} stream has not started yet (no start message)")
         return self._stream_id
 
-    async def send_audio(self, payload: bytes) -> None:
+    def send_audio(self, payload: bytes) -> None:
         """Send one 20 ms frame, already in the stream codec, as the provider's audio message.
 
         Raises:
@@ -159,7 +159,7 @@ class JsonMediaStream:
         """
         self._require_stream()
         encoded = binascii.b2a_base64(payload, newline=False).decode("ascii")
-        await self._channel.send_text(self._audio_prefix + encoded + '"}}')
+        self._channel.send_text(self._audio_prefix + encoded + '"}}', droppable=True)
 
     async def close(self) -> None:
         """Close the socket (idempotent)."""

@@ -365,32 +365,33 @@ class CustomMediaStream:
         if self._stream_id is None:
             raise RuntimeError("the custom stream has not started yet (no start message)")
 
-    async def send_audio(self, payload: bytes) -> None:
+    def send_audio(self, payload: bytes) -> None:
         """Send one 20 ms frame of PCM16-LE as a binary message.
 
         Raises:
             RuntimeError: before ``start`` has been received.
         """
         self._require_stream()
-        await self._channel.send_bytes(payload)
+        self._channel.send_bytes(payload, droppable=True)
 
-    async def send_mark(self, name: str) -> None:
+    def send_mark(self, name: str) -> None:
         """Ask the client to echo ``name`` once the audio sent before it has played.
 
         Raises:
             RuntimeError: before ``start`` has been received.
         """
         self._require_stream()
-        await self._channel.send_text(_json({"event": "mark", "name": name}))
+        self._channel.send_text(_json({"event": "mark", "name": name}))
 
-    async def send_clear(self) -> None:
+    def send_clear(self) -> None:
         """Ask the client to drop unplayed audio and echo its pending marks as cleared.
 
         Raises:
             RuntimeError: before ``start`` has been received.
         """
         self._require_stream()
-        await self._channel.send_text('{"event":"clear"}')
+        self._channel.drop_pending()
+        self._channel.send_text('{"event":"clear"}')
 
     async def close(self, reason: str = "hangup") -> None:
         """Send ``{"event":"stop","reason":…}`` unless the client ended the stream, then close
@@ -400,7 +401,7 @@ class CustomMediaStream:
         self._closed = True
         if self._stopped is None:
             try:
-                await self._channel.send_text(_json({"event": "stop", "reason": reason}))
+                self._channel.send_text(_json({"event": "stop", "reason": reason}))
             except Exception:  # best effort: the socket may already be gone
                 pass
         await self._channel.close()

@@ -466,7 +466,7 @@ class PlivoMediaStream(JsonMediaStream):
         "stop": JsonMediaStream._stop,
     }
 
-    async def send_mark(self, name: str) -> None:
+    def send_mark(self, name: str) -> None:
         """Send a ``checkpoint``; Plivo answers ``playedStream`` once the audio before it has
         played (never, if a ``clearAudio`` flushes it first).
 
@@ -474,16 +474,17 @@ class PlivoMediaStream(JsonMediaStream):
             RuntimeError: before ``start`` has been received.
         """
         message = {"event": "checkpoint", "streamId": self._require_stream(), "name": name}
-        await self._channel.send_text(json.dumps(message, separators=(",", ":")))
+        self._channel.send_text(json.dumps(message, separators=(",", ":")))
 
-    async def send_clear(self) -> None:
+    def send_clear(self) -> None:
         """Send ``clearAudio``: Plivo drops its queued audio and answers ``clearedAudio``.
 
         Raises:
             RuntimeError: before ``start`` has been received.
         """
         message = {"event": "clearAudio", "streamId": self._require_stream()}
-        await self._channel.send_text(json.dumps(message, separators=(",", ":")))
+        self._channel.drop_pending()
+        self._channel.send_text(json.dumps(message, separators=(",", ":")))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -515,21 +515,24 @@ class TelnyxMediaStream(JsonMediaStream):
             stream_id is not None and self._stream_id is not None and stream_id != self._stream_id
         )
 
-    async def send_audio(self, payload: bytes) -> None:
+    def send_audio(self, payload: bytes) -> None:
         """Send one 20 ms frame (160 bytes of PCMU or PCMA) as ``{"event":"media",...}``."""
         encoded = binascii.b2a_base64(payload, newline=False).decode("ascii")
-        await self._channel.send_text('{"event":"media","media":{"payload":"' + encoded + '"}}')
+        self._channel.send_text(
+            '{"event":"media","media":{"payload":"' + encoded + '"}}', droppable=True
+        )
 
-    async def send_mark(self, name: str) -> None:
+    def send_mark(self, name: str) -> None:
         """Ask Telnyx to echo ``name`` once the audio sent before it has played."""
         self._marks.sent(name)
         message = {"event": "mark", "mark": {"name": name}}
-        await self._channel.send_text(json.dumps(message, separators=(",", ":")))
+        self._channel.send_text(json.dumps(message, separators=(",", ":")))
 
-    async def send_clear(self) -> None:
+    def send_clear(self) -> None:
         """Stop playback and drop what Telnyx has queued; it echoes every pending mark."""
         self._marks.clear()
-        await self._channel.send_text('{"event":"clear"}')
+        self._channel.drop_pending()
+        self._channel.send_text('{"event":"clear"}')
 
 
 def _counter(value: Any) -> int | None:

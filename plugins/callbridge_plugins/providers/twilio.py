@@ -355,7 +355,7 @@ class TwilioMediaStream(JsonMediaStream):
         "stop": JsonMediaStream._stop,
     }
 
-    async def send_mark(self, name: str) -> None:
+    def send_mark(self, name: str) -> None:
         """Ask Twilio to echo ``name`` once the audio sent before it has played.
 
         Raises:
@@ -363,9 +363,9 @@ class TwilioMediaStream(JsonMediaStream):
         """
         message = {"event": "mark", "streamSid": self._require_stream(), "mark": {"name": name}}
         self._marks.sent(name)
-        await self._channel.send_text(json.dumps(message, separators=(",", ":")))
+        self._channel.send_text(json.dumps(message, separators=(",", ":")))
 
-    async def send_clear(self) -> None:
+    def send_clear(self) -> None:
         """Drop the audio Twilio has buffered but not played yet.
 
         Raises:
@@ -373,7 +373,8 @@ class TwilioMediaStream(JsonMediaStream):
         """
         message = {"event": "clear", "streamSid": self._require_stream()}
         self._marks.clear()
-        await self._channel.send_text(json.dumps(message, separators=(",", ":")))
+        self._channel.drop_pending()
+        self._channel.send_text(json.dumps(message, separators=(",", ":")))
 
 
 def _auth_token(credentials: ProviderCredentials) -> bytes:

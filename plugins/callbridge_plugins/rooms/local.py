@@ -1,19 +1,35 @@
-"""The ``local`` room transport: in-process rooms mixed on a 20 ms clock.
+"""The ``local`` room transport: in-process rooms driven by the process's one media clock.
 
-Each room runs one mixer task. Every tick it takes at most one frame from each participant's
-small inbound buffer (silence if none), sums all of them once, and gives each participant the
-sum minus its own contribution (N-1 mix), clipped to int16.
+Every member of a room has an adaptive playout buffer for what it says
+(:class:`~callbridge.media.playout.PlayoutBuffer`) and a sink for what it hears
+(:class:`~callbridge.protocols.LegSink`). Rooms are tickers of the media clock; how a room
+moves audio depends on how many members it has:
 
-A tick that raises is logged (at most once a second) and counted, and the room keeps mixing;
+- **Two members: direct.** A frame goes to the other member the moment it arrives (no tick
+  wait), as long as the sender is not running ahead of real time: each member keeps a schedule
+  of when the audio it has sent ends (played at real time from when each frame left) and may be
+  less than ``direct_lead_frames`` frames ahead of it; frames beyond wait in its playout buffer
+  and leave on the ticks that bring them within the lead. When the listener has nothing left
+  to play and the member has been quiet for over a frame, the listener hears silence, so each
+  side keeps a steady 50 frames a second.
+- **Three or more: mixing.** Every tick takes one frame from each member's playout buffer
+  (silence on underrun), sums them once and gives each member the sum minus its own part
+  (N-1 mix), clipped to int16.
+- **One member:** what it says is heard by nobody and dropped; it hears silence, one frame
+  per tick, so its call keeps a steady stream.
+
+A room switches mode the moment a member joins or leaves; frames already waiting are carried
+over, so no side hears a gap longer than one frame.
+
+A tick that raises is logged (at most once a second) and counted, and the room keeps going;
 if every tick fails for :data:`MAX_FAILING_TICKS` in a row, the room ends its legs with the
 reason ``room mixer failed`` rather than leaving its calls silent.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
-from collections import deque
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -23,16 +39,15 @@ import structlog
 from pydantic import BaseModel, Field
 
 from callbridge import hookimpl
+from callbridge.media.clock import FRAME_SECONDS, MediaClock, Registration
+from callbridge.media.playout import PlayoutBuffer
 from callbridge.plugin_types import RoomTransportPlugin
-from callbridge.protocols import Participant, PluginContext, PluginError
+from callbridge.protocols import LegSink, Participant, PluginContext, PluginError
 
-FRAME_SECONDS = 0.02
 MAX_FAILING_TICKS = 50
-"""Consecutive failing mixer ticks (one second) after which a room ends its legs."""
+"""Consecutive failing ticks (one second) after which a room ends its legs."""
 MIXER_FAILED = "room mixer failed"
-_MAX_CATCH_UP_TICKS = 3
-# Events are rare; the cap only protects a leg whose owner never reads its events.
-_EVENT_BACKLOG = 256
+_EPSILON = 1e-6
 
 log = structlog.get_logger("callbridge.rooms.local")
 
@@ -43,24 +58,54 @@ class LocalRoomsConfig(BaseModel):
     model_config = {"extra": "forbid"}
 
     sample_rate: Literal[8000, 16000, 24000, 48000] = Field(
-        default=16000, description="Sample rate of room audio in Hz."
+        default=16000,
+        description="Sample rate of room audio in Hz. 8000 suits rooms of phone calls only "
+        "(no resampling on the provider legs); 16000 and up carry wideband members.",
     )
-    jitter_frames: int = Field(
-        default=6,
+    playout_target_frames: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="Frames each member's playout buffer should hold when a tick comes to take "
+        "one (1: just that frame); depth that stays above it for a whole window is drained.",
+    )
+    playout_max_frames: int = Field(
+        default=25,
+        ge=2,
+        le=3000,
+        description="Frames a member's playout buffer holds at most (500 ms by default); "
+        "beyond, the oldest is dropped.",
+    )
+    playout_window_frames: int = Field(
+        default=15,
         ge=1,
         le=500,
-        description="Inbound 20 ms frames buffered per participant before the oldest is dropped.",
+        description="Ticks over which standing delay is judged before it is drained; latency "
+        "is back at its baseline within two windows after a burst or a stall.",
     )
-    outbound_frames: int = Field(
-        default=50,
+    queue_max_frames: int = Field(
+        default=3000,
+        ge=50,
+        le=30000,
+        description="Frames (60 s by default) a member that joined with `queue` playout (an "
+        "agent sending speech faster than real time) may have waiting; beyond, the oldest is "
+        "dropped.",
+    )
+    direct_lead_frames: int = Field(
+        default=1,
         ge=1,
-        le=3000,
-        description="Mixed 20 ms frames buffered per participant before the oldest is dropped.",
+        le=50,
+        description="In a two-member room, how far ahead of real time (in frames) a member's "
+        "audio may run and still be forwarded the moment it arrives; 1 absorbs up to a frame of "
+        "arrival jitter without ever queueing a whole frame at the listener.",
     )
 
 
 def mix_minus_one(
-    inputs: npt.NDArray[np.int16], total: npt.NDArray[np.int32], work: npt.NDArray[np.int32]
+    inputs: npt.NDArray[np.int16],
+    total: npt.NDArray[np.int32],
+    work: npt.NDArray[np.int32],
+    out: npt.NDArray[np.int16] | None = None,
 ) -> npt.NDArray[np.int16]:
     """N-1 mix: row ``i`` of the result is the sum of every input row except row ``i``, clipped.
 
@@ -68,62 +113,47 @@ def mix_minus_one(
         inputs: ``(N, samples)`` int16, one row per participant.
         total: ``(samples,)`` int32 scratch, overwritten.
         work: ``(N, samples)`` int32 scratch, overwritten.
-
-    Returns:
-        A new ``(N, samples)`` int16 array.
+        out: ``(N, samples)`` int16 to write the result into; a new array when ``None``.
     """
     # Plain ufuncs: np.sum and np.clip add several µs of Python overhead per call.
     np.add.reduce(inputs, axis=0, dtype=np.int32, out=total)
     np.subtract(total, inputs, out=work)
     np.minimum(work, 32767, out=work)
     np.maximum(work, -32768, out=work)
-    return work.astype(np.int16)
-
-
-class _FrameRing:
-    """A fixed-capacity FIFO of equal-size frames in one preallocated array; full drops oldest."""
-
-    def __init__(self, capacity: int, frame_samples: int) -> None:
-        self._frames = np.zeros((capacity, frame_samples), dtype=np.int16)
-        self._head = 0
-        self._count = 0
-
-    def push(self, frame: npt.NDArray[np.int16]) -> None:
-        capacity = len(self._frames)
-        self._frames[(self._head + self._count) % capacity] = frame
-        if self._count == capacity:
-            self._head = (self._head + 1) % capacity
-        else:
-            self._count += 1
-
-    def pop_into(self, out: npt.NDArray[np.int16]) -> bool:
-        if self._count == 0:
-            return False
-        out[:] = self._frames[self._head]
-        self._head = (self._head + 1) % len(self._frames)
-        self._count -= 1
-        return True
-
-    def clear(self) -> None:
-        self._count = 0
+    if out is None:
+        return work.astype(np.int16)
+    np.copyto(out, work, casting="unsafe")
+    return out
 
 
 class LocalLeg:
-    """One participant's connection to a local room (a :class:`~callbridge.protocols.RoomLeg`)."""
+    """One member of a local room (a :class:`~callbridge.protocols.RoomLeg`)."""
 
-    def __init__(self, room: _Room, participant: Participant, config: LocalRoomsConfig) -> None:
+    def __init__(
+        self, room: _Room, participant: Participant, sink: LegSink, config: LocalRoomsConfig
+    ) -> None:
         self.participant = participant
         self.participant_id = participant.participant_id
         self.sample_rate: int = config.sample_rate
-        self.frame_samples = config.sample_rate * 20 // 1000
-        self._room = room
-        self._inbound = _FrameRing(config.jitter_frames, self.frame_samples)
-        self._outbound: deque[npt.NDArray[np.int16]] = deque(maxlen=config.outbound_frames)
-        self._events: deque[dict[str, Any]] = deque(maxlen=_EVENT_BACKLOG)
-        self._audio_ready = asyncio.Event()
-        self._event_ready = asyncio.Event()
-        self._closed = False
+        self.frame_samples = config.sample_rate // 50
+        self.sink = sink
+        queued = participant.playout == "queue"
+        capacity = config.queue_max_frames if queued else config.playout_max_frames
+        self.playout = PlayoutBuffer(
+            self.frame_samples,
+            target=min(config.playout_target_frames, capacity),
+            capacity=capacity,
+            window=config.playout_window_frames,
+            drain=not queued,
+        )
         self.closed_reason: str | None = None
+        self._room = room
+        self._closed = False
+        # Direct mode: when the audio this member has sent so far ends, played at real time
+        # from when each frame left (its schedule; see _Room._forward), and when its last
+        # frame arrived.
+        self.due = 0.0
+        self.spoke_at = float("-inf")
 
     @property
     def closed(self) -> bool:
@@ -147,76 +177,66 @@ class LocalLeg:
                 f"expected one 20 ms frame of {self.frame_samples} int16 samples, "
                 f"got shape {frame.shape} of {frame.dtype}"
             )
-        self._inbound.push(frame)
+        self._room.audio_from(self, frame)
 
-    async def receive_audio(self) -> npt.NDArray[np.int16] | None:
-        """Next 20 ms frame of the room minus this participant; ``None`` once left."""
-        while not self._closed:
-            if self._outbound:
-                return self._outbound.popleft()
-            self._audio_ready.clear()
-            await self._audio_ready.wait()
-        return None
-
-    async def send_event(self, event: Mapping[str, Any]) -> None:
-        """Deliver a copy of ``event`` to every other participant; a no-op after leaving."""
+    def send_event(self, event: Mapping[str, Any]) -> None:
+        """Deliver a copy of ``event`` to every other member; a no-op after leaving."""
         if not self._closed:
-            self._room.broadcast(dict(event), sender=self)
+            self._room.event_from(self, dict(event))
 
-    async def receive_event(self) -> Mapping[str, Any] | None:
-        """Next event for this participant; ``None`` once left."""
-        while not self._closed:
-            if self._events:
-                return self._events.popleft()
-            self._event_ready.clear()
-            await self._event_ready.wait()
-        return None
+    def media_stats(self) -> Mapping[str, int]:
+        """This member's playout-buffer counters."""
+        return self.playout.stats.as_dict()
 
     async def leave(self) -> None:
-        """Leave the room; idempotent. Pending and later ``receive_*`` calls return ``None``."""
+        """Leave the room; idempotent. The sink hears nothing more."""
         if self._closed:
             return
-        self._close()
-        await self._room.remove(self)
-
-    def _take_inbound(self, out: npt.NDArray[np.int16]) -> None:
-        if not self._inbound.pop_into(out):
-            out.fill(0)
-
-    def _deliver_audio(self, frame: npt.NDArray[np.int16]) -> None:
-        self._outbound.append(frame)
-        self._audio_ready.set()
-
-    def _deliver_event(self, event: dict[str, Any]) -> None:
-        self._events.append(event)
-        self._event_ready.set()
-
-    def _close(self, reason: str | None = None) -> None:
-        if not self._closed:
-            self.closed_reason = reason
         self._closed = True
-        self._outbound.clear()
-        self._events.clear()
-        self._inbound.clear()
-        self._audio_ready.set()
-        self._event_ready.set()
+        self._room.remove(self)
+
+    def close(self, reason: str | None) -> None:
+        """End the leg from the transport's side and tell its sink."""
+        if self._closed:
+            return
+        self._closed = True
+        self.closed_reason = reason
+        self.playout.clear()
+        self.sink.leg_closed(reason)
 
 
 class _Room:
-    """The legs of one room and the task mixing them."""
+    """The members of one room; a ticker of the media clock."""
 
     def __init__(
-        self, key: tuple[str, str], frame_samples: int, on_empty: Callable[[_Room], None]
+        self,
+        key: tuple[str, str],
+        frame_samples: int,
+        clock: MediaClock,
+        config: LocalRoomsConfig,
+        on_empty: Callable[[_Room], None],
     ) -> None:
         self.key = key
         self._frame_samples = frame_samples
+        self._clock = clock
+        self._config = config
         self._on_empty = on_empty
         self._legs: dict[str, LocalLeg] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._order: list[LocalLeg] = []
+        self._registration: Registration | None = None
+        self._lead_seconds = config.direct_lead_frames * FRAME_SECONDS - _EPSILON
+        self._silence = np.zeros(frame_samples, dtype=np.int16)
         self.failed_ticks = 0
+        self.sink_failures = 0
         self._failing_in_a_row = 0
-        self._last_failure_log = -1.0
+        self._last_failure_log = float("-inf")
         self._resize()
+
+    @property
+    def mode(self) -> str:
+        """``direct`` with two members, ``mixing`` with three or more, else ``idle``."""
+        count = len(self._order)
+        return "direct" if count == 2 else "mixing" if count > 2 else "idle"
 
     def participant_ids(self) -> list[str]:
         return list(self._legs)
@@ -226,86 +246,172 @@ class _Room:
             raise PluginError(
                 f"participant {leg.participant_id!r} is already in room {self.key[1]!r}"
             )
-        joined = _joined_event(leg.participant)
-        self.broadcast(joined, sender=None)
+        self.broadcast(_joined_event(leg.participant), sender=None)
         self._legs[leg.participant_id] = leg
         self._resize()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"local-room-mixer:{self.key[1]}")
+        if self._registration is None:
+            self._registration = self._clock.register(self)
 
-    async def remove(self, leg: LocalLeg) -> None:
+    def remove(self, leg: LocalLeg) -> None:
         if self._legs.get(leg.participant_id) is not leg:
             return
+        # What it said but nobody heard yet is gone; its marks are still answered.
+        leg.playout.clear()
+        self._deliver_markers(leg)
         del self._legs[leg.participant_id]
         self._resize()
         self.broadcast({"event": "participant-left", "participantId": leg.participant_id}, None)
         if not self._legs:
             self._on_empty(self)
-            await self.stop()
+            self.stop()
 
-    def broadcast(self, event: dict[str, Any], sender: LocalLeg | None) -> None:
-        for leg in self._legs.values():
-            if leg is not sender:
-                leg._deliver_event(copy.deepcopy(event))
-
-    async def stop(self, reason: str | None = None) -> None:
-        for leg in list(self._legs.values()):
-            leg._close(reason)
+    def stop(self, reason: str | None = None) -> None:
+        """End every leg (telling their sinks) and leave the clock."""
+        legs = list(self._legs.values())
         self._legs.clear()
         self._resize()
-        task, self._task = self._task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            # wait() rather than await: the mixer's CancelledError is expected, the caller's is not.
-            await asyncio.wait({task})
+        for leg in legs:
+            leg.close(reason)
+        if self._registration is not None:
+            self._registration.cancel()
+            self._registration = None
 
-    def tick(self) -> None:
-        """Mix one frame for every leg and queue it on that leg."""
+    # ------------------------------------------------------------------ audio
+
+    def audio_from(self, leg: LocalLeg, frame: npt.NDArray[np.int16]) -> None:
+        order = self._order
+        if len(order) == 2:
+            now = self._clock.now()
+            leg.spoke_at = now
+            if leg.playout.depth == 0 and self._may_forward(leg, now):
+                leg.playout.passed_through()
+                self._forward(leg, order[1] if order[0] is leg else order[0], frame)
+                return
+            leg.playout.push(frame)
+        elif len(order) > 2:
+            leg.playout.push(frame)
+        # Alone in the room: nobody hears it.
+
+    def _may_forward(self, leg: LocalLeg, now: float) -> bool:
+        """Whether ``leg`` is less than ``direct_lead_frames`` ahead of real time."""
+        ahead = leg.due - now
+        return ahead < self._lead_seconds
+
+    def _forward(self, leg: LocalLeg, listener: LocalLeg, frame: npt.NDArray[np.int16]) -> None:
+        now = self._clock.now()
+        leg.due = (leg.due if leg.due > now else now) + FRAME_SECONDS
+        try:
+            listener.sink.hear(frame)
+        except Exception:
+            # The listener's fault must not end the speaker's connection.
+            self._sink_failed(listener)
+
+    def on_tick(self, tick: int) -> None:
+        """One 20 ms step of the room (called by the media clock)."""
+        try:
+            for leg in self._order:
+                leg.playout.tick()
+            if len(self._order) == 2:
+                self._direct_tick()
+            elif len(self._order) > 2:
+                self._mix_tick()
+            elif self._order:
+                self._order[0].sink.hear(self._silence)
+            for leg in self._order:
+                self._deliver_markers(leg)
+            self._failing_in_a_row = 0
+        except Exception:
+            if self._tick_failed():
+                self._on_empty(self)
+                self.stop(MIXER_FAILED)
+
+    def _direct_tick(self) -> None:
+        first, second = self._order
+        now = self._clock.now()
+        self._release_direct(first, second, now)
+        self._release_direct(second, first, now)
+
+    def _release_direct(self, leg: LocalLeg, other: LocalLeg, now: float) -> None:
+        playout = leg.playout
+        while playout.depth and self._may_forward(leg, now):
+            frame = playout.pop()
+            assert frame is not None
+            self._forward(leg, other, frame)
+        if leg.due - now < _EPSILON and now - leg.spoke_at > FRAME_SECONDS + _EPSILON:
+            # The other side has nothing left to play and this member has been quiet for over
+            # a frame (silent, or stalled; not just a late frame): it hears silence.
+            playout.note_empty()
+            self._forward(leg, other, self._silence)
+
+    def _mix_tick(self) -> None:
         legs = self._order
-        if not legs:
-            return
-        for leg, row in zip(legs, self._inputs, strict=True):
-            leg._take_inbound(row)
-        mixed = mix_minus_one(self._inputs, self._total, self._work)
-        for leg, row in zip(legs, mixed, strict=True):
-            leg._deliver_audio(row)
+        inputs = self._inputs
+        for index, leg in enumerate(legs):
+            leg.playout.pop_into(inputs[index])
+        mixed = mix_minus_one(inputs, self._total, self._work, self._mixed)
+        for index, leg in enumerate(legs):
+            leg.sink.hear(mixed[index])
 
     def _resize(self) -> None:
+        previous = len(self._order)
         self._order = list(self._legs.values())
         count = len(self._order)
+        if count == 2 and previous != 2:
+            now = self._clock.now()
+            for leg in self._order:
+                leg.due = now
         self._inputs = np.zeros((count, self._frame_samples), dtype=np.int16)
         self._total = np.zeros(self._frame_samples, dtype=np.int32)
         self._work = np.zeros((count, self._frame_samples), dtype=np.int32)
+        self._mixed = np.zeros((count, self._frame_samples), dtype=np.int16)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        while True:
-            try:
-                self.tick()
-                self._failing_in_a_row = 0
-            except Exception:
-                if self._tick_failed(loop.time()):
-                    self._on_empty(self)
-                    await self.stop(MIXER_FAILED)
-                    return
-            now = loop.time()
-            # After a stall, make up at most a few missed ticks, then carry on from now.
-            deadline = max(deadline + FRAME_SECONDS, now - _MAX_CATCH_UP_TICKS * FRAME_SECONDS)
-            await asyncio.sleep(max(0.0, deadline - now))
+    # ------------------------------------------------------------------ events
 
-    def _tick_failed(self, now: float) -> bool:
-        """Count and log (at most once a second) a failed tick; whether to give up."""
-        self.failed_ticks += 1
-        self._failing_in_a_row += 1
+    def event_from(self, leg: LocalLeg, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "mark" and leg.playout.add_marker(event):
+            return
+        if kind == "clear":
+            leg.playout.clear()
+            self._deliver_markers(leg)
+        self.broadcast(event, sender=leg)
+
+    def _deliver_markers(self, leg: LocalLeg) -> None:
+        for marker in leg.playout.due_markers():
+            self.broadcast(marker, sender=leg)
+
+    def broadcast(self, event: dict[str, Any], sender: LocalLeg | None) -> None:
+        for leg in self._order:
+            if leg is not sender:
+                try:
+                    leg.sink.notify(copy.deepcopy(event))
+                except Exception:
+                    self._sink_failed(leg)
+
+    def _sink_failed(self, leg: LocalLeg) -> None:
+        """Count and log (at most once a second) a sink that raised outside a tick."""
+        self.sink_failures += 1
+        now = time.monotonic()
         if now - self._last_failure_log >= 1.0:
             self._last_failure_log = now
             log.exception(
-                "room mixer tick failed", room_id=self.key[1], failed_ticks=self.failed_ticks
+                "room member's sink failed",
+                room_id=self.key[1],
+                participant_id=leg.participant_id,
+                sink_failures=self.sink_failures,
             )
+
+    def _tick_failed(self) -> bool:
+        """Count and log (at most once a second) a failed tick; whether to give up."""
+        self.failed_ticks += 1
+        self._failing_in_a_row += 1
+        now = time.monotonic()
+        if now - self._last_failure_log >= 1.0:
+            self._last_failure_log = now
+            log.exception("room tick failed", room_id=self.key[1], failed_ticks=self.failed_ticks)
         if self._failing_in_a_row < MAX_FAILING_TICKS:
             return False
-        log.error("room mixer keeps failing; ending the room", room_id=self.key[1])
+        log.error("room keeps failing; ending the room", room_id=self.key[1])
         return True
 
 
@@ -322,8 +428,8 @@ def _joined_event(participant: Participant) -> dict[str, Any]:
 class LocalRooms:
     """In-process rooms (a :class:`~callbridge.protocols.RoomTransport`), keyed by tenant and id.
 
-    A room is created on its first join and dropped, with its mixer task, when its last
-    participant leaves.
+    A room is created on its first join and registered with the context's media clock; it
+    leaves the clock when its last member leaves.
     """
 
     name = "local"
@@ -332,7 +438,7 @@ class LocalRooms:
         self.config = config
         self.context = context
         self.sample_rate: int = config.sample_rate
-        self._frame_samples = config.sample_rate * 20 // 1000
+        self._frame_samples = config.sample_rate // 50
         self._rooms: dict[tuple[str, str], _Room] = {}
         self._closed = False
 
@@ -340,14 +446,16 @@ class LocalRooms:
         """Nothing to prepare; rooms start on demand."""
 
     async def aclose(self) -> None:
-        """Stop every mixer; every leg's ``receive_*`` returns ``None`` from now on."""
+        """End every room; every leg's sink is told, and hears nothing more."""
         self._closed = True
         rooms = list(self._rooms.values())
         self._rooms.clear()
         for room in rooms:
-            await room.stop()
+            room.stop()
 
-    async def join(self, tenant: str, room_id: str, participant: Participant) -> LocalLeg:
+    async def join(
+        self, tenant: str, room_id: str, participant: Participant, sink: LegSink
+    ) -> LocalLeg:
         """Join ``room_id`` of ``tenant``, creating the room on first join.
 
         Raises:
@@ -358,15 +466,27 @@ class LocalRooms:
         key = (tenant, room_id)
         room = self._rooms.get(key)
         if room is None:
-            room = _Room(key, self._frame_samples, self._forget)
+            room = _Room(
+                key, self._frame_samples, self.context.media_clock, self.config, self._forget
+            )
             self._rooms[key] = room
-        leg = LocalLeg(room, participant, self.config)
-        room.add(leg)
+        leg = LocalLeg(room, participant, sink, self.config)
+        try:
+            room.add(leg)
+        except PluginError:
+            if not room.participant_ids():
+                self._forget(room)
+            raise
         return leg
 
     def rooms(self) -> list[tuple[str, str]]:
         """Keys ``(tenant, room_id)`` of the rooms that currently have participants."""
         return list(self._rooms)
+
+    def room_mode(self, tenant: str, room_id: str) -> str | None:
+        """``direct``, ``mixing`` or ``idle`` for a live room; ``None`` when there is none."""
+        room = self._rooms.get((tenant, room_id))
+        return None if room is None else room.mode
 
     def _forget(self, room: _Room) -> None:
         if self._rooms.get(room.key) is room:
@@ -380,5 +500,5 @@ def callbridge_room_transports() -> Iterator[RoomTransportPlugin]:
         name="local",
         factory=LocalRooms,
         config_model=LocalRoomsConfig,
-        description="In-process rooms mixed on a 20 ms clock",
+        description="In-process rooms on the media clock: direct for two, mixed for more",
     )
