@@ -370,3 +370,28 @@ async def test_a_write_between_read_and_update_is_no_500(
     )
     monkeypatch.undo()
     assert response.status_code == 200, response.text
+
+
+async def test_a_store_lock_timeout_is_a_503_not_a_500() -> None:
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from callbridge.api.errors import _store_error_handler, is_store_busy
+
+    locked = sqlalchemy.exc.OperationalError(
+        "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked")
+    )
+    other = sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O"))
+    assert is_store_busy(locked) and not is_store_busy(other)
+
+    class FakeRequest:
+        method = "POST"
+
+        class url:
+            path = "/v2/hooks/twilio/whk_x"
+
+    busy = _store_error_handler(FakeRequest(), locked)  # type: ignore[arg-type]
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+    assert busy.content == {"message": "the server is busy; try again shortly"}
+    assert _store_error_handler(FakeRequest(), other).status_code == 500  # type: ignore[arg-type]

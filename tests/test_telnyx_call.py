@@ -274,6 +274,7 @@ async def test_malformed_oversized_and_error_messages_do_not_end_the_call(
         )
 
     error = {"code": 100004, "title": "invalid_media", "detail": "not base64"}
+    outbound_silence = base64.b64encode(b"\xff" * 160).decode()
     garbage: list[str | bytes] = [
         "not json",
         "[]",
@@ -314,7 +315,9 @@ async def test_malformed_oversized_and_error_messages_do_not_end_the_call(
                 await socket.send(garbage[chunk - 1])
             if chunk <= len(harmless):
                 await socket.send(harmless[chunk - 1])
-            await socket.send(media(chunk, track="outbound"))
+            # The outbound echo must not take samples from the tone (it would skip every other
+            # frame of it); its payload is ignored anyway.
+            await socket.send(media(chunk, payload=outbound_silence, track="outbound"))
             await asyncio.sleep(0.02)
         dtmf = {"event": "dtmf", "stream_id": stream_id, "sequence_number": "99"}
         await socket.send(json.dumps({**dtmf, "dtmf": {"digit": "5"}}))

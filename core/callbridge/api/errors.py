@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
+import sqlalchemy.exc
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
@@ -53,6 +54,9 @@ class ApiError(Exception):
 def not_found_response() -> Response[Any]:
     """The one 404 response (same body and headers wherever it is returned)."""
     return Response(content=dict(NOT_FOUND_BODY), status_code=404, media_type=MediaType.JSON)
+
+
+STORE_BUSY_MESSAGE: Final = "the server is busy; try again shortly"
 
 
 def error_response(
@@ -142,18 +146,37 @@ def _unhandled_exception_handler(request: Request[Any, Any, Any], exc: Exception
     return error_response(500, INTERNAL_ERROR_MESSAGE)
 
 
+def _store_error_handler(
+    request: Request[Any, Any, Any], exc: sqlalchemy.exc.OperationalError
+) -> Response[Any]:
+    if is_store_busy(exc):
+        # An overloaded server (its event loop starved) holds SQLite's write lock too long;
+        # that is a reason to come back, not a server fault.
+        logger.warning("store busy on %s %s; answered 503", request.method, _loggable_path(request))
+        return error_response(503, STORE_BUSY_MESSAGE, {"Retry-After": "1"})
+    return _unhandled_exception_handler(request, exc)
+
+
+def is_store_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store timing out on a lock (SQLite ``database is locked``)."""
+    return isinstance(exc, sqlalchemy.exc.OperationalError) and "database is locked" in str(
+        exc.orig
+    )
+
+
 def exception_handlers() -> ExceptionHandlersMap:
     """The app-level ``exception_handlers`` mapping: every error becomes ``{"message": ...}``.
 
     ``ApiError`` keeps its status and message; Litestar ``HTTPException`` keeps its status
     (validation errors name the field, an oversize body names the limit, 5xx are masked); a
-    body that is not UTF-8 is a 400;
-    anything else is logged and becomes
+    body that is not UTF-8 is a 400; the store timing out on a lock (an overloaded server) is a
+    503 with ``Retry-After``; anything else is logged and becomes
     ``500 {"message": "Internal server error"}``.
     """
     return {
         ApiError: _api_error_handler,
         HTTPException: _http_exception_handler,
         UnicodeDecodeError: _undecodable_body_handler,
+        sqlalchemy.exc.OperationalError: _store_error_handler,
         Exception: _unhandled_exception_handler,
     }

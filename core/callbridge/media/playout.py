@@ -10,8 +10,8 @@ latency small and bounded:
   depth that never fell to ``target`` during a whole window is standing delay (a burst, a
   stall that released a backlog, a source whose clock runs fast), and the oldest excess frames
   are dropped (counted as ``drained``). Latency is back at its baseline within two windows
-  (600 ms by default). Arrival jitter, which lets the buffer run dry now and then, is never
-  drained.
+  (400 ms with the local rooms' default window of 10 ticks). Arrival jitter, which lets the
+  buffer run dry now and then, is never drained.
 - **Underrun** plays silence, never a repeated frame; each time the buffer runs dry while
   audio was flowing counts one ``underrun``.
 - **Capacity** bounds memory: pushing into a full buffer drops the oldest frame

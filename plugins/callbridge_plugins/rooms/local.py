@@ -10,7 +10,7 @@ moves audio depends on how many members it has:
   of when the audio it has sent ends (played at real time from when each frame left) and may be
   less than ``direct_lead_frames`` frames ahead of it; frames beyond wait in its playout buffer
   and leave on the ticks that bring them within the lead. When the listener has nothing left
-  to play and the member has been quiet for over a frame, the listener hears silence, so each
+  to play and the member has been quiet for two frames, the listener hears silence, so each
   side keeps a steady 50 frames a second.
 - **Three or more: mixing.** Every tick takes one frame from each member's playout buffer
   (silence on underrun), sums them once and gives each member the sum minus its own part
@@ -48,6 +48,8 @@ MAX_FAILING_TICKS = 50
 """Consecutive failing ticks (one second) after which a room ends its legs."""
 MIXER_FAILED = "room mixer failed"
 _EPSILON = 1e-6
+_QUIET_SECONDS = 2 * FRAME_SECONDS + _EPSILON
+"""How long a member of a two-member room may send nothing before the other hears silence."""
 
 log = structlog.get_logger("callbridge.rooms.local")
 
@@ -77,7 +79,7 @@ class LocalRoomsConfig(BaseModel):
         "beyond, the oldest is dropped.",
     )
     playout_window_frames: int = Field(
-        default=15,
+        default=10,
         ge=1,
         le=500,
         description="Ticks over which standing delay is judged before it is drained; latency "
@@ -337,9 +339,9 @@ class _Room:
             frame = playout.pop()
             assert frame is not None
             self._forward(leg, other, frame)
-        if leg.due - now < _EPSILON and now - leg.spoke_at > FRAME_SECONDS + _EPSILON:
-            # The other side has nothing left to play and this member has been quiet for over
-            # a frame (silent, or stalled; not just a late frame): it hears silence.
+        if leg.due - now < _EPSILON and now - leg.spoke_at > _QUIET_SECONDS:
+            # The other side has nothing left to play and this member has been quiet for two
+            # frames (silent, or stalled; not just a late frame): it hears silence.
             playout.note_empty()
             self._forward(leg, other, self._silence)
 
