@@ -101,7 +101,9 @@ class PlayoutBuffer:
         self.window = window
         self.drain = drain
         self.stats = PlayoutStats()
-        self._frames = np.zeros((capacity, frame_samples), dtype=np.int16)
+        self._capacity = capacity
+        # Allocated on the first push: in a two-member room most frames never wait.
+        self._frames: npt.NDArray[np.int16] | None = None
         self._head = 0
         self._depth = 0
         self._pushed = 0  # frames ever pushed
@@ -118,15 +120,18 @@ class PlayoutBuffer:
 
     @property
     def capacity(self) -> int:
-        return len(self._frames)
+        return self._capacity
 
     def push(self, frame: Pcm) -> None:
         """Copy one frame in; a full buffer drops its oldest frame first."""
-        capacity = len(self._frames)
+        capacity = self._capacity
+        frames = self._frames
+        if frames is None:
+            frames = self._frames = np.zeros((capacity, self.frame_samples), dtype=np.int16)
         if self._depth == capacity:
             self._drop(1)
             self.stats.overflowed += 1
-        self._frames[(self._head + self._depth) % capacity] = frame
+        frames[(self._head + self._depth) % capacity] = frame
         self._depth += 1
         self._pushed += 1
         self.stats.frames_in += 1
@@ -149,8 +154,9 @@ class PlayoutBuffer:
         if self._depth == 0:
             self.note_empty()
             return None
+        assert self._frames is not None  # frames were pushed
         frame: Pcm = self._frames[self._head]
-        self._head = (self._head + 1) % len(self._frames)
+        self._head = (self._head + 1) % self._capacity
         self._depth -= 1
         self._left += 1
         self.stats.frames_out += 1
@@ -185,7 +191,7 @@ class PlayoutBuffer:
             self._drop(excess)
             self.stats.drained += excess
         self._window_ticks = 0
-        self._window_min = len(self._frames)
+        self._window_min = self._capacity
 
     def clear(self) -> int:
         """Drop every waiting frame (a ``clear``); returns how many. Markers become due."""
@@ -213,7 +219,7 @@ class PlayoutBuffer:
 
     def _drop(self, count: int) -> None:
         count = min(count, self._depth)
-        self._head = (self._head + count) % len(self._frames)
+        self._head = (self._head + count) % self._capacity
         self._depth -= count
         self._left += count
 

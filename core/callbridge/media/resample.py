@@ -87,6 +87,10 @@ def kaiser_prototype(in_rate: int, out_rate: int) -> npt.NDArray[np.float64]:
     return taps
 
 
+_COEFFICIENTS: dict[tuple[int, int], npt.NDArray[np.float32]] = {}
+"""Polyphase coefficient matrices by rate pair (read-only, shared by every stream)."""
+
+
 class FrameResampler:
     """Converts 20 ms int16 frames from ``in_rate`` to ``out_rate`` at a fixed ratio.
 
@@ -166,12 +170,16 @@ class FrameResampler:
         u = np.arange(per_block)[:, None, None]
         r = np.arange(up)[None, :, None]
         j = np.arange(taps_per_branch)[None, None, :]
-        coeffs = np.zeros((row, per_block * up), dtype=np.float64)
-        rows = block + u * down + (r * down) // up - j
-        cols = np.broadcast_to(u * up + r, rows.shape)
-        coeffs[rows, cols] = branch[np.broadcast_to(j, rows.shape), (r * down) % up]
-        coeffs[2 * block, :] = _ROUND_OFFSET + 0.5
-        coeffs32 = coeffs.astype(_ACC)
+        coeffs32 = _COEFFICIENTS.get((self.in_rate, self.out_rate))
+        if coeffs32 is None:  # the same for every stream of this rate pair: built once, shared
+            coeffs = np.zeros((row, per_block * up), dtype=np.float64)
+            rows = block + u * down + (r * down) // up - j
+            cols = np.broadcast_to(u * up + r, rows.shape)
+            coeffs[rows, cols] = branch[np.broadcast_to(j, rows.shape), (r * down) % up]
+            coeffs[2 * block, :] = _ROUND_OFFSET + 0.5
+            coeffs32 = coeffs.astype(_ACC)
+            coeffs32.flags.writeable = False
+            _COEFFICIENTS[(self.in_rate, self.out_rate)] = coeffs32
 
         # Ring of window matrices; slot k+1 directly follows slot k, so the last block of a
         # frame lands in the first row of the next slot. One spare row after the last slot.

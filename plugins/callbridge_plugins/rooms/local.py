@@ -362,10 +362,11 @@ class _Room:
             now = self._clock.now()
             for leg in self._order:
                 leg.due = now
-        self._inputs = np.zeros((count, self._frame_samples), dtype=np.int16)
-        self._total = np.zeros(self._frame_samples, dtype=np.int32)
-        self._work = np.zeros((count, self._frame_samples), dtype=np.int32)
-        self._mixed = np.zeros((count, self._frame_samples), dtype=np.int16)
+        if count > 2:  # the mixer's scratch arrays; direct and idle rooms need none
+            self._inputs = np.zeros((count, self._frame_samples), dtype=np.int16)
+            self._total = np.zeros(self._frame_samples, dtype=np.int32)
+            self._work = np.zeros((count, self._frame_samples), dtype=np.int32)
+            self._mixed = np.zeros((count, self._frame_samples), dtype=np.int16)
 
     # ------------------------------------------------------------------ events
 
