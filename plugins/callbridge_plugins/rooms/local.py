@@ -339,9 +339,10 @@ class _Room:
             frame = playout.pop()
             assert frame is not None
             self._forward(leg, other, frame)
-        if leg.due - now < _EPSILON and now - leg.spoke_at > _QUIET_SECONDS:
-            # The other side has nothing left to play and this member has been quiet for two
-            # frames (silent, or stalled; not just a late frame): it hears silence.
+        if leg.due - now < FRAME_SECONDS / 2 and now - leg.spoke_at > _QUIET_SECONDS:
+            # The other side runs dry before the next tick (half a frame of slack for the
+            # tick's own jitter) and this member has been quiet for two frames (silent, or
+            # stalled; not just a late frame): it hears silence.
             playout.note_empty()
             self._forward(leg, other, self._silence)
 
