@@ -287,7 +287,7 @@ class _Room:
             leg.spoke_at = now
             if leg.playout.depth == 0 and self._may_forward(leg, now):
                 leg.playout.passed_through()
-                self._forward(leg, order[1] if order[0] is leg else order[0], frame)
+                self._forward(leg, order[1] if order[0] is leg else order[0], frame, now)
                 return
             leg.playout.push(frame)
         elif len(order) > 2:
@@ -299,8 +299,9 @@ class _Room:
         ahead = leg.due - now
         return ahead < self._lead_seconds
 
-    def _forward(self, leg: LocalLeg, listener: LocalLeg, frame: npt.NDArray[np.int16]) -> None:
-        now = self._clock.now()
+    def _forward(
+        self, leg: LocalLeg, listener: LocalLeg, frame: npt.NDArray[np.int16], now: float
+    ) -> None:
         leg.due = (leg.due if leg.due > now else now) + FRAME_SECONDS
         try:
             listener.sink.hear(frame)
@@ -338,13 +339,13 @@ class _Room:
         while playout.depth and self._may_forward(leg, now):
             frame = playout.pop()
             assert frame is not None
-            self._forward(leg, other, frame)
+            self._forward(leg, other, frame, now)
         if leg.due - now < FRAME_SECONDS / 2 and now - leg.spoke_at > _QUIET_SECONDS:
             # The other side runs dry before the next tick (half a frame of slack for the
             # tick's own jitter) and this member has been quiet for two frames (silent, or
             # stalled; not just a late frame): it hears silence.
             playout.note_empty()
-            self._forward(leg, other, self._silence)
+            self._forward(leg, other, self._silence, now)
 
     def _mix_tick(self) -> None:
         legs = self._order
