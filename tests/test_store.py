@@ -14,12 +14,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, event, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from callbridge.store.db import MIGRATIONS_PATH, Database
 from callbridge.store.ids import hash_webhook_key
-from callbridge.store.models import Base, Call
+from callbridge.store.models import ApiKey, Base, Call
 from callbridge.store.repository import DuplicateCallError, Repository, transaction
 from tests.stores import START, StepClock, clock, database, db
 
@@ -86,6 +86,59 @@ async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None
         async with db.engine.connect() as connection:
             assert (await connection.scalar(text("PRAGMA journal_mode"))) == "wal"
             assert (await connection.scalar(text("PRAGMA foreign_keys"))) == 1
+    finally:
+        await db.dispose()
+
+
+async def test_sqlite_writers_of_one_process_take_turns_in_order(
+    tmp_path: Path, clock: StepClock
+) -> None:
+    """Write transactions queue on the event loop, first come first served, so none waits on
+    SQLite's file lock: with a 1 ms busy timeout, twenty writers that each hold their
+    transaction across several awaits all commit, one after another, in the order they came."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'cb.db'}")
+
+    @event.listens_for(db.engine.sync_engine, "connect")
+    def _impatient(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=1")
+
+    entered: list[int] = []
+    inside = 0
+
+    async def writer(number: int) -> None:
+        nonlocal inside
+        async with transaction(db, clock, write=True) as repo:
+            inside += 1
+            assert inside == 1, "two writers of one process overlapped"
+            entered.append(number)
+            await repo.first_api_key()
+            await asyncio.sleep(0.002)
+            await repo.create_api_key(f"writer-{number}")
+            inside -= 1
+
+    try:
+        await db.migrate()
+        await asyncio.gather(*(writer(number) for number in range(20)))
+        assert entered == list(range(20))
+        async with transaction(db, clock) as repo:
+            names = {key.name for key in await repo.session.scalars(select(ApiKey))}
+        assert names == {f"writer-{number}" for number in range(20)}
+    finally:
+        await db.dispose()
+
+
+async def test_a_nested_write_transaction_fails_instead_of_waiting_for_itself(
+    tmp_path: Path, clock: StepClock
+) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'cb.db'}")
+    try:
+        await db.migrate()
+        async with transaction(db, clock, write=True):
+            with pytest.raises(RuntimeError, match="nested write transaction"):
+                async with asyncio.timeout(5), transaction(db, clock, write=True):
+                    pass
+        async with transaction(db, clock, write=True) as repo:  # the turn was given back
+            await repo.create_api_key("after")
     finally:
         await db.dispose()
 

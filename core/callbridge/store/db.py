@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
+import time
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ MIGRATIONS_PATH = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 0x63_62_72_64_67_65  # "cbrdge"
 # Execution option: take SQLite's write lock at BEGIN (so two processes migrate one by one).
 _SQLITE_IMMEDIATE = "callbridge_sqlite_immediate"
+_WAL_ATTEMPTS = 50
 
 
 def _is_memory_sqlite(url: URL) -> bool:
@@ -42,7 +49,7 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
             # The busy timeout first: switching to WAL waits for a lock another process may hold.
             cursor.execute("PRAGMA busy_timeout=15000")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enter_wal_mode(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
@@ -51,6 +58,23 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
     def _on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get(_SQLITE_IMMEDIATE, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _enter_wal_mode(cursor: Any) -> None:
+    # Switching a new file to WAL needs its exclusive lock, and SQLite answers "database is
+    # locked" at once, without the busy handler, while another connection does the same
+    # (several processes or engines starting together): look first, retry briefly.
+    for attempt in range(_WAL_ATTEMPTS):
+        cursor.execute("PRAGMA journal_mode")
+        if str(cursor.fetchone()[0]).lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_ATTEMPTS - 1:
+                raise
+            time.sleep(0.02)
 
 
 class Database:
@@ -82,6 +106,12 @@ class Database:
         if self.dialect == "sqlite":
             _install_sqlite_pragmas(self.engine)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Writers of this process queue here, in order, on
+        # the event loop, instead of holding a pooled connection in a thread that polls the
+        # file lock (busy_timeout): under a loaded loop that polling is unfair and times out.
+        self._writer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
+        self._writer_locks = weakref.WeakKeyDictionary()
+        self._writer_tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"
@@ -89,6 +119,33 @@ class Database:
     def session(self) -> AsyncSession:
         """A new session; use it as ``async with db.session() as s, s.begin(): ...``."""
         return self._sessions()
+
+    @asynccontextmanager
+    async def writer(self) -> AsyncIterator[None]:
+        """Hold this process's turn to write (SQLite); a no-op on PostgreSQL.
+
+        Writers of one event loop go one at a time, first come first served; other processes
+        still meet SQLite's own lock. A task that already holds its turn and asks again gets
+        a ``RuntimeError`` instead of waiting for itself forever.
+        """
+        if self.dialect != "sqlite":
+            yield
+            return
+        task = asyncio.current_task()
+        if task is not None and task in self._writer_tasks:
+            raise RuntimeError("nested write transaction: this task already holds the writer")
+        loop = asyncio.get_running_loop()
+        lock = self._writer_locks.get(loop)
+        if lock is None:
+            lock = self._writer_locks[loop] = asyncio.Lock()
+        async with lock:
+            if task is not None:
+                self._writer_tasks.add(task)
+            try:
+                yield
+            finally:
+                if task is not None:
+                    self._writer_tasks.discard(task)
 
     async def begin_writing(self, session: AsyncSession) -> None:
         """Start ``session``'s transaction as a writer (call it first thing in the transaction).

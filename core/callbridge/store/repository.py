@@ -515,9 +515,13 @@ async def transaction(
     """A :class:`Repository` in a new session and transaction, committed on success.
 
     ``write=True`` for a transaction that reads, then writes depending on what it read (see
-    :meth:`Database.begin_writing`).
+    :meth:`Database.begin_writing`); such transactions of one process also wait their turn
+    in order (:meth:`Database.writer`) rather than on SQLite's file lock.
     """
-    async with db.session() as session, session.begin():
-        if write:
-            await db.begin_writing(session)
+    if not write:
+        async with db.session() as session, session.begin():
+            yield Repository(session, clock)
+        return
+    async with db.writer(), db.session() as session, session.begin():
+        await db.begin_writing(session)
         yield Repository(session, clock)
