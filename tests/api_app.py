@@ -63,23 +63,26 @@ class ApiUnderTest(ApiServer):
         return issue_token(self.apikey, self.secret, **kwargs)
 
 
-def build_app(data_dir: Path, clock: FakeClock) -> Litestar:
-    settings = load_settings(
-        overrides={
-            "data_dir": str(data_dir / "data"),
-            "server": {"public_api_url": PUBLIC_API_URL},
-            "auth": {"create_dev_key": False},
-        },
-        environ={},
-    )
+def build_app(
+    data_dir: Path, clock: FakeClock, overrides: dict[str, Any] | None = None
+) -> Litestar:
+    base: dict[str, Any] = {
+        "data_dir": str(data_dir / "data"),
+        "server": {"public_api_url": PUBLIC_API_URL},
+        "auth": {"create_dev_key": False},
+    }
+    settings = load_settings(overrides={**base, **(overrides or {})}, environ={})
     return create_app(settings, clock=clock)
 
 
 @asynccontextmanager
-async def serve_api(data_dir: Path) -> AsyncIterator[ApiServer]:
-    """Migrate a SQLite database in ``data_dir``, then serve the app with uvicorn on loopback."""
+async def serve_api(
+    data_dir: Path, overrides: dict[str, Any] | None = None
+) -> AsyncIterator[ApiServer]:
+    """Migrate a SQLite database in ``data_dir``, then serve the app with uvicorn on loopback
+    (settings: the tests' defaults, top-level keys replaced by ``overrides``)."""
     clock = FakeClock()
-    app = build_app(data_dir, clock)
+    app = build_app(data_dir, clock, overrides)
     db: Database = app.state.db
     config = uvicorn.Config(
         app,
@@ -108,9 +111,11 @@ async def serve_api(data_dir: Path) -> AsyncIterator[ApiServer]:
 
 
 @asynccontextmanager
-async def serving_app(data_dir: Path) -> AsyncIterator[tuple[ApiServer, Litestar]]:
+async def serving_app(
+    data_dir: Path, overrides: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[ApiServer, Litestar]]:
     """:func:`serve_api`, also yielding the app object (for its runtime and credential box)."""
-    async with serve_api(data_dir) as server:
+    async with serve_api(data_dir, overrides) as server:
         yield server, server.app
 
 

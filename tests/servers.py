@@ -110,9 +110,13 @@ class InProcessServer:
 
 
 def start_in_process(
-    tmp_path: Path, overrides: dict[str, Any] | None = None, clock: Any = None, **kwargs: Any
+    tmp_path: Path,
+    overrides: dict[str, Any] | None = None,
+    clock: Any = None,
+    port: int | None = None,
+    **kwargs: Any,
 ) -> InProcessServer:
-    port = free_port()
+    port = port or free_port()
     data = base_config(tmp_path, port)
     data["auth"]["api_keys"] = [{"apikey": k, "secret": s} for k, s in TEST_KEYS.items()]
     settings = load_settings(overrides=_merge(data, overrides or {}))

@@ -50,6 +50,7 @@ PUBLIC_FIELDS = {
     "markupStyle",
     "verifySignatures",
     "hasCredentials",
+    "source",
     "createdAt",
     "updatedAt",
 }
@@ -203,11 +204,17 @@ async def test_list_pages(api: ApiUnderTest) -> None:
 
 
 async def test_patch_updates_and_clears(api: ApiUnderTest) -> None:
+    rule = await api.client.post(
+        "/v2/routing-rules",
+        json={"dispatch": {"type": "room", "roomId": "fallback"}},
+        headers=api.headers,
+    )
+    rule_id = rule.json()["data"]["id"]
     created = await _create(api, name="old", defaultRoomId="room-1", region="us002")
     api.clock.offset += 5
     response = await api.client.patch(
         f"/v2/connectors/{created['id']}",
-        json={"name": "new", "region": None, "defaultRuleId": "rule-7"},
+        json={"name": "new", "region": None, "defaultRuleId": rule_id},
         headers=api.headers,
     )
     assert response.status_code == 200, response.text
@@ -217,7 +224,7 @@ async def test_patch_updates_and_clears(api: ApiUnderTest) -> None:
     assert (data["name"], data["defaultRoomId"], data["defaultRuleId"], data["region"]) == (
         "new",
         "room-1",
-        "rule-7",
+        rule_id,
         None,
     )
     assert data["provider"] == "twilio"
@@ -453,9 +460,7 @@ async def test_create_validation(api: ApiUnderTest, body: Any, starts_with: str)
 
 
 async def test_limits_are_inclusive(api: ApiUnderTest) -> None:
-    data = await _create(
-        api, name="n" * 200, defaultRoomId="r" * 128, defaultRuleId="u" * 128, region="g" * 32
-    )
+    data = await _create(api, name="n" * 200, defaultRoomId="r" * 128, region="g" * 32)
     assert len(data["name"]) == 200 and len(data["region"]) == 32
 
 

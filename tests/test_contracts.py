@@ -37,6 +37,7 @@ from callbridge.protocols import (
     WebhookSigner,
 )
 from callbridge.registry import Registry
+from callbridge.routing.chain import as_decision
 from tests.servers import FakeClock
 from tests.sinks import RecordingSink
 
@@ -81,7 +82,13 @@ def build(kind: str, name: str, tmp_path: Path, clock: Any = None) -> Any:
         public_api_url="http://127.0.0.1:8000",
         public_ingest_url="ws://127.0.0.1:8000/ingest",
     )
-    return record.factory(record.config_model(), context)
+    return record.factory(record.config_model(**SAMPLE_CONFIGS.get(name, {})), context)
+
+
+SAMPLE_CONFIGS: dict[str, dict[str, Any]] = {
+    # plugins whose config has required fields; nothing listens on port 9
+    "websocket": {"url": "ws://127.0.0.1:9/agent"},
+}
 
 
 # --------------------------------------------------------------------------- providers
@@ -192,19 +199,25 @@ def routing_context(
 
 @pytest.mark.parametrize("name", REGISTRY.names("routing_strategy"))
 async def test_routing_strategy_contract(name: str, tmp_path: Path) -> None:
+    """Every strategy answers a decision (or a route, or None) and explains a pass."""
     strategy = build("routing_strategy", name, tmp_path)
     assert isinstance(strategy, RoutingStrategy)
     assert strategy.name == name
-    assert await strategy.route(routing_context()) is None
+    nothing = as_decision(await strategy.route(routing_context()))
+    assert nothing.route is None
+    assert nothing.reasons and all(isinstance(reason, str) for reason in nothing.reasons)
     for context in (
         routing_context({"roomId": "r-1"}),
         routing_context(default_room="r-2"),
         routing_context({"roomId": "r-1"}, "r-2"),
     ):
-        route = await strategy.route(context)
+        decision = as_decision(await strategy.route(context))
+        route = decision.route
         assert route is None or (
             isinstance(route, Route) and route.room_id and route.strategy == name
         )
+        if route is not None:
+            assert decision.reasons, "a decision says why"
 
 
 # --------------------------------------------------------------------------- rooms

@@ -26,6 +26,7 @@ ENVIRON = {
     "API_SECRET": "x" * 48,
     "DATABASE_URL": "postgresql+asyncpg://callbridge@db/callbridge",
     "WEBHOOK_SIGNING_KEY_PEM": _pem(),
+    "MAIN_WEBHOOK_KEY": "whk_" + "m" * 32,
 }
 
 

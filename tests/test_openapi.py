@@ -19,6 +19,24 @@ from tests.api_app import new_tenant, serving_app
 
 MAX_EXAMPLES = 100
 TIME_LIMIT_SECONDS = 240
+# A connector's defaultRuleId must name an existing routing rule of its API key, and the
+# answer when it does not is 400 (the issue's contract); no schema can say which ids exist,
+# so on the two operations that take one a 400 is an expected answer to schema-valid data.
+CONFIG = """
+[[operations]]
+include-path = "/v2/connectors"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = [
+  "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"
+]
+
+[[operations]]
+include-path = "/v2/connectors/{connector_id}"
+include-method = "PATCH"
+checks.positive_data_acceptance.expected-statuses = [
+  "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"
+]
+"""
 
 
 def _schemathesis() -> str:
@@ -29,8 +47,12 @@ def _schemathesis() -> str:
 async def test_schemathesis_finds_no_disagreement(tmp_path: Path) -> None:
     async with serving_app(tmp_path / "server") as (server, _):
         api = await new_tenant(server)
+        config = tmp_path / "schemathesis.toml"
+        config.write_text(CONFIG, encoding="utf-8")
         process = await asyncio.create_subprocess_exec(
             _schemathesis(),
+            "--config-file",
+            str(config),
             "run",
             f"{server.base_url}/schema/openapi.json",
             "--header",

@@ -17,6 +17,7 @@ from callbridge import __version__
 from callbridge.api.allow_header import answer_options
 from callbridge.api.auth import security_components
 from callbridge.api.calls import CallController
+from callbridge.api.config_connectors import check_config_connectors, sync_config_connectors
 from callbridge.api.connectors import ConnectorController
 from callbridge.api.errors import exception_handlers
 from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, voice_webhook
@@ -24,6 +25,7 @@ from callbridge.api.json_request import JsonRequest
 from callbridge.api.openapi import document_api
 from callbridge.api.raw_socket import keep_server_send
 from callbridge.api.rooms import room_participant
+from callbridge.api.routing_rules import RoutingExplainController, RoutingRuleController
 from callbridge.calls.state import EndReason
 from callbridge.calls.sweeper import CallSweeper
 from callbridge.redaction import install_redaction, remember_secrets
@@ -77,11 +79,13 @@ def create_app(
     """
     install_redaction()
     runtime = build_runtime(settings, clock=clock, pm=pm, span_processors=span_processors)
+    config_connectors = check_config_connectors(runtime)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
         await ensure_api_keys(runtime)
+        await sync_config_connectors(runtime, config_connectors)
         sweeper = CallSweeper(runtime)
         await sweeper.start()
         log.info(
@@ -101,6 +105,8 @@ def create_app(
         route_handlers=[
             ConnectorController,
             CallController,
+            RoutingRuleController,
+            RoutingExplainController,
             voice_webhook,
             ingest_with_path_ref,
             ingest_with_query_ref,

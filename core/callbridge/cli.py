@@ -1,4 +1,5 @@
-"""The ``callbridge`` command: serve, token, config check, call (provider simulator), room join."""
+"""The ``callbridge`` command: serve, token, config check, call (provider simulator), room join,
+routes explain."""
 
 from __future__ import annotations
 
@@ -132,6 +133,31 @@ def cmd_room_join(args: argparse.Namespace) -> int:
     return 0 if summary.outcome.startswith("completed") else 1
 
 
+def cmd_routes_explain(args: argparse.Namespace) -> int:
+    from callbridge.clients.routes import ExplainFailed, ExplainOptions, explain, render
+
+    settings = _settings(args.config)
+    token = args.token or os.environ.get("CALLBRIDGE_TOKEN")
+    if not token:
+        token = asyncio.run(_token(settings, None, 3600))
+    options = ExplainOptions(
+        server_url=args.server or settings.server.api_url,
+        token=token,
+        connector_id=args.connector,
+        from_number=args.from_number,
+        to_number=args.to_number,
+        room_id=args.room_id,
+        at=args.at,
+    )
+    try:
+        data = explain(options)
+    except ExplainFailed as exc:
+        print(f"callbridge: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else render(data))
+    return 0
+
+
 def _print_summary(summary: object, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary.to_dict()))  # type: ignore[attr-defined]
@@ -203,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--config", metavar="FILE")
     _add_audio_options(join)
     join.set_defaults(handler=cmd_room_join)
+
+    routes = commands.add_parser("routes", help="routing tools")
+    routes_commands = routes.add_subparsers(dest="routes_command", required=True)
+    why = routes_commands.add_parser("explain", help="why a call would go where it goes")
+    why.add_argument("--connector", required=True, metavar="ID", help="connector id")
+    why.add_argument("--from", dest="from_number", metavar="NUMBER", help="caller")
+    why.add_argument("--to", dest="to_number", metavar="NUMBER", help="called number")
+    why.add_argument("--room-id", help="the webhook URL's roomId parameter, if any")
+    why.add_argument("--at", metavar="ISO8601", help="when the call happens (default: now)")
+    why.add_argument("--server", help="server URL (default: the configured public API URL)")
+    why.add_argument("--token", help="API token (default: $CALLBRIDGE_TOKEN or the local dev key)")
+    why.add_argument("--config", metavar="FILE")
+    why.add_argument("--json", action="store_true", help="print the server's JSON")
+    why.set_defaults(handler=cmd_routes_explain)
     return parser
 
 

@@ -19,8 +19,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "callbridge_plugins.providers.telnyx",
     "callbridge_plugins.providers.custom",
     "callbridge_plugins.routing.room_query",
+    "callbridge_plugins.routing.phone_rules",
+    "callbridge_plugins.routing.default_rule",
     "callbridge_plugins.routing.default_room",
     "callbridge_plugins.rooms.local",
+    "callbridge_plugins.rooms.websocket",
     "callbridge_plugins.signers.rsa_sha256",
     "callbridge_plugins.refstores.memory",
 )

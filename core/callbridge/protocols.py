@@ -7,15 +7,16 @@ formatting lives in the provider plugins.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NotRequired, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from callbridge.media.clock import MediaClock
+from callbridge.routing.rules import CallFacts, RoutingRule, RuleVerdict
 
 Pcm = npt.NDArray[np.int16]
 """Signed 16-bit mono PCM samples."""
@@ -36,6 +37,8 @@ class PluginContext:
         ref_ttl_seconds: how long a ref stays claimable after the answer (``refs.ttl_seconds``).
         media_clock: the process's one 20 ms media clock; room transports register their rooms
             with it (the runtime passes its own; a context built by hand gets a fresh one).
+        rules: read access to the routing rules (the YAML's and the store's), for routing
+            strategies; ``None`` in a context built without a store.
     """
 
     data_dir: Path
@@ -44,6 +47,7 @@ class PluginContext:
     public_ingest_url: str
     ref_ttl_seconds: float = 90.0
     media_clock: MediaClock = field(default_factory=lambda: MediaClock())
+    rules: RuleReader | None = None
 
 
 class PluginError(Exception):
@@ -411,6 +415,20 @@ class ConnectorView:
     region: str | None
 
 
+@runtime_checkable
+class RuleReader(Protocol):
+    """Read access to routing rules."""
+
+    async def rules_for(self, apikey: str) -> Sequence[RoutingRule]:
+        """Every rule that applies to ``apikey``'s calls (order them with
+        :func:`callbridge.routing.rules.precedence`)."""
+        ...
+
+    async def rule(self, apikey: str, rule_id: str) -> RoutingRule | None:
+        """One rule of ``apikey``, or ``None``."""
+        ...
+
+
 @dataclass(frozen=True)
 class RoutingContext:
     """Everything a routing strategy may decide on.
@@ -419,11 +437,15 @@ class RoutingContext:
         call: the call from the provider's webhook.
         connector: the connector whose URL received the webhook.
         query: query parameters of the webhook URL (e.g. ``roomId``).
+        facts: what rules match on: the caller and callee normalised to E.164 (with the
+            connector's region's country for national formats), the connector, the provider
+            and the moment of the call.
     """
 
     call: CallInfo
     connector: ConnectorView
     query: Mapping[str, str]
+    facts: CallFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -436,6 +458,8 @@ class Route:
         transport: room transport name; ``None`` means ``rooms.default``.
         codec: codec on the provider leg; ``None`` means the connector's or provider's default.
         metadata: small extra data passed to the room as participant metadata.
+        rule_id: the routing rule that decided, if one did.
+        region: the region the rule pins, if it does.
     """
 
     room_id: str
@@ -443,15 +467,32 @@ class Route:
     transport: str | None = None
     codec: CodecSpec | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    rule_id: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """A strategy's answer with its reasoning: the route (``None``: it passes to the next
+    strategy), what it looked at and why it did or did not decide, and, for rule-based
+    strategies, every rule it checked."""
+
+    route: Route | None
+    reasons: tuple[str, ...] = ()
+    rules: tuple[RuleVerdict, ...] = ()
 
 
 @runtime_checkable
 class RoutingStrategy(Protocol):
-    """Decides which room a call joins, or passes (``None``) to the next strategy."""
+    """Decides which room a call joins, or passes to the next strategy.
+
+    ``route`` returns a :class:`RouteDecision` (a plain :class:`Route`, or ``None`` to pass,
+    is accepted too, with no reasoning), so the chain can explain every call.
+    """
 
     name: str
 
-    async def route(self, context: RoutingContext) -> Route | None: ...
+    async def route(self, context: RoutingContext) -> RouteDecision | Route | None: ...
 
 
 # --------------------------------------------------------------------------- rooms
@@ -478,6 +519,86 @@ class Participant:
     display_name: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     playout: Literal["adaptive", "queue"] = "adaptive"
+
+
+# The room event vocabulary: what members send each other through ``RoomLeg.send_event`` and
+# receive through ``LegSink.notify``, as JSON objects named by ``event``. The participant socket
+# and the ``websocket`` transport speak exactly these (parsed by :mod:`callbridge.room_events`).
+
+
+class MarkEvent(TypedDict):
+    """A named point in a member's audio. Sent without ``status`` it travels with the audio
+    sent before it; the call answers with ``status`` ``played`` (the caller heard everything
+    before it) or ``cleared`` (a clear dropped it)."""
+
+    event: Literal["mark"]
+    name: str
+    status: NotRequired[Literal["played", "cleared"]]
+    callId: NotRequired[str]
+
+
+class ClearEvent(TypedDict):
+    """Drop the sender's audio still waiting in the room and in the call's buffers."""
+
+    event: Literal["clear"]
+    callId: NotRequired[str]
+
+
+class HangupEvent(TypedDict):
+    """End the call (every call in the room, or ``callId``'s)."""
+
+    event: Literal["hangup"]
+    callId: NotRequired[str]
+    reason: NotRequired[str]
+
+
+class TransferEvent(TypedDict):
+    """Move the call (every call in the room, or ``callId``'s) to room ``roomId``, on
+    ``transport`` or the default transport."""
+
+    event: Literal["transfer"]
+    roomId: str
+    transport: NotRequired[str]
+    callId: NotRequired[str]
+
+
+class DtmfEvent(TypedDict):
+    """Keypad digits: ``digit`` as a caller pressed it (from a call), or ``digits`` for the
+    call to play to the caller where its provider can (from a member)."""
+
+    event: Literal["dtmf"]
+    digit: NotRequired[str]
+    digits: NotRequired[str]
+    callId: NotRequired[str]
+
+
+class ParticipantJoinedEvent(TypedDict):
+    """A member joined the room (sent to every other member)."""
+
+    event: Literal["participant-joined"]
+    participantId: str
+    kind: str
+    displayName: str
+    metadata: dict[str, str]
+
+
+class ParticipantLeftEvent(TypedDict):
+    """A member left the room (sent to every other member)."""
+
+    event: Literal["participant-left"]
+    participantId: str
+
+
+RoomEvent = (
+    MarkEvent
+    | ClearEvent
+    | HangupEvent
+    | TransferEvent
+    | DtmfEvent
+    | ParticipantJoinedEvent
+    | ParticipantLeftEvent
+)
+"""Every message of the room event vocabulary."""
 
 
 @runtime_checkable
@@ -581,6 +702,9 @@ class RefRecord:
     verify_signatures: bool = False
     trace_parent: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    region: str | None = None
+    ingest_url: str | None = None
+    """The base URL of the call's media socket (its region's); ``None``: the server's."""
 
 
 class RefStoreFull(PluginError):

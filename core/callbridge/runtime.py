@@ -30,6 +30,8 @@ from callbridge.protocols import (
 )
 from callbridge.redaction import remember_secrets
 from callbridge.registry import Registry
+from callbridge.routing.book import RuleBook
+from callbridge.routing.config import config_rules
 from callbridge.settings import ConfigError, Settings
 from callbridge.store.db import Database
 from callbridge.telemetry import TracedPlugin, build_tracer_provider, get_tracer
@@ -68,9 +70,16 @@ def select_plugins(settings: Settings, registry: Registry) -> list[Selection]:
             key_path = f"{section}.{list_key}" if single else f"{section}.{list_key}[{index}]"
             if name in names[:index]:
                 raise ConfigError(f"{key_path}: {name!r} is listed twice")
-            record = registry.get(kind, name, key_path)
-            raw = configs.get(name) or {}
-            config = registry.validate_config(record, raw, f"{section}.config.{name}")
+            instance = settings.rooms.instances.get(name) if kind == "room_transport" else None
+            if instance is not None:
+                record = registry.get(kind, instance.plugin, f"rooms.instances.{name}.plugin")
+                config = registry.validate_config(
+                    record, instance.config, f"rooms.instances.{name}.config"
+                )
+            else:
+                record = registry.get(kind, name, key_path)
+                raw = configs.get(name) or {}
+                config = registry.validate_config(record, raw, f"{section}.config.{name}")
             selections.append(Selection(kind, name, key_path, record, config))
     return selections
 
@@ -113,6 +122,7 @@ class Runtime:
     signer: WebhookSigner
     ref_store: RefStore
     db: Database
+    rules: RuleBook
     tracer_provider: TracerProvider
     tracer: Tracer
     clock: Callable[[], float]
@@ -197,6 +207,8 @@ def build_runtime(
     selections = select_plugins(settings, registry)
     tracer_provider = build_tracer_provider(settings.telemetry, span_processors)
     tracer = get_tracer(tracer_provider)
+    db = Database(settings.database_url)
+    rules = RuleBook(db, config_rules(settings))
     context = PluginContext(
         data_dir=settings.data_dir,
         clock=clock,
@@ -204,6 +216,7 @@ def build_runtime(
         public_ingest_url=settings.server.ingest_url,
         ref_ttl_seconds=settings.refs.ttl_seconds,
         media_clock=MediaClock(),
+        rules=rules,
     )
     built: dict[PluginKind, dict[str, Any]] = {
         "provider": {},
@@ -220,7 +233,6 @@ def build_runtime(
         kind: {name: TracedPlugin(obj, kind, tracer) for name, obj in objs.items()}
         for kind, objs in built.items()
     }
-    db = Database(settings.database_url)
     instance_id = "inst_" + secrets.token_hex(8)
     return Runtime(
         settings=settings,
@@ -232,6 +244,7 @@ def build_runtime(
         signer=traced["webhook_signer"][settings.webhooks.signer],
         ref_store=traced["ref_store"][settings.refs.store],
         db=db,
+        rules=rules,
         tracer_provider=tracer_provider,
         tracer=tracer,
         clock=clock,

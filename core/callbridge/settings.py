@@ -9,6 +9,7 @@ Secrets are never written literally in YAML: ``{$env: NAME}`` reads an environme
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -206,11 +207,54 @@ class ProviderSettings(_PluginSection):
     )
 
 
+class RegionSettings(_Section):
+    """One region: where its calls' media sockets connect, and which callers it serves."""
+
+    ingest_url: str = Field(
+        pattern=r"^wss?://[^\s]+$",
+        description="Public base URL of this region's media sockets, e.g. "
+        "wss://in002.callbridge.example.com/ingest.",
+    )
+    countries: list[str] = Field(
+        default_factory=list,
+        description="ISO 3166 alpha-2 codes (IN, US…) of the callers this region serves when "
+        "neither the rule nor the connector pins a region.",
+    )
+    default_country: str | None = Field(
+        None,
+        description="Country for national-format numbers of calls of connectors pinned to "
+        "this region (defaults to the first of countries).",
+    )
+
+    @field_validator("countries")
+    @classmethod
+    def _countries(cls, values: list[str]) -> list[str]:
+        return [_country(value) for value in values]
+
+    @field_validator("default_country")
+    @classmethod
+    def _default_country(cls, value: str | None) -> str | None:
+        return None if value is None else _country(value)
+
+    @property
+    def home_country(self) -> str | None:
+        return self.default_country or (self.countries[0] if self.countries else None)
+
+
+def _country(value: str) -> str:
+    import phonenumbers
+
+    code = value.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"{value!r} is not an ISO 3166 alpha-2 country code")
+    return code
+
+
 class RoutingSettings(_PluginSection):
     """How a call finds its room."""
 
     chain: list[str] = Field(
-        default_factory=lambda: ["room_query", "default_room"],
+        default_factory=lambda: ["room_query", "phone_rules", "default_rule", "default_room"],
         description="Routing strategies, tried in order; the first decision wins.",
     )
     reject_message: str = Field(
@@ -218,15 +262,73 @@ class RoutingSettings(_PluginSection):
         max_length=500,
         description="What the caller hears when no strategy chose a room (then the call ends).",
     )
+    default_country: str | None = Field(
+        None,
+        description="Country (ISO 3166 alpha-2) for national-format numbers when the "
+        "connector's region names none; without one, numbers without a + are tried as "
+        "international.",
+    )
+    regions: dict[str, RegionSettings] = Field(
+        default_factory=dict,
+        description="Regions by name (us002, in002…); the markup's socket URL uses the call's "
+        "region's ingest_url.",
+    )
+    default_region: str | None = Field(
+        None,
+        description="Region of a call that no rule, connector or caller country places; "
+        "without one such calls use server.public_ingest_url.",
+    )
+
+    @field_validator("default_country")
+    @classmethod
+    def _default_country(cls, value: str | None) -> str | None:
+        return None if value is None else _country(value)
+
+    @field_validator("regions")
+    @classmethod
+    def _region_names(cls, regions: dict[str, RegionSettings]) -> dict[str, RegionSettings]:
+        for name in regions:
+            if not _REGION_NAME.fullmatch(name):
+                raise ValueError(f"region {name!r}: 1-32 characters of a-z A-Z 0-9 _ -")
+        return regions
+
+    @model_validator(mode="after")
+    def _default_region_known(self) -> RoutingSettings:
+        if self.default_region is not None and self.default_region not in self.regions:
+            raise ValueError(
+                f"routing.default_region: {self.default_region!r} is not one of routing.regions"
+            )
+        return self
+
+
+_REGION_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+class RoomInstanceSettings(_Section):
+    """A named room transport built from a plugin with its own config (several instances of
+    one plugin can run side by side, e.g. two ``websocket`` agents)."""
+
+    plugin: str = Field(description="Room transport plugin name (local, websocket…).")
+    config: dict[str, Any] = Field(default_factory=dict, description="The plugin's options.")
 
 
 class RoomSettings(_PluginSection):
     """Room transports."""
 
     enabled: list[str] = Field(
-        default_factory=lambda: ["local"], description="Room transport plugins to start."
+        default_factory=lambda: ["local"],
+        description="Room transports to start: plugin names or names of rooms.instances.",
     )
     default: str = Field("local", description="Transport used when a route names none.")
+    participants: str | None = Field(
+        None,
+        description="Transport of the room participant socket (default: rooms.default).",
+    )
+    instances: dict[str, RoomInstanceSettings] = Field(
+        default_factory=dict,
+        description="Named transports: {name: {plugin: websocket, config: {...}}}; a route "
+        "or rule names them like plugins.",
+    )
 
 
 class WebhookSettings(_PluginSection):
@@ -293,15 +395,34 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     plugins: PluginLoadSettings = Field(default_factory=PluginLoadSettings)
+    routing_rules: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Routing rules kept in Git: each is a rule in the API's shape plus `id` "
+        "(and `apikey`, else it applies to every API key); read-only through the API.",
+    )
+    connectors: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Connectors kept in Git: each is a connector in the API's shape plus `id`, "
+        "`apikey` and `webhookKey` (from {$env}/{$file}); read-only through the API.",
+    )
 
     @model_validator(mode="after")
     def _default_in_enabled(self) -> Settings:
-        if self.rooms.default not in self.rooms.enabled:
-            raise ValueError(
-                f"rooms.default: {self.rooms.default!r} must be one of rooms.enabled "
-                f"({', '.join(self.rooms.enabled)})"
-            )
+        for key, name in (
+            ("rooms.default", self.rooms.default),
+            ("rooms.participants", self.rooms.participants),
+        ):
+            if name is not None and name not in self.rooms.enabled:
+                raise ValueError(
+                    f"{key}: {name!r} must be one of rooms.enabled "
+                    f"({', '.join(self.rooms.enabled)})"
+                )
         return self
+
+    @property
+    def participant_transport(self) -> str:
+        """The room transport of the participant socket."""
+        return self.rooms.participants or self.rooms.default
 
     @property
     def database_url(self) -> str:

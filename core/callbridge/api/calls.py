@@ -55,6 +55,15 @@ class CallData(msgspec.Struct, rename="camel"):
     from_: str | None = msgspec.field(name="from")
     to: str | None
     room_id: str | None
+    region: Annotated[
+        str | None, msgspec.Meta(description="The call's region (see the README's Regions).")
+    ]
+    route_strategy: Annotated[
+        str | None, msgspec.Meta(description="The routing strategy that placed the call.")
+    ]
+    route_rule_id: Annotated[
+        str | None, msgspec.Meta(description="The routing rule that placed the call, if any.")
+    ]
     status: Annotated[
         CallStatus,
         msgspec.Meta(
@@ -101,6 +110,9 @@ def call_data(call: Call) -> CallData:
         from_=call.from_number,
         to=call.to_number,
         room_id=call.room_id,
+        region=call.region,
+        route_strategy=call.route_strategy,
+        route_rule_id=call.route_rule_id,
         status=CallStatus(call.status),
         end_reason=EndReason(call.end_reason) if call.end_reason else None,
         end_detail=call.end_detail,

@@ -149,6 +149,14 @@ class UpdateConnectorRequest(msgspec.Struct, rename="camel", forbid_unknown_fiel
         return "UpdateConnectorRequest(...)"
 
 
+_Source = Annotated[
+    Literal["api", "config"],
+    msgspec.Meta(
+        description="`config` for a connector the server's YAML declares (read-only here)."
+    ),
+]
+
+
 class ConnectorData(msgspec.Struct, rename="camel"):
     """A connector as list and get return it (never with its webhook URL or credentials)."""
 
@@ -163,6 +171,7 @@ class ConnectorData(msgspec.Struct, rename="camel"):
     markup_style: str | None
     verify_signatures: bool
     has_credentials: _HasCredentials
+    source: _Source
     created_at: DateTime
     updated_at: DateTime
 
@@ -187,6 +196,7 @@ class ConnectorWithWebhookUrl(msgspec.Struct, rename="camel"):
     markup_style: str | None
     verify_signatures: bool
     has_credentials: _HasCredentials
+    source: _Source
     created_at: DateTime
     updated_at: DateTime
 

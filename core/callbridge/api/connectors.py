@@ -106,6 +106,7 @@ def _fields(connector: Connector) -> dict[str, Any]:
         "markup_style": connector.markup_style,
         "verify_signatures": bool(connector.verify_signatures),
         "has_credentials": connector.credentials is not None,
+        "source": connector.source or "api",
         "created_at": format_timestamp(connector.created_at),
         "updated_at": format_timestamp(connector.updated_at),
     }
@@ -126,6 +127,33 @@ def _data_with_url(
 
 def _not_found() -> ApiError:
     return ApiError(404, "Not found")
+
+
+def _read_only(connector: Connector) -> ApiError:
+    return ApiError(
+        409,
+        f"connector {connector.id} is defined in the configuration (connectors:); change it there",
+    )
+
+
+def _check_region(request: Request[Any, Any, Any], region: str | None) -> None:
+    """With regions configured, a connector's region must be one of them."""
+    regions = request.app.state.runtime.settings.routing.regions
+    if region is not None and regions and region not in regions:
+        raise ApiError(400, f"region: must be one of: {', '.join(regions)}")
+
+
+async def _check_default_rule(
+    request: Request[Any, Any, Any], repo: Repository, apikey: str, rule_id: str | None
+) -> None:
+    """A ``defaultRuleId`` must name a routing rule of the same API key."""
+    if rule_id is None:
+        return
+    runtime: Runtime = request.app.state.runtime
+    if any(rule.id == rule_id for rule in runtime.rules.config_rules_of(apikey)):
+        return
+    if await repo.get_rule(apikey, rule_id) is None:
+        raise ApiError(400, f"defaultRuleId: no routing rule {rule_id} for this API key")
 
 
 def _refused(status_code: int, error: RuleError) -> ApiError:
@@ -198,9 +226,11 @@ class ConnectorController(Controller):
                 raise RuleError("verifySignatures", NEEDS_CREDENTIALS)
         except RuleError as error:
             raise _refused(400, error) from None
+        _check_region(request, data.region)
         connector_id = new_connector_id()
         token = None if credentials is None else _sealed(request, credentials, connector_id)
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
+            await _check_default_rule(request, repo, principal.apikey, data.default_rule_id)
             connector, key = await repo.create_connector(
                 principal.apikey,
                 data.provider,
@@ -301,10 +331,16 @@ class ConnectorController(Controller):
             )
             if value is not UNSET
         }
+        if data.region is not UNSET:
+            _check_region(request, data.region)
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
             connector = await repo.get_connector(principal.apikey, connector_id)
             if connector is None:
                 raise _not_found()
+            if connector.source == "config":
+                raise _read_only(connector)
+            if data.default_rule_id is not UNSET:
+                await _check_default_rule(request, repo, principal.apikey, data.default_rule_id)
             try:
                 changes = check_update(providers.get(connector.provider), connector, data)
             except RuleError as error:
@@ -331,6 +367,9 @@ class ConnectorController(Controller):
         self, request: Request[Any, Any, Any], principal: Principal, connector_id: str
     ) -> ConnectorWithWebhookUrlResponse:
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
+            existing = await repo.get_connector(principal.apikey, connector_id)
+            if existing is not None and existing.source == "config":
+                raise _read_only(existing)
             rotated = await repo.rotate_webhook_key(principal.apikey, connector_id)
         if rotated is None:
             raise _not_found()
@@ -351,6 +390,9 @@ class ConnectorController(Controller):
         self, request: Request[Any, Any, Any], principal: Principal, connector_id: str
     ) -> MessageResponse:
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
+            existing = await repo.get_connector(principal.apikey, connector_id)
+            if existing is not None and existing.source == "config":
+                raise _read_only(existing)
             deleted = await repo.delete_connector(principal.apikey, connector_id)
         if not deleted:
             raise _not_found()

@@ -85,8 +85,83 @@ def document_api(app: Litestar) -> None:
     document = app.openapi_schema
     if document.components.schemas:
         _document_connector_bodies(document.components, providers)
+        _document_rule_bodies(document.components.schemas, runtime)
     if document.paths:
         _document_webhook(document.paths, [p.name for p in providers])
+
+
+# --------------------------------------------------------------------------- routing rules
+
+_CLOSED_RULE_SCHEMAS: Final = (
+    "MatchShape",
+    "TimeWindowShape",
+    "RoomDispatch",
+    "CallerDispatch",
+    "CalleeDispatch",
+    "ExplainRequest",
+)
+_ADDRESS_ITEM: Final = Schema(
+    type=OpenAPIType.STRING, min_length=1, max_length=255, pattern=r"^[^\x00]*\S[^\x00]*$"
+)
+
+
+def _document_rule_bodies(schemas: dict[str, Any], runtime: Runtime) -> None:
+    """Routing rule bodies name only this server's transports, regions and providers; the
+    item constraints of their lists (which Litestar drops) are restored; nested objects are
+    closed, as the server refuses unknown fields."""
+    settings = runtime.settings
+    for name in _CLOSED_RULE_SCHEMAS:
+        schema = schemas.get(name)
+        if isinstance(schema, Schema):
+            schema.additional_properties = False
+    match = schemas.get("MatchShape")
+    if isinstance(match, Schema) and match.properties is not None:
+        for field in ("to", "from"):
+            _set_items(match.properties, field, _ADDRESS_ITEM)
+        for field in ("toPrefixes", "fromPrefixes"):
+            _set_items(
+                match.properties,
+                field,
+                Schema(type=OpenAPIType.STRING, pattern=r"^\+?[0-9]{1,15}$"),
+            )
+        _set_items(
+            match.properties,
+            "connectorIds",
+            Schema(type=OpenAPIType.STRING, min_length=1, max_length=64, pattern=NO_NUL),
+        )
+        _set_items(
+            match.properties,
+            "providers",
+            Schema(type=OpenAPIType.STRING, enum=list(settings.providers.enabled)),
+        )
+    window = schemas.get("TimeWindowShape")
+    if isinstance(window, Schema) and window.properties is not None:
+        day = "(mon|tue|wed|thu|fri|sat|sun)"
+        _set_items(
+            window.properties, "days", Schema(type=OpenAPIType.STRING, pattern=f"^{day}(-{day})?$")
+        )
+    for body in ("RuleBody", "RulePatch"):
+        schema = schemas.get(body)
+        if not isinstance(schema, Schema) or schema.properties is None:
+            continue
+        for field, choices in (
+            ("transport", list(settings.rooms.enabled)),
+            ("region", list(settings.routing.regions)),
+        ):
+            if field in schema.properties:
+                schema.properties[field] = Schema(
+                    one_of=[
+                        *([Schema(type=OpenAPIType.STRING, enum=choices)] if choices else []),
+                        Schema(type=OpenAPIType.NULL),
+                    ],
+                    description=_description(schema.properties, field),
+                )
+
+
+def _set_items(properties: dict[str, Any], field: str, items: Schema) -> None:
+    prop = properties.get(field)
+    if isinstance(prop, Schema):
+        prop.items = items
 
 
 # --------------------------------------------------------------------------- connector bodies

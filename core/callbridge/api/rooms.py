@@ -15,23 +15,19 @@ from litestar import asgi
 from litestar.enums import ScopeType
 from litestar.types import Receive, Scope, Send
 
-from callbridge import safe_json
 from callbridge.api.auth import authenticate_token
 from callbridge.api.channel import AsgiSocketChannel
 from callbridge.api.errors import ApiError
 from callbridge.api.raw_socket import accept, not_a_websocket, query_param, server_send
 from callbridge.media.framing import FrameAssembler
 from callbridge.protocols import Participant, Pcm, PluginError, RoomLeg
+from callbridge.room_events import parse_command
 from callbridge.runtime import Runtime
 from callbridge.store.ids import is_room_id
 
 log = structlog.get_logger("callbridge.rooms")
 
-CONTROL_EVENTS = frozenset({"clear", "mark", "hangup"})
-MAX_CONTROL_BYTES = 4096
-"""Text messages longer than this are counted as malformed and dropped."""
-MAX_NAME_CHARS = 128
-"""Longest mark name, and longest call id a command may address."""
+PARTICIPANT_COMMANDS = frozenset({"clear", "mark", "hangup", "transfer", "dtmf"})
 MAX_DISPLAY_NAME_CHARS = 100
 _PCM = np.dtype("<i2")
 
@@ -86,7 +82,7 @@ async def room_participant(scope: Scope, receive: Receive, send: Send) -> None:
         log.info("room join refused", reason=exc.message)
         await send({"type": "websocket.close", "code": 4401, "reason": ""})
         return
-    transport = runtime.room_transports.get("local")
+    transport = runtime.room_transports.get(runtime.settings.participant_transport)
     if transport is None or not is_room_id(room_id):
         await send({"type": "websocket.close", "code": 4404, "reason": ""})
         return
@@ -154,7 +150,7 @@ async def _client_to_room(channel: AsgiSocketChannel, leg: RoomLeg, counters: _C
                 for frame in assembler.push(np.frombuffer(message[:usable], dtype=_PCM)):
                     leg.send_audio(frame)
             continue
-        command = _command(message)
+        command = parse_command(message, PARTICIPANT_COMMANDS)
         if command is None:
             counters.malformed += 1
         else:
@@ -168,28 +164,3 @@ def _playout_mode(value: str | None) -> Literal["adaptive", "queue"] | None:
     if value == "queue":
         return "queue"
     return None
-
-
-def _command(message: str) -> dict[str, Any] | None:
-    """The room command a text message carries, reduced to its known fields; ``None`` when it
-    is not one (too long, not JSON, not an object, an unknown event, a bad field)."""
-    try:
-        event = safe_json.decode(
-            message, safe_json.JsonLimits(max_bytes=MAX_CONTROL_BYTES, max_depth=4)
-        )
-    except safe_json.JsonInputError:
-        return None
-    if not isinstance(event, dict) or event.get("event") not in CONTROL_EVENTS:
-        return None
-    command: dict[str, Any] = {"event": event["event"]}
-    call_id = event.get("callId")
-    if call_id is not None:
-        if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_NAME_CHARS:
-            return None
-        command["callId"] = call_id
-    if command["event"] == "mark":
-        name = event.get("name")
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
-            return None
-        command["name"] = name
-    return command

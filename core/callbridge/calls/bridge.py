@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,9 @@ class MediaStats:
     frames_in: int = 0
     frames_out: int = 0
     dtmf: int = 0
+    dtmf_out: int = 0
+    dtmf_out_unsupported: int = 0
+    transfers: int = 0
     marks: int = 0
     clears: int = 0
 
@@ -67,6 +70,9 @@ class MediaStats:
             "frames_out": self.frames_out,
             "far_end_dropped": far_end_dropped,
             "dtmf": self.dtmf,
+            "dtmf_out": self.dtmf_out,
+            "dtmf_out_unsupported": self.dtmf_out_unsupported,
+            "transfers": self.transfers,
             "marks": self.marks,
             "clears": self.clears,
             "malformed": malformed,
@@ -104,10 +110,23 @@ class CallBridge:
         # Marks sent to the provider and not yet reported, in order; True once a clear was sent
         # after them, so their echo (or the clear confirmation) reports them "cleared".
         self._pending_marks: dict[str, bool] = {}
+        self.on_transfer: Callable[[str, str | None], None] | None = None
+        """Called with ``(room_id, transport)`` when a room member asks to move the call."""
 
     def attach(self, leg: RoomLeg) -> None:
         """The room leg this bridge feeds (joined with this bridge as its sink)."""
         self.leg = leg
+
+    def detach(self) -> None:
+        """Stop feeding the room (while the call moves): the caller's audio is dropped until
+        the next :meth:`attach`."""
+        self.leg = None
+
+    def retune(self, room_rate: int) -> None:
+        """Convert for a room at ``room_rate`` from now on (a transfer to another transport)."""
+        if self._to_room.out_rate != room_rate:
+            self._to_room = FrameResampler(self.codec.sample_rate, room_rate)
+            self._to_caller = FrameResampler(room_rate, self.codec.sample_rate)
 
     def request_hangup(self, reason: EndReason = EndReason.API_HANGUP) -> None:
         """End the call from outside (API hang-up, server shutdown) with ``reason``."""
@@ -141,16 +160,19 @@ class CallBridge:
 
     async def _caller_to_room(self) -> BridgeEnd:
         stream, codec = self.stream, self.codec
-        leg = self.leg
-        assert leg is not None, "attach() the room leg before run()"
+        assert self.leg is not None, "attach() the room leg before run()"
         frame_samples = codec.frame_samples
         assembler = self._caller_frames
-        to_room = self._to_room
         while True:
             event = await stream.receive()
+            # The leg and the resampler change when the call moves to another room.
+            leg = self.leg
             if isinstance(event, AudioIn):
                 self.stats.frames_in += 1
+                if leg is None:
+                    continue
                 pcm = codec.decode(event.payload)
+                to_room = self._to_room
                 if len(pcm) == frame_samples and not assembler.pending:
                     leg.send_audio(to_room.process(pcm))
                 else:
@@ -158,7 +180,8 @@ class CallBridge:
                         leg.send_audio(to_room.process(frame))
             elif isinstance(event, DtmfIn):
                 self.stats.dtmf += 1
-                leg.send_event({"event": "dtmf", "digit": event.digit, "callId": self.call_id})
+                if leg is not None:
+                    leg.send_event({"event": "dtmf", "digit": event.digit, "callId": self.call_id})
             elif isinstance(event, MarkEcho):
                 cleared = self._pending_marks.pop(event.name, False)
                 self._report_mark(event.name, cleared)
@@ -196,7 +219,9 @@ class CallBridge:
             self.stats.frames_out += 1
 
     def notify(self, event: Mapping[str, Any]) -> None:
-        """A room event: the participants' ``clear``, ``mark`` and ``hangup`` commands."""
+        """A room event for this call: ``clear``, ``mark``, ``hangup``, ``transfer`` (handed
+        to :attr:`on_transfer`) and ``dtmf`` ``digits`` (played to the caller where the
+        provider's stream can: its ``send_dtmf``; counted as unsupported otherwise)."""
         if self._end is not None:
             return
         target = event.get("callId")
@@ -215,11 +240,27 @@ class CallBridge:
             self._pending_marks[event["name"]] = False
             self.stream.send_mark(event["name"])
         elif kind == "hangup":
-            self._finish(BridgeEnd(EndReason.ROOM_HANGUP))
+            self._finish(BridgeEnd(EndReason.ROOM_HANGUP, _short(event.get("reason"))))
+        elif kind == "transfer" and isinstance(event.get("roomId"), str):
+            self.stats.transfers += 1
+            if self.on_transfer is not None:
+                transport = event.get("transport")
+                self.on_transfer(event["roomId"], transport if isinstance(transport, str) else None)
+        elif kind == "dtmf" and isinstance(event.get("digits"), str):
+            send_dtmf = getattr(self.stream, "send_dtmf", None)
+            if send_dtmf is None:
+                self.stats.dtmf_out_unsupported += 1
+            else:
+                self.stats.dtmf_out += 1
+                send_dtmf(event["digits"])
 
     def leg_closed(self, reason: str | None) -> None:
         """The room ended this call's leg."""
         self._finish(BridgeEnd(EndReason.ROOM_CLOSED, reason))
+
+
+def _short(text: object) -> str | None:
+    return text[:200] if isinstance(text, str) and text else None
 
 
 def _valid_mark_name(name: object) -> bool:

@@ -170,6 +170,8 @@ class _ClaimedCall:
         self.leg: RoomLeg | None = None
         self.bridge: CallBridge | None = None
         self.ended_elsewhere = False
+        self.room_id = record.room_id
+        self._moving: asyncio.Task[None] | None = None
 
     async def run(self, span: trace.Span) -> BridgeEnd:
         runtime, record = self.runtime, self.record
@@ -197,6 +199,7 @@ class _ClaimedCall:
             log.warning("room join failed", reason=str(exc))
             return BridgeEnd(EndReason.NO_ROOM, str(exc))
         self.bridge.attach(self.leg)
+        self.bridge.on_transfer = self._request_transfer
         if await runtime.lifecycle.answer(record.call_id) is None:
             log.info("call was ended before its media arrived")
             self.ended_elsewhere = True
@@ -213,8 +216,46 @@ class _ClaimedCall:
         finally:
             runtime.active_calls.pop(record.call_id, None)
 
+    def _request_transfer(self, room_id: str, transport_name: str | None) -> None:
+        """A room member asked to move the call (called from the room; must not block)."""
+        if self._moving is not None and not self._moving.done():
+            log.warning("transfer ignored: the call is already moving", room_id=room_id)
+            return
+        self._moving = asyncio.create_task(self._transfer(room_id, transport_name))
+
+    async def _transfer(self, room_id: str, transport_name: str | None) -> None:
+        """Leave the current room and join ``room_id`` on ``transport_name`` (the default
+        when ``None``); the caller hears silence for the moment in between. A transport that
+        does not exist leaves the call where it is; a room that refuses the call ends it."""
+        runtime, record, bridge = self.runtime, self.record, self.bridge
+        assert bridge is not None
+        name = transport_name or runtime.settings.rooms.default
+        transport = runtime.room_transports.get(name)
+        if transport is None:
+            log.warning("transfer refused: no such room transport", transport=name)
+            return
+        previous, self.leg = self.leg, None
+        bridge.detach()
+        if previous is not None:
+            await _step("leave the room", previous.leave)
+        bridge.retune(transport.sample_rate)
+        try:
+            leg = await transport.join(record.apikey, room_id, _participant(record), bridge)
+        except PluginError as exc:
+            log.warning("transfer failed: the room refused the call", reason=str(exc))
+            bridge.request_hangup(EndReason.NO_ROOM)
+            return
+        self.leg = leg
+        bridge.attach(leg)
+        log.info("call transferred", from_room=self.room_id, room_id=room_id, transport=name)
+        self.room_id = room_id
+        await runtime.lifecycle.move(record.call_id, room_id)
+
     async def tear_down(self, end: BridgeEnd) -> None:
         """Every step runs, whatever the others do."""
+        if self._moving is not None and not self._moving.done():
+            self._moving.cancel()
+            await asyncio.gather(self._moving, return_exceptions=True)
         stream, leg, bridge = self.stream, self.leg, self.bridge
         await _step("close the stream", stream.close if stream else self.channel.close)
         if leg is not None:

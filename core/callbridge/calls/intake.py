@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,7 +13,6 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from callbridge.calls.routing import route_call
 from callbridge.calls.state import CallStatus, DuplicateCallError, EndReason
 from callbridge.protocols import (
     CallInfo,
@@ -26,6 +26,10 @@ from callbridge.protocols import (
     WebhookError,
     WebhookRequest,
 )
+from callbridge.routing.chain import route_call
+from callbridge.routing.numbers import address
+from callbridge.routing.regions import RegionChoice, choose_region, home_country
+from callbridge.routing.rules import CallFacts
 from callbridge.runtime import Runtime
 from callbridge.store.ids import new_call_id
 from callbridge.store.repository import transaction
@@ -90,19 +94,53 @@ async def handle_voice_webhook(
         existing = await _existing_call(runtime, connector.id, call.provider_call_id)
         if existing is not None:
             return await _answer_retry(runtime, provider, existing)
-        view = ConnectorView(
-            id=connector.id,
-            apikey=connector.apikey,
-            provider=connector.provider,
-            default_room_id=connector.default_room_id,
-            default_rule_id=connector.default_rule_id,
-            region=connector.region,
-        )
         query = {name: values[0] for name, values in _query_params(request).items() if values}
-        outcome = await route_call(runtime.routing_chain, RoutingContext(call, view, query))
+        context = routing_context(runtime, call, connector, query)
+        outcome = await route_call(runtime.routing_chain, context)
+        span.set_attribute("callbridge.route.decided", outcome.route is not None)
         if outcome.route is None:
             return await _refuse(runtime, provider, connector, call, outcome.reason)
-        return await _route(runtime, provider, connector, call, outcome.route)
+        span.set_attribute("callbridge.route.strategy", outcome.route.strategy)
+        if outcome.route.rule_id is not None:
+            span.set_attribute("callbridge.route.rule_id", outcome.route.rule_id)
+        facts = context.facts
+        region = choose_region(
+            runtime.settings.routing,
+            runtime.settings.server.ingest_url,
+            rule_region=outcome.route.region,
+            connector_region=connector.region,
+            caller=None if facts is None else facts.from_,
+        )
+        return await _route(runtime, provider, connector, call, outcome.route, region)
+
+
+def routing_context(
+    runtime: Runtime,
+    call: CallInfo,
+    connector: Any,
+    query: Mapping[str, str],
+    at: datetime | None = None,
+) -> RoutingContext:
+    """What the routing chain looks at for ``call`` on ``connector``: numbers normalised with
+    the connector's region's country (else ``routing.default_country``), the moment ``at``
+    (default: now)."""
+    view = ConnectorView(
+        id=connector.id,
+        apikey=connector.apikey,
+        provider=connector.provider,
+        default_room_id=connector.default_room_id,
+        default_rule_id=connector.default_rule_id,
+        region=connector.region,
+    )
+    country = home_country(runtime.settings.routing, connector.region)
+    facts = CallFacts(
+        connector_id=connector.id,
+        provider=connector.provider,
+        from_=address(call.from_number, country),
+        to=address(call.to_number, country),
+        at=at or datetime.fromtimestamp(runtime.clock(), UTC),
+    )
+    return RoutingContext(call, view, query, facts)
 
 
 async def _refuse(
@@ -129,7 +167,12 @@ async def _refuse(
 
 
 async def _route(
-    runtime: Runtime, provider: Provider, connector: Any, call: CallInfo, route: Route
+    runtime: Runtime,
+    provider: Provider,
+    connector: Any,
+    call: CallInfo,
+    route: Route,
+    region: RegionChoice,
 ) -> WebhookAnswer:
     # The ref is issued before the call row exists, keyed by the provider's call id: a
     # duplicate request racing this one gets the same ref and record (whose call id names the
@@ -151,6 +194,8 @@ async def _route(
         verify_signatures=bool(connector.verify_signatures),
         trace_parent=current_trace_parent(),
         metadata=dict(route.metadata),
+        region=region.name,
+        ingest_url=region.ingest_url,
     )
     key = _ref_key(offered.connector_id, offered.provider_call_id)
     try:
@@ -180,10 +225,15 @@ async def _route(
             from_number=call.from_number,
             to_number=call.to_number,
             account_id=call.account_id,
+            region=region.name,
+            route_strategy=route.strategy,
+            route_rule_id=route.rule_id,
         )
     except DuplicateCallError as duplicate:
         return await _answer_retry(runtime, provider, duplicate.call)
     span.set_attribute("callbridge.call_id", row.id)
+    if region.name is not None:
+        span.set_attribute("callbridge.region", region.name)
     span.set_attribute("callbridge.room_id", record.room_id)
     span.set_attribute(
         "callbridge.codec", f"{record.options.codec.name}/{record.options.codec.sample_rate}"
@@ -193,6 +243,8 @@ async def _route(
         call_id=row.id,
         room_id=record.room_id,
         strategy=route.strategy,
+        rule_id=route.rule_id,
+        region=region.name,
         codec=record.options.codec.name,
     )
     return _connect(runtime, provider, record, ref)
@@ -260,7 +312,7 @@ def _connect(runtime: Runtime, provider: Provider, record: RefRecord, ref: str) 
         codec=record.options.codec,
         metadata=record.metadata,
     )
-    stream_url = provider.stream_url(runtime.settings.server.ingest_url, ref)
+    stream_url = provider.stream_url(record.ingest_url or runtime.settings.server.ingest_url, ref)
     markup = provider.answer_markup(call, stream_url, route, record.options)
     return WebhookAnswer(200, markup.body, markup.media_type)
 
@@ -287,8 +339,12 @@ def stream_options(provider: Provider, connector: Any, route: Route) -> StreamOp
     if connector_codec:
         codec = connector_codec[0]
     if route.codec is not None:
-        if route.codec in supported:
-            codec = route.codec
+        # A rule names a codec without a rate: the exact spec, else the codec's first rate.
+        chosen = [spec for spec in supported if spec == route.codec] or [
+            spec for spec in supported if spec.name == route.codec.name
+        ]
+        if chosen:
+            codec = chosen[0]
         else:
             log.warning(
                 "route codec not supported by provider; using the connector's",

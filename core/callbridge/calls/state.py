@@ -99,7 +99,7 @@ class EndReason(StrEnum):
         return CallStatus.ENDED if self in _ENDED_REASONS else CallStatus.FAILED
 
 
-MAX_END_DETAIL_CHARS: Final = 500
+MAX_END_DETAIL_CHARS: Final = 2000
 """The length of ``calls.end_detail``."""
 
 _ENDED_REASONS: Final = frozenset(
@@ -204,9 +204,13 @@ class CallLifecycle:
         from_number: str | None = None,
         to_number: str | None = None,
         account_id: str | None = None,
+        region: str | None = None,
+        route_strategy: str | None = None,
+        route_rule_id: str | None = None,
     ) -> Call:
         """Create the ``routed`` call ``call_id`` (the id its ref record carries), whose ref
-        expires ``ref_ttl_seconds`` from now.
+        expires ``ref_ttl_seconds`` from now; ``region`` and the strategy and rule that routed
+        it are recorded with it.
 
         Raises:
             DuplicateCallError: the connector already has this provider call (a retried
@@ -224,6 +228,9 @@ class CallLifecycle:
             room_id=room_id,
             account_id=account_id,
             ref_expires_at=self._now() + timedelta(seconds=ref_ttl_seconds),
+            region=region,
+            route_strategy=route_strategy,
+            route_rule_id=route_rule_id,
         )
 
     async def refuse(
@@ -305,6 +312,12 @@ class CallLifecycle:
                 return None
             await self._notify(repo, Transition(call, CallStatus.ROUTED, CallStatus.ANSWERED))
         return call
+
+    async def move(self, call_id: str, room_id: str) -> Call | None:
+        """Record that an ``answered`` call moved to ``room_id`` (a transfer); its status does
+        not change. ``None`` when the call is no longer answered."""
+        async with transaction(self.db, self.clock, write=True) as repo:
+            return await repo.update_call(call_id, (CallStatus.ANSWERED,), {"room_id": room_id})
 
     async def end(self, call_id: str, reason: EndReason, detail: str | None = None) -> Call | None:
         """End the call with ``reason`` (which decides ``ended`` or ``failed``).

@@ -19,7 +19,11 @@ _ALNUM = string.ascii_letters + string.digits
 
 WEBHOOK_KEY_PREFIX = "whk_"
 WEBHOOK_KEY_RE = re.compile(r"^whk_[A-Za-z0-9]{32}$")
-CONNECTOR_ID_RE = re.compile(r"^cn_[a-z0-9]{16}$")
+CONNECTOR_ID_RE = re.compile(r"^cn_[a-z0-9_]{1,29}$")
+"""Connector ids: ``cn_`` + 16 lowercase alphanumerics when the API makes them; a connector
+the YAML declares may pick its own (``cn_support``)."""
+RULE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+"""Routing rule ids: ``rr_`` + 16 lowercase alphanumerics from the API, or the YAML's own."""
 ROOM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 """A room id: 1-128 characters of ``A-Z a-z 0-9 _ . : -``, starting with a letter or digit.
 
@@ -45,6 +49,11 @@ def new_api_secret() -> str:
 def new_connector_id() -> str:
     """A new connector id: ``cn_`` + 16 lowercase alphanumerics."""
     return "cn_" + _random(_LOWER_ALNUM, 16)
+
+
+def new_rule_id() -> str:
+    """A new routing rule id: ``rr_`` + 16 lowercase alphanumerics."""
+    return "rr_" + _random(_LOWER_ALNUM, 16)
 
 
 def new_call_id() -> str:

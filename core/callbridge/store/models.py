@@ -111,6 +111,8 @@ class Connector(Base):
         Boolean(), default=False, server_default=false()
     )
     credentials: Mapped[str | None] = mapped_column(Text())
+    source: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
+    """``api``, or ``config`` for a connector the YAML declares (read-only through the API)."""
 
     def __repr__(self) -> str:  # never show the credentials token
         return f"Connector(id={self.id!r}, apikey={self.apikey!r}, provider={self.provider!r})"
@@ -154,10 +156,13 @@ class Call(Base):
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     account_id: Mapped[str | None] = mapped_column(String(255))
-    end_detail: Mapped[str | None] = mapped_column(String(500))
+    end_detail: Mapped[str | None] = mapped_column(String(2000))
     owner_id: Mapped[str | None] = mapped_column(String(64))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ref_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    region: Mapped[str | None] = mapped_column(String(32))
+    route_strategy: Mapped[str | None] = mapped_column(String(64))
+    route_rule_id: Mapped[str | None] = mapped_column(String(64))
 
     def __repr__(self) -> str:
         return f"Call(id={self.id!r}, connector_id={self.connector_id!r}, status={self.status!r})"
@@ -180,3 +185,29 @@ class Instance(Base):
 
     def __repr__(self) -> str:
         return f"Instance(id={self.id!r}, host={self.host!r}, pid={self.pid!r})"
+
+
+class RoutingRuleRow(Base):
+    """A routing rule created through the API (YAML rules live in the configuration).
+
+    ``spec`` holds the rule's match, dispatch and options as JSON (see
+    :mod:`callbridge.routing.rule_codec`); ``match_key`` is a digest of its normalised match,
+    so conflicting rules (same match, same priority) are found by an index.
+    """
+
+    __tablename__ = "routing_rules"
+    __table_args__ = (Index("ix_routing_rules_apikey_match", "apikey", "match_key"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    apikey: Mapped[str] = mapped_column(
+        String(64), ForeignKey("api_keys.apikey", ondelete="CASCADE")
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    priority: Mapped[int] = mapped_column(Integer())
+    match_key: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[str] = mapped_column(Text())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"RoutingRuleRow(id={self.id!r}, apikey={self.apikey!r}, priority={self.priority})"

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from callbridge.store.ids import (
     CONNECTOR_ID_RE,
+    RULE_ID_RE,
     hash_webhook_key,
     is_webhook_key,
     new_api_key_id,
@@ -39,7 +40,7 @@ from callbridge.store.ids import (
     new_connector_id,
     new_webhook_key,
 )
-from callbridge.store.models import ApiKey, Call, Connector, Instance
+from callbridge.store.models import ApiKey, Call, Connector, Instance, RoutingRuleRow
 
 if TYPE_CHECKING:
     from callbridge.store.db import Database
@@ -265,6 +266,127 @@ class Repository:
         )
         return bool(getattr(result, "rowcount", 0))
 
+    async def connectors_with_default_rule(self, apikey: str, rule_id: str) -> list[str]:
+        """Ids of this API key's connectors whose ``defaultRuleId`` is ``rule_id``."""
+        statement = (
+            select(Connector.id)
+            .where(Connector.apikey == apikey, Connector.default_rule_id == rule_id)
+            .order_by(Connector.id)
+        )
+        return list(await self.session.scalars(statement))
+
+    async def upsert_config_connector(
+        self,
+        connector_id: str,
+        apikey: str,
+        provider: str,
+        webhook_key: str,
+        **fields: str | int | bool | None,
+    ) -> Connector:
+        """Create or overwrite the connector the YAML declares as ``connector_id`` (marked
+        ``source="config"``); ``fields`` as for :meth:`update_connector`.
+
+        Raises:
+            ValueError: the id is taken by a connector created through the API, or by another
+                API key's.
+        """
+        existing = await self.session.get(Connector, connector_id)
+        now = self.now()
+        if existing is not None and (existing.source != "config" or existing.apikey != apikey):
+            raise ValueError(f"connector {connector_id} already exists and is not this entry's")
+        connector = existing or Connector(
+            id=connector_id, apikey=apikey, provider=provider, created_at=now, source="config"
+        )
+        connector.provider = provider
+        connector.webhook_key_hash = hash_webhook_key(webhook_key)
+        for field in UPDATABLE_CONNECTOR_FIELDS:
+            setattr(connector, _CONNECTOR_ATTRIBUTES.get(field, field), fields.get(field))
+        connector.verify_signatures = bool(fields.get("verify_signatures", False))
+        connector.updated_at = now
+        if existing is None:
+            self.session.add(connector)
+        await self.session.flush()
+        return connector
+
+    async def delete_config_connectors_except(self, keep: Iterable[str]) -> int:
+        """Delete connectors marked ``source="config"`` that the YAML no longer declares."""
+        result = await self.session.execute(
+            delete(Connector).where(Connector.source == "config", Connector.id.not_in(list(keep)))
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    # ------------------------------------------------------------------ routing rules
+
+    async def create_rule(
+        self, rule_id: str, apikey: str, name: str, priority: int, match_key: str, spec: str
+    ) -> RoutingRuleRow:
+        """Store a new rule (already validated and normalised)."""
+        now = self.now()
+        row = RoutingRuleRow(
+            id=rule_id,
+            apikey=apikey,
+            name=name,
+            priority=priority,
+            match_key=match_key,
+            spec=spec,
+            created_at=now,
+            updated_at=now,
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def get_rule(self, apikey: str, rule_id: str) -> RoutingRuleRow | None:
+        """The rule, or ``None`` if unknown or another API key's."""
+        if RULE_ID_RE.fullmatch(rule_id) is None:
+            return None
+        return await self.session.scalar(
+            select(RoutingRuleRow).where(
+                RoutingRuleRow.id == rule_id, RoutingRuleRow.apikey == apikey
+            )
+        )
+
+    async def list_rules(self, apikey: str) -> list[RoutingRuleRow]:
+        """Every rule of this API key (the caller orders them)."""
+        statement = select(RoutingRuleRow).where(RoutingRuleRow.apikey == apikey)
+        return list(await self.session.scalars(statement))
+
+    async def rules_in_conflict(
+        self, apikey: str, match_key: str, priority: int, *, other_than: str | None = None
+    ) -> list[RoutingRuleRow]:
+        """This key's rules with the same match and priority (``other_than`` excluded)."""
+        statement = select(RoutingRuleRow).where(
+            RoutingRuleRow.apikey == apikey,
+            RoutingRuleRow.match_key == match_key,
+            RoutingRuleRow.priority == priority,
+        )
+        if other_than is not None:
+            statement = statement.where(RoutingRuleRow.id != other_than)
+        return list(await self.session.scalars(statement.order_by(RoutingRuleRow.id)))
+
+    async def update_rule(
+        self, apikey: str, rule_id: str, *, name: str, priority: int, match_key: str, spec: str
+    ) -> RoutingRuleRow | None:
+        """Replace the rule's content; ``None`` if not found for this key."""
+        row = await self.get_rule(apikey, rule_id)
+        if row is None:
+            return None
+        row.name, row.priority, row.match_key, row.spec = name, priority, match_key, spec
+        row.updated_at = self.now()
+        await self.session.flush()
+        return row
+
+    async def delete_rule(self, apikey: str, rule_id: str) -> bool:
+        """Delete the rule; ``False`` if not found for this key."""
+        if RULE_ID_RE.fullmatch(rule_id) is None:
+            return False
+        result = await self.session.execute(
+            delete(RoutingRuleRow).where(
+                RoutingRuleRow.id == rule_id, RoutingRuleRow.apikey == apikey
+            )
+        )
+        return bool(getattr(result, "rowcount", 0))
+
     async def find_connector_by_webhook_key(self, provider: str, key: str) -> Connector | None:
         """The connector whose webhook key is ``key`` and whose provider is ``provider``.
 
@@ -299,6 +421,9 @@ class Repository:
         ref_expires_at: datetime | None = None,
         end_reason: str | None = None,
         end_detail: str | None = None,
+        region: str | None = None,
+        route_strategy: str | None = None,
+        route_rule_id: str | None = None,
     ) -> Call:
         """Insert a call row as given (``call_id``: a fresh one by default); only
         :mod:`callbridge.calls.state` calls this.
@@ -312,7 +437,7 @@ class Repository:
                 (a provider retrying its webhook); the existing call is attached.
             ValueError: a value contains a NUL character (PostgreSQL cannot store it).
         """
-        if not _storable(provider_call_id, from_number, to_number, room_id, account_id):
+        if not _storable(provider_call_id, from_number, to_number, room_id, account_id, region):
             raise ValueError("call fields must not contain NUL characters")
         now = self.now()
         call = Call(
@@ -332,6 +457,9 @@ class Repository:
             end_reason=end_reason,
             end_detail=end_detail,
             ended_at=now if end_reason is not None else None,
+            region=region,
+            route_strategy=route_strategy,
+            route_rule_id=route_rule_id,
         )
         try:
             async with self.session.begin_nested():

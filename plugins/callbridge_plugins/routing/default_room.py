@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from callbridge import hookimpl
 from callbridge.plugin_types import EmptyConfig, RoutingStrategyPlugin
-from callbridge.protocols import PluginContext, Route, RoutingContext
+from callbridge.protocols import PluginContext, Route, RouteDecision, RoutingContext
 
 
 class DefaultRoomStrategy:
@@ -15,11 +15,12 @@ class DefaultRoomStrategy:
     def __init__(self, config: EmptyConfig, context: PluginContext) -> None:
         pass
 
-    async def route(self, context: RoutingContext) -> Route | None:
+    async def route(self, context: RoutingContext) -> RouteDecision:
         room_id = context.connector.default_room_id
         if not room_id:
-            return None
-        return Route(room_id=room_id, strategy=self.name)
+            return RouteDecision(None, ("the connector has no defaultRoomId",))
+        route = Route(room_id=room_id, strategy=self.name)
+        return RouteDecision(route, (f"the connector's defaultRoomId is {room_id}",))
 
 
 @hookimpl

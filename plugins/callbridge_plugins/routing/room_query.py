@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from callbridge import hookimpl
 from callbridge.plugin_types import RoutingStrategyPlugin
-from callbridge.protocols import PluginContext, Route, RoutingContext
+from callbridge.protocols import PluginContext, Route, RouteDecision, RoutingContext
 from callbridge.store.ids import is_room_id
 
 
@@ -26,11 +26,14 @@ class RoomQueryStrategy:
     def __init__(self, config: RoomQueryConfig, context: PluginContext) -> None:
         self._parameter = config.parameter
 
-    async def route(self, context: RoutingContext) -> Route | None:
+    async def route(self, context: RoutingContext) -> RouteDecision:
         room_id = context.query.get(self._parameter)
-        if not room_id or not is_room_id(room_id):
-            return None
-        return Route(room_id=room_id, strategy=self.name)
+        if not room_id:
+            return RouteDecision(None, (f"the webhook URL has no {self._parameter} parameter",))
+        if not is_room_id(room_id):
+            return RouteDecision(None, (f"{self._parameter} is not a valid room id",))
+        route = Route(room_id=room_id, strategy=self.name)
+        return RouteDecision(route, (f"{self._parameter}={room_id} in the webhook URL",))
 
 
 @hookimpl

@@ -1,0 +1,1 @@
+"""Routing: the strategy chain, the rule engine and the explanations both give."""
