@@ -193,6 +193,7 @@ async def test_an_echo_agent_answers_and_the_caller_hears_itself(
     call = _calls(server)[0]
     assert (call["roomId"], call["id"]) == ("agent-echo", begun["callId"])
     assert (call["routeStrategy"], call["routeRuleId"]) == ("phone_rules", "echo")
+    assert call["metadata"] == {"line": "echo"}
 
 
 async def test_a_fast_agent_is_paced_at_the_right_pitch_and_its_mark_follows_the_audio(

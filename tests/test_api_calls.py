@@ -28,6 +28,7 @@ CALL_FIELDS = {
     "region",
     "routeStrategy",
     "routeRuleId",
+    "metadata",
     "status",
     "endReason",
     "endDetail",

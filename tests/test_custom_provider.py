@@ -449,7 +449,13 @@ async def test_outbound_messages_have_the_documented_shape() -> None:
     stream.send_audio(FRAME)
     stream.send_mark("utt-1")
     stream.send_clear()
-    assert channel.sent == [FRAME, '{"event":"mark","name":"utt-1"}', '{"event":"clear"}']
+    stream.send_dtmf("12#")
+    assert channel.sent == [
+        FRAME,
+        '{"event":"mark","name":"utt-1"}',
+        '{"event":"clear"}',
+        '{"event":"dtmf","digits":"12#"}',
+    ]
 
 
 async def test_sending_before_start_raises() -> None:
@@ -461,6 +467,8 @@ async def test_sending_before_start_raises() -> None:
         stream.send_mark("m")
     with pytest.raises(RuntimeError):
         stream.send_clear()
+    with pytest.raises(RuntimeError):
+        stream.send_dtmf("1")
     assert channel.sent == []
 
 

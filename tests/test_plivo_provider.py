@@ -616,9 +616,10 @@ async def test_outbound_messages_match_the_stream_codec(
     stream.send_audio(frame)
     stream.send_mark("utt-1")
     stream.send_clear()
+    stream.send_dtmf("42")
     await stream.close()
     await stream.close()
-    play, checkpoint, clear = channel.sent
+    play, checkpoint, clear, dtmf = channel.sent
     assert play == {
         "event": "playAudio",
         "media": {
@@ -629,6 +630,7 @@ async def test_outbound_messages_match_the_stream_codec(
     }
     assert checkpoint == {"event": "checkpoint", "streamId": STREAM_ID, "name": "utt-1"}
     assert clear == {"event": "clearAudio", "streamId": STREAM_ID}
+    assert dtmf == {"event": "sendDTMF", "dtmf": "42"}
     assert channel.closed == 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,6 +39,14 @@ OVERRIDES: dict[str, Any] = {
             "priority": 100,
             "match": {"to": ["+1 (415) 555-0100"]},
             "dispatch": {"type": "room", "roomId": "support"},
+        },
+        {
+            "id": "cfg-pinned",
+            "apikey": CONFIG_KEY,
+            "priority": 50,
+            "match": {"to": ["+14155550177"]},
+            "dispatch": {"type": "room", "roomId": "desk"},
+            "region": "us002",
         },
         {
             "id": "cfg-fallback",
@@ -497,3 +506,57 @@ async def test_a_call_nothing_routes_is_refused_politely_with_the_explanation(
     assert "no routing strategy chose a room" in call["endDetail"]
     assert "to +14155550199 not in [+14155550100]" in call["endDetail"]
     assert "the connector has no defaultRoomId" in call["endDetail"]
+
+
+async def _markup_for(api: ApiUnderTest, caller: str, callee: str) -> str:
+    hook = await api.client.post(
+        f"/v2/hooks/twilio/{YAML_WEBHOOK_KEY}",
+        data={
+            "CallSid": "CA" + secrets.token_hex(16),
+            "AccountSid": "AC" + "2" * 32,
+            "From": caller,
+            "To": callee,
+        },
+    )
+    assert hook.status_code == 200, hook.text
+    return hook.text
+
+
+async def test_the_region_changes_the_markups_socket_url(
+    api: ApiUnderTest, gitops: dict[str, str]
+) -> None:
+    # derived from the caller's country
+    india = await _markup_for(api, "+919876543210", "+14155550100")
+    assert 'url="wss://in.example.test/ingest/twilio/' in india
+    us = await _markup_for(api, "+14155550123", "+14155550100")
+    assert 'url="wss://us.example.test/ingest/twilio/' in us
+    # a rule's region pins it, whoever calls
+    pinned = await _markup_for(api, "+919876543210", "+14155550177")
+    assert 'url="wss://us.example.test/ingest/twilio/' in pinned
+    calls = await api.client.get("/v2/calls", params={"perPage": 3}, headers=gitops)
+    regions = {(call["from"], call["to"], call["region"]) for call in calls.json()["data"]}
+    assert regions == {
+        ("+919876543210", "+14155550177", "us002"),
+        ("+14155550123", "+14155550100", "us002"),
+        ("+919876543210", "+14155550100", "in002"),
+    }
+
+
+async def test_each_built_in_strategy_shadows_the_next(api: ApiUnderTest) -> None:
+    fallback = await _rule(api, dispatch={"type": "callee", "roomPrefix": "line-"})
+    await _rule(api, match={"from": ["+14155550123"]}, dispatch=ROOM)
+    connector = await _connector(api, defaultRuleId=fallback["id"], defaultRoomId="lobby")
+    call = {"connectorId": connector["id"], "from": "+14155550123", "to": "+14155550199"}
+
+    async def decided(**extra: Any) -> tuple[str, str]:
+        data = await _explain(api, **call, **extra)
+        return data["decision"]["strategy"], data["decision"]["roomId"]
+
+    assert await decided(roomId="direct") == ("room_query", "direct")
+    assert await decided() == ("phone_rules", "support")
+    call["from"] = "+14155550999"
+    assert await decided() == ("default_rule", "line-14155550199")
+    await api.client.patch(
+        f"/v2/connectors/{connector['id']}", json={"defaultRuleId": None}, headers=api.headers
+    )
+    assert await decided() == ("default_room", "lobby")

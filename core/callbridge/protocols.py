@@ -315,6 +315,10 @@ class MediaStream(Protocol):
         """Drop audio still waiting to be written, then tell the provider to clear its buffer."""
         ...
 
+    # Optional: ``send_dtmf(digits: str) -> None`` plays keypad digits to the caller, on
+    # streams whose protocol can (Plivo ``sendDTMF``, custom clients); the bridge counts
+    # digits it cannot send as ``dtmf_out_unsupported``.
+
     async def close(self) -> None: ...
 
 

@@ -13,6 +13,7 @@ with reason ``api-hangup`` (``200``). An ended or failed call answers ``409``.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -64,6 +65,9 @@ class CallData(msgspec.Struct, rename="camel"):
     route_rule_id: Annotated[
         str | None, msgspec.Meta(description="The routing rule that placed the call, if any.")
     ]
+    metadata: Annotated[
+        dict[str, str], msgspec.Meta(description="The free metadata of the rule that placed it.")
+    ]
     status: Annotated[
         CallStatus,
         msgspec.Meta(
@@ -113,6 +117,7 @@ def call_data(call: Call) -> CallData:
         region=call.region,
         route_strategy=call.route_strategy,
         route_rule_id=call.route_rule_id,
+        metadata=json.loads(call.route_metadata) if call.route_metadata else {},
         status=CallStatus(call.status),
         end_reason=EndReason(call.end_reason) if call.end_reason else None,
         end_detail=call.end_detail,

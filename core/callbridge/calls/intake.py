@@ -228,6 +228,7 @@ async def _route(
             region=region.name,
             route_strategy=route.strategy,
             route_rule_id=route.rule_id,
+            metadata=route.metadata,
         )
     except DuplicateCallError as duplicate:
         return await _answer_retry(runtime, provider, duplicate.call)

@@ -18,10 +18,11 @@ The end reason decides the end status: :attr:`EndReason.status`.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -207,6 +208,7 @@ class CallLifecycle:
         region: str | None = None,
         route_strategy: str | None = None,
         route_rule_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Call:
         """Create the ``routed`` call ``call_id`` (the id its ref record carries), whose ref
         expires ``ref_ttl_seconds`` from now; ``region`` and the strategy and rule that routed
@@ -231,6 +233,7 @@ class CallLifecycle:
             region=region,
             route_strategy=route_strategy,
             route_rule_id=route_rule_id,
+            route_metadata=json.dumps(dict(metadata), separators=(",", ":")) if metadata else None,
         )
 
     async def refuse(

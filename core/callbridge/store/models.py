@@ -163,6 +163,8 @@ class Call(Base):
     region: Mapped[str | None] = mapped_column(String(32))
     route_strategy: Mapped[str | None] = mapped_column(String(64))
     route_rule_id: Mapped[str | None] = mapped_column(String(64))
+    route_metadata: Mapped[str | None] = mapped_column(Text())
+    """The route's free metadata as a JSON object (from the deciding rule)."""
 
     def __repr__(self) -> str:
         return f"Call(id={self.id!r}, connector_id={self.connector_id!r}, status={self.status!r})"

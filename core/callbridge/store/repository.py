@@ -424,6 +424,7 @@ class Repository:
         region: str | None = None,
         route_strategy: str | None = None,
         route_rule_id: str | None = None,
+        route_metadata: str | None = None,
     ) -> Call:
         """Insert a call row as given (``call_id``: a fresh one by default); only
         :mod:`callbridge.calls.state` calls this.
@@ -460,6 +461,7 @@ class Repository:
             region=region,
             route_strategy=route_strategy,
             route_rule_id=route_rule_id,
+            route_metadata=route_metadata,
         )
         try:
             async with self.session.begin_nested():

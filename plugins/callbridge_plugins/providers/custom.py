@@ -393,6 +393,15 @@ class CustomMediaStream:
         self._channel.drop_pending()
         self._channel.send_text('{"event":"clear"}')
 
+    def send_dtmf(self, digits: str) -> None:
+        """Ask the client to play ``digits`` to its caller (``{"event":"dtmf","digits":…}``).
+
+        Raises:
+            RuntimeError: before ``start`` has been received.
+        """
+        self._require_stream()
+        self._channel.send_text(_json({"event": "dtmf", "digits": digits}))
+
     async def close(self, reason: str = "hangup") -> None:
         """Send ``{"event":"stop","reason":…}`` unless the client ended the stream, then close
         the socket (idempotent)."""

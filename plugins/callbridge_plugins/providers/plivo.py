@@ -486,6 +486,17 @@ class PlivoMediaStream(JsonMediaStream):
         self._channel.drop_pending()
         self._channel.send_text(json.dumps(message, separators=(",", ":")))
 
+    def send_dtmf(self, digits: str) -> None:
+        """Play ``digits`` to the caller with ``sendDTMF`` (the shape Plivo Labs sends; Plivo's
+        own documentation lists the event without its fields).
+
+        Raises:
+            RuntimeError: before ``start`` has been received.
+        """
+        self._require_stream()
+        message = {"event": "sendDTMF", "dtmf": digits}
+        self._channel.send_text(json.dumps(message, separators=(",", ":")))
+
 
 # --------------------------------------------------------------------------- helpers
 

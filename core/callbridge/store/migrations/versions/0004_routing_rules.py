@@ -1,6 +1,6 @@
 """Routing rules: ``routing_rules`` per API key; connectors record whether they come from the
-API or the YAML configuration; calls record their region and the strategy and rule that
-routed them; ``end_detail`` grows to hold a whole routing explanation.
+API or the YAML configuration; calls record their region, the strategy and rule that routed
+them and the route's metadata (JSON); ``end_detail`` grows to hold a routing explanation.
 
 Revision ID: 0004
 Revises: 0003
@@ -44,6 +44,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("region", sa.String(32), nullable=True))
         batch.add_column(sa.Column("route_strategy", sa.String(64), nullable=True))
         batch.add_column(sa.Column("route_rule_id", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("route_metadata", sa.Text(), nullable=True))
         batch.alter_column(
             "end_detail", type_=sa.String(2000), existing_type=sa.String(500), nullable=True
         )
@@ -55,6 +56,7 @@ def downgrade() -> None:
         batch.alter_column(
             "end_detail", type_=sa.String(500), existing_type=sa.String(2000), nullable=True
         )
+        batch.drop_column("route_metadata")
         batch.drop_column("route_rule_id")
         batch.drop_column("route_strategy")
         batch.drop_column("region")
