@@ -30,8 +30,10 @@ def test_every_hookspec_is_documented_with_an_example() -> None:
 def test_builtins_register_one_implementation_of_each_kind_at_least() -> None:
     registry = Registry(build_plugin_manager())
     assert "twilio" in registry.names("provider")
-    assert {"room_query", "default_room"} <= set(registry.names("routing_strategy"))
-    assert "local" in registry.names("room_transport")
+    assert {"room_query", "phone_rules", "default_rule", "default_room"} <= set(
+        registry.names("routing_strategy")
+    )
+    assert {"local", "websocket"} <= set(registry.names("room_transport"))
     assert "rsa_sha256" in registry.names("webhook_signer")
     assert "memory" in registry.names("ref_store")
 
@@ -63,6 +65,32 @@ def test_config_for_unknown_plugin_is_reported() -> None:
     settings = load_settings(overrides={"refs": {"config": {"memcache": {}}}}, environ={})
     with pytest.raises(ConfigError, match=r"refs\.config\.memcache: unknown ref store 'memcache'"):
         select_plugins(settings, Registry(plugin_manager_for(settings)))
+
+
+def test_room_transport_instances_are_selected_by_name_and_checked() -> None:
+    instance = {"plugin": "websocket", "config": {"url": "wss://agent.example/{callId}"}}
+    settings = load_settings(
+        overrides={"rooms": {"enabled": ["local", "agent"], "instances": {"agent": instance}}},
+        environ={},
+    )
+    selections = select_plugins(settings, Registry(plugin_manager_for(settings)))
+    agent = next(s for s in selections if s.name == "agent")
+    assert agent.record.name == "websocket" and agent.config.url == "wss://agent.example/{callId}"
+    for instances, problem in (
+        ({"agent": {"plugin": "carrier-pigeon"}}, r"rooms\.instances\.agent\.plugin: unknown"),
+        (
+            {"agent": {"plugin": "websocket", "config": {"url": "http://x"}}},
+            r"rooms\.instances\.agent\.config",
+        ),
+        # an instance that is not enabled is checked all the same
+        ({"spare": {"plugin": "websocket", "config": {}}}, r"rooms\.instances\.spare\.config"),
+    ):
+        enabled = ["local", "agent"] if "agent" in instances else ["local"]
+        settings = load_settings(
+            overrides={"rooms": {"enabled": enabled, "instances": instances}}, environ={}
+        )
+        with pytest.raises(ConfigError, match=problem):
+            select_plugins(settings, Registry(plugin_manager_for(settings)))
 
 
 def _fake_plugin_module() -> types.ModuleType:

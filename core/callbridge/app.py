@@ -79,7 +79,9 @@ def create_app(
     """
     install_redaction()
     runtime = build_runtime(settings, clock=clock, pm=pm, span_processors=span_processors)
-    config_connectors = check_config_connectors(runtime)
+    config_connectors = check_config_connectors(
+        settings, runtime.providers, runtime.rules.config_rules
+    )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -71,12 +71,28 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    import time
+
+    from callbridge.api.config_connectors import check_config_connectors
+    from callbridge.protocols import PluginContext
     from callbridge.registry import Registry
+    from callbridge.routing.config import config_rules
     from callbridge.runtime import plugin_manager_for, select_plugins
 
     settings = load_settings(args.file)
     selections = select_plugins(settings, Registry(plugin_manager_for(settings)))
-    print(f"{args.file}: OK")
+    context = PluginContext(
+        data_dir=settings.data_dir,
+        clock=time.time,
+        public_api_url=settings.server.api_url,
+        public_ingest_url=settings.server.ingest_url,
+    )
+    providers = {  # provider objects are plain values: building them touches nothing
+        s.name: s.record.factory(s.config, context) for s in selections if s.kind == "provider"
+    }
+    rules = config_rules(settings)
+    connectors = check_config_connectors(settings, providers, rules)
+    print(f"{args.file}: OK ({len(rules)} routing rules, {len(connectors)} connectors)")
     for selection in selections:
         record = selection.record
         source = f"[{record.distribution}]"

@@ -81,6 +81,12 @@ def select_plugins(settings: Settings, registry: Registry) -> list[Selection]:
                 raw = configs.get(name) or {}
                 config = registry.validate_config(record, raw, f"{section}.config.{name}")
             selections.append(Selection(kind, name, key_path, record, config))
+    for name, instance in settings.rooms.instances.items():
+        if name not in settings.rooms.enabled:  # still checked: a typo is worth reporting
+            record = registry.get(
+                "room_transport", instance.plugin, f"rooms.instances.{name}.plugin"
+            )
+            registry.validate_config(record, instance.config, f"rooms.instances.{name}.config")
     return selections
 
 

@@ -9,7 +9,7 @@ An entry is a connector in the API's shape plus ``id`` (``cn_`` and up to 29 of 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +23,12 @@ from callbridge.api.connector_rules import (
     check_room_id,
 )
 from callbridge.api.connector_shapes import CreateConnectorRequest
+from callbridge.protocols import Provider
 from callbridge.redaction import remember_secrets
+from callbridge.routing.book import EVERY_API_KEY
+from callbridge.routing.rules import RoutingRule
 from callbridge.runtime import Runtime
-from callbridge.settings import ConfigError
+from callbridge.settings import ConfigError, Settings
 from callbridge.store.ids import CONNECTOR_ID_RE, is_webhook_key
 from callbridge.store.repository import transaction
 
@@ -47,9 +50,11 @@ class ConfigConnector:
         return f"ConfigConnector(id={self.id!r}, provider={self.provider!r})"
 
 
-def check_config_connectors(runtime: Runtime) -> list[ConfigConnector]:
-    """Every ``connectors:`` entry, checked. Raises :class:`ConfigError` naming the entry."""
-    settings = runtime.settings
+def check_config_connectors(
+    settings: Settings, providers: Mapping[str, Provider], rules: Sequence[RoutingRule]
+) -> list[ConfigConnector]:
+    """Every ``connectors:`` entry, checked against the enabled ``providers`` and the YAML's
+    ``rules``. Raises :class:`ConfigError` naming the entry."""
     configured_keys = [key.apikey for key in settings.auth.api_keys]
     regions = settings.routing.regions
     checked: list[ConfigConnector] = []
@@ -79,7 +84,7 @@ def check_config_connectors(runtime: Runtime) -> list[ConfigConnector]:
             data = msgspec.convert(body, CreateConnectorRequest)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        provider = runtime.providers.get(data.provider)
+        provider = providers.get(data.provider)
         if provider is None:
             raise ConfigError(f"{where}.provider: must be one of providers.enabled")
         options = ProviderOptions.of(data.provider, provider)
@@ -97,7 +102,8 @@ def check_config_connectors(runtime: Runtime) -> list[ConfigConnector]:
         if data.region is not None and regions and data.region not in regions:
             raise ConfigError(f"{where}.region: must be one of routing.regions")
         if data.default_rule_id is not None and not any(
-            rule.id == data.default_rule_id for rule in runtime.rules.config_rules_of(apikey)
+            rule.id == data.default_rule_id and rule.apikey in (apikey, EVERY_API_KEY)
+            for rule in rules
         ):
             raise ConfigError(
                 f"{where}.defaultRuleId: must name a rule of routing_rules for this API key"
