@@ -72,7 +72,14 @@ def build_app(
         "auth": {"create_dev_key": False},
     }
     settings = load_settings(overrides={**base, **(overrides or {})}, environ={})
-    return create_app(settings, clock=clock)
+    return create_app(settings, clock=clock, webhook_resolver=NoDns())
+
+
+class NoDns:
+    """Resolves nothing (tests never reach the internet): only IP-literal webhook URLs pass."""
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        raise OSError(f"no DNS in tests: {host}")
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ from callbridge.protocols import (
     Route,
     RoutingContext,
     RoutingStrategy,
+    SignedMessage,
     StreamOptions,
     StreamStopped,
     WebhookError,
@@ -38,6 +39,7 @@ from callbridge.protocols import (
 )
 from callbridge.registry import Registry
 from callbridge.routing.chain import as_decision
+from tests.keystores import MemoryKeyStore
 from tests.servers import FakeClock
 from tests.sinks import RecordingSink
 
@@ -266,19 +268,60 @@ async def test_room_transport_contract(name: str, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- webhook signers
 
 
-@pytest.mark.parametrize("name", REGISTRY.names("webhook_signer"))
-def test_webhook_signer_contract(name: str, tmp_path: Path) -> None:
-    signer = build("webhook_signer", name, tmp_path)
+# Signers whose options change how they sign are checked in each variant.
+SIGNER_VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "standard_webhooks": [{"scheme": "hmac"}, {"scheme": "ed25519"}],
+}
+
+
+def build_signer(name: str, config: dict[str, Any], tmp_path: Path, clock: FakeClock) -> Any:
+    record = REGISTRY.get("webhook_signer", name, "webhook_signer")
+    context = PluginContext(
+        data_dir=tmp_path,
+        clock=clock,
+        public_api_url="http://127.0.0.1:8000",
+        public_ingest_url="ws://127.0.0.1:8000/ingest",
+    )
+    return record.factory(record.config_model(**config), context)
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        pytest.param(name, config, id="-".join([name, *map(str, config.values())]))
+        for name in REGISTRY.names("webhook_signer")
+        for config in SIGNER_VARIANTS.get(name, [{}])
+    ],
+)
+async def test_webhook_signer_contract(name: str, config: dict[str, Any], tmp_path: Path) -> None:
+    clock = FakeClock(1_700_000_000.0)
+    signer = build_signer(name, config, tmp_path, clock)
     assert isinstance(signer, WebhookSigner)
     body = b'{"webhookType":"call-started","data":{"callId":"call_1"}}'
-    headers = signer.sign(body)
+    secret = signer.new_endpoint_secret()
+    assert secret is None or secret.startswith("whsec_")
+    message = SignedMessage(id="evt_1", timestamp=int(clock()), secret=secret)
+    with pytest.raises(RuntimeError):
+        signer.sign(body, message)
+
+    keys = MemoryKeyStore()
+    await signer.start(keys)
+    headers = signer.sign(body, message)
     assert headers and all(isinstance(v, str) and v for v in headers.values())
-    assert signer.verify(body, headers)
-    assert not signer.verify(body + b" ", headers)
-    assert not signer.verify(body, {k: "AAAA" for k in headers})
-    assert not signer.verify(body, {})
-    again = build("webhook_signer", name, tmp_path)
-    assert again.verify(body, headers), "the signing key persists across restarts"
+    now = int(clock())
+    assert signer.verify(body, headers, secret, now)
+    assert not signer.verify(body + b" ", headers, secret, now)
+    assert not signer.verify(body, {k: "AAAA" for k in headers}, secret, now)
+    assert not signer.verify(body, {}, secret, now)
+    public = signer.public_key_pem()
+    assert public is None or public.startswith("-----BEGIN ")
+
+    again = build_signer(name, config, tmp_path, clock)
+    await again.start(keys)
+    assert again.verify(body, headers, secret, now), "replicas share the key kept in the store"
+    assert again.public_key_pem() == public
+    made = sum(keys.creations.values())
+    assert made == (0 if public is None else 1), "a key pair is made once, in the store"
 
 
 # --------------------------------------------------------------------------- ref stores

@@ -22,6 +22,7 @@ TIME_LIMIT_SECONDS = 240
 # A connector's defaultRuleId must name an existing routing rule of its API key, and the
 # answer when it does not is 400 (the issue's contract); no schema can say which ids exist,
 # so on the two operations that take one a 400 is an expected answer to schema-valid data.
+# The same holds for webhook URLs, refused with 400 when the SSRF rules refuse where they lead.
 CONFIG = """
 [[operations]]
 include-path = "/v2/connectors"
@@ -32,6 +33,20 @@ checks.positive_data_acceptance.expected-statuses = [
 
 [[operations]]
 include-path = "/v2/connectors/{connector_id}"
+include-method = "PATCH"
+checks.positive_data_acceptance.expected-statuses = [
+  "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"
+]
+
+[[operations]]
+include-path-regex = "^/v2/(sip/)?webhooks/?$"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = [
+  "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"
+]
+
+[[operations]]
+include-path-regex = "^/v2/(sip/)?webhooks/[{]webhook_id[}]$"
 include-method = "PATCH"
 checks.positive_data_acceptance.expected-statuses = [
   "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"

@@ -26,6 +26,7 @@ from callbridge.api.openapi import document_api
 from callbridge.api.raw_socket import keep_server_send
 from callbridge.api.rooms import room_participant
 from callbridge.api.routing_rules import RoutingExplainController, RoutingRuleController
+from callbridge.api.webhooks import SipWebhookController, WebhookController
 from callbridge.calls.state import EndReason
 from callbridge.calls.sweeper import CallSweeper
 from callbridge.redaction import install_redaction, remember_secrets
@@ -33,6 +34,8 @@ from callbridge.runtime import SHUTDOWN_GRACE_SECONDS, Runtime, build_runtime
 from callbridge.safe_json import BODY_LIMITS
 from callbridge.settings import Settings
 from callbridge.store.repository import transaction
+from callbridge.webhooks.service import WebhookService
+from callbridge.webhooks.ssrf import Resolver
 
 log = structlog.get_logger("callbridge.app")
 
@@ -71,14 +74,18 @@ def create_app(
     clock: Callable[[], float] = time.time,
     pm: pluggy.PluginManager | None = None,
     span_processors: list[SpanProcessor] | None = None,
+    webhook_resolver: Resolver | None = None,
 ) -> Litestar:
     """Build the application for ``settings``. Raises :class:`ConfigError` on a bad config.
+
+    ``webhook_resolver`` replaces the system's DNS for webhook URLs (tests).
 
     Installs secret redaction on every log path of the process (structlog, the standard
     logging module, tracebacks), so an app embedded in another server redacts as well.
     """
     install_redaction()
     runtime = build_runtime(settings, clock=clock, pm=pm, span_processors=span_processors)
+    webhooks = WebhookService(runtime, webhook_resolver)
     config_connectors = check_config_connectors(
         settings, runtime.providers, runtime.rules.config_rules
     )
@@ -90,6 +97,7 @@ def create_app(
         await sync_config_connectors(runtime, config_connectors)
         sweeper = CallSweeper(runtime)
         await sweeper.start()
+        await webhooks.start()
         log.info(
             "callbridge ready",
             api_url=settings.server.api_url,
@@ -101,6 +109,7 @@ def create_app(
         finally:
             await runtime.end_calls(EndReason.SHUTDOWN, SHUTDOWN_GRACE_SECONDS)
             await sweeper.stop()
+            await webhooks.stop()
             await runtime.stop()
 
     app = Litestar(
@@ -109,6 +118,8 @@ def create_app(
             CallController,
             RoutingRuleController,
             RoutingExplainController,
+            WebhookController,
+            SipWebhookController,
             voice_webhook,
             ingest_with_path_ref,
             ingest_with_query_ref,
@@ -125,6 +136,7 @@ def create_app(
         state=State(
             {
                 "runtime": runtime,
+                "webhooks": webhooks,
                 "db": runtime.db,
                 "public_api_url": settings.server.api_url,
                 "provider_names": list(settings.providers.enabled),

@@ -25,6 +25,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "callbridge_plugins.rooms.local",
     "callbridge_plugins.rooms.websocket",
     "callbridge_plugins.signers.rsa_sha256",
+    "callbridge_plugins.signers.standard_webhooks",
     "callbridge_plugins.refstores.memory",
 )
 

@@ -756,18 +756,62 @@ class RefStore(Protocol):
 # --------------------------------------------------------------------------- webhook signers
 
 
+@dataclass(frozen=True)
+class SignedMessage:
+    """What a webhook signature may cover besides the body.
+
+    Attributes:
+        id: the event's id (``webhook-id``), the same on every attempt.
+        timestamp: Unix seconds of this attempt (``webhook-timestamp``).
+        secret: the subscription's own secret (``whsec_…`` for HMAC schemes), if it has one.
+    """
+
+    id: str
+    timestamp: int
+    secret: str | None = None
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """Keys shared by every replica (kept in the store), by name."""
+
+    async def get_or_create(self, name: str, create: Callable[[], str]) -> str:
+        """The key stored under ``name``; if there is none, ``create()``'s, stored first (the
+        first replica to store one wins; the others read it)."""
+        ...
+
+
 @runtime_checkable
 class WebhookSigner(Protocol):
-    """Signs lifecycle-webhook bodies."""
+    """Signs lifecycle-webhook deliveries."""
 
     name: str
 
-    def sign(self, body: bytes) -> Mapping[str, str]:
-        """Headers to send with ``body`` (exactly these bytes are what is signed)."""
+    async def start(self, keys: KeyStore) -> None:
+        """Load (or create once, in ``keys``) the signing keys every replica shares; called
+        once at start, before the first :meth:`sign`."""
         ...
 
-    def verify(self, body: bytes, headers: Mapping[str, str]) -> bool:
-        """Whether ``headers`` carry a valid signature of ``body`` (used by tests and tools)."""
+    def sign(self, body: bytes, message: SignedMessage) -> Mapping[str, str]:
+        """Headers to send with ``body`` (exactly these bytes are what is signed). During a
+        key rotation's grace period the old key signs alongside the new one."""
+        ...
+
+    def verify(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        secret: str | None = None,
+        now: int | None = None,
+    ) -> bool:
+        """Whether ``headers`` carry a valid signature of ``body`` (for tests and the
+        ``callbridge webhooks verify`` tool): ``secret`` for HMAC schemes; timestamped schemes
+        refuse a ``webhook-timestamp`` more than 300 s from ``now``."""
+        ...
+
+    def new_endpoint_secret(self) -> str | None:
+        """A fresh secret for a new subscription (``whsec_…``), or ``None`` when the scheme
+        uses no per-endpoint secret."""
         ...
 
     def public_key_pem(self) -> str | None:

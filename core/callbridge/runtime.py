@@ -35,6 +35,9 @@ from callbridge.routing.config import config_rules
 from callbridge.settings import ConfigError, Settings
 from callbridge.store.db import Database
 from callbridge.telemetry import TracedPlugin, build_tracer_provider, get_tracer
+from callbridge.webhooks.events import EventWriter
+from callbridge.webhooks.events import record as record_event
+from callbridge.webhooks.keys import StoredKeys
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ def _plugin_sections(settings: Settings) -> list[tuple[PluginKind, str, list[str
         ("provider", "providers", settings.providers.enabled, "enabled"),
         ("routing_strategy", "routing", settings.routing.chain, "chain"),
         ("room_transport", "rooms", settings.rooms.enabled, "enabled"),
-        ("webhook_signer", "webhooks", [settings.webhooks.signer], "signer"),
+        ("webhook_signer", "webhooks", settings.webhooks.signers, "signers"),
         ("ref_store", "refs", [settings.refs.store], "store"),
     ]
 
@@ -126,6 +129,7 @@ class Runtime:
     routing_chain: list[RoutingStrategy]
     room_transports: dict[str, RoomTransport]
     signer: WebhookSigner
+    """The default signer (``webhooks.signer``)."""
     ref_store: RefStore
     db: Database
     rules: RuleBook
@@ -134,6 +138,8 @@ class Runtime:
     clock: Callable[[], float]
     instance_id: str
     lifecycle: CallLifecycle
+    signers: dict[str, WebhookSigner] = field(default_factory=dict)
+    """Every enabled signer, by name (``webhooks.signers``)."""
     active_calls: dict[str, ActiveCall] = field(default_factory=dict)
     call_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _credential_box: CredentialBox | None = None
@@ -176,6 +182,9 @@ class Runtime:
     async def start(self) -> None:
         self.credential_box  # noqa: B018 - load or create the key before the first call
         await self.db.migrate()
+        keys = StoredKeys(self.db, self.clock)
+        for signer in self.signers.values():
+            await signer.start(keys)
         await self.ref_store.start()
         for transport in self.room_transports.values():
             await transport.start()
@@ -248,6 +257,7 @@ def build_runtime(
         routing_chain=[traced["routing_strategy"][name] for name in settings.routing.chain],
         room_transports=traced["room_transport"],
         signer=traced["webhook_signer"][settings.webhooks.signer],
+        signers=traced["webhook_signer"],
         ref_store=traced["ref_store"][settings.refs.store],
         db=db,
         rules=rules,
@@ -255,5 +265,7 @@ def build_runtime(
         tracer=tracer,
         clock=clock,
         instance_id=instance_id,
-        lifecycle=CallLifecycle(db, clock, instance_id=instance_id),
+        lifecycle=CallLifecycle(
+            db, clock, instance_id=instance_id, listeners=[EventWriter()], recorder=record_event
+        ),
     )

@@ -332,9 +332,69 @@ class RoomSettings(_PluginSection):
 
 
 class WebhookSettings(_PluginSection):
-    """Lifecycle webhooks."""
+    """Lifecycle webhooks: signers, egress rules and the delivery schedule."""
 
-    signer: str = Field("rsa_sha256", description="Webhook signer plugin name.")
+    signer: str = Field(
+        "rsa_sha256", description="Signer of subscriptions that name none (one of signers)."
+    )
+    signers: list[str] = Field(
+        default_factory=lambda: ["rsa_sha256", "standard_webhooks"],
+        description="Webhook signer plugins subscriptions may choose from.",
+    )
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) webhook URLs may reach although they are not public, e.g. "
+        '["127.0.0.0/8"] for tests or private setups; cloud metadata addresses stay refused.',
+    )
+    https_only: bool = Field(False, description="Refuse http:// webhook URLs.")
+    retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+        max_length=30,
+        description="Delays between attempts (8 attempts over about 27.6 h by default).",
+    )
+    jitter: float = Field(0.2, ge=0, le=0.5, description="Each delay varies by ± this share.")
+    timeout_seconds: float = Field(15.0, ge=5, le=30, description="One attempt's timeout.")
+    lease_seconds: float = Field(
+        60.0,
+        ge=5,
+        le=600,
+        description="A delivery leased by a worker that died is retried after this.",
+    )
+    poll_interval_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often workers look for due deliveries."
+    )
+    max_in_flight: int = Field(
+        16, ge=1, le=500, description="Deliveries one process sends at once."
+    )
+    secret_grace_seconds: float = Field(
+        86400.0,
+        ge=0,
+        le=7 * 86400,
+        description="After a subscription's secret is rotated, how long the old one still signs.",
+    )
+    workers: bool = Field(True, description="Run delivery workers in this process.")
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a network (CIDR, e.g. 127.0.0.0/8)") from None
+        return values
+
+    @model_validator(mode="after")
+    def _default_signer_enabled(self) -> WebhookSettings:
+        if self.signer not in self.signers:
+            raise ValueError(
+                f"webhooks.signer: {self.signer!r} must be one of webhooks.signers "
+                f"({', '.join(self.signers)})"
+            )
+        return self
 
 
 class TelemetrySettings(_Section):

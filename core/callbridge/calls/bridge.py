@@ -112,6 +112,10 @@ class CallBridge:
         self._pending_marks: dict[str, bool] = {}
         self.on_transfer: Callable[[str, str | None], None] | None = None
         """Called with ``(room_id, transport)`` when a room member asks to move the call."""
+        self.on_event: Callable[[str, dict[str, Any]], None] | None = None
+        """Called with a lifecycle event's type and data (``call-dtmf``,
+        ``participant-joined``/``-left``), in the order they happen."""
+        self._members: set[str] = set()
 
     def attach(self, leg: RoomLeg) -> None:
         """The room leg this bridge feeds (joined with this bridge as its sink)."""
@@ -180,6 +184,7 @@ class CallBridge:
                         leg.send_audio(to_room.process(frame))
             elif isinstance(event, DtmfIn):
                 self.stats.dtmf += 1
+                self._emit("call-dtmf", {"digit": event.digit})
                 if leg is not None:
                     leg.send_event({"event": "dtmf", "digit": event.digit, "callId": self.call_id})
             elif isinstance(event, MarkEcho):
@@ -224,10 +229,13 @@ class CallBridge:
         provider's stream can: its ``send_dtmf``; counted as unsupported otherwise)."""
         if self._end is not None:
             return
+        kind = event.get("event")
+        if kind in ("participant-joined", "participant-left"):
+            self._member_event(kind, event)
+            return
         target = event.get("callId")
         if target is not None and target != self.call_id:
             return
-        kind = event.get("event")
         if kind == "clear":
             self.stats.clears += 1
             self._to_caller.reset()
@@ -253,6 +261,30 @@ class CallBridge:
             else:
                 self.stats.dtmf_out += 1
                 send_dtmf(event["digits"])
+
+    def _member_event(self, kind: str, event: Mapping[str, Any]) -> None:
+        """A member of the call's room joined or left: an event of the call (a member never
+        "left" without having "joined" while the call was there)."""
+        member = event.get("participantId")
+        if not isinstance(member, str):
+            return
+        if kind == "participant-joined":
+            self._members.add(member)
+            self._emit(
+                "participant-joined",
+                {
+                    "participantId": member,
+                    "kind": str(event.get("kind", "")),
+                    "displayName": str(event.get("displayName", "")),
+                },
+            )
+        elif member in self._members:
+            self._members.discard(member)
+            self._emit("participant-left", {"participantId": member})
+
+    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(event_type, data)
 
     def leg_closed(self, reason: str | None) -> None:
         """The room ended this call's leg."""

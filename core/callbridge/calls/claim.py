@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import structlog
 from opentelemetry import trace
@@ -34,6 +35,9 @@ from callbridge.protocols import (
 from callbridge.runtime import Runtime
 from callbridge.store.repository import transaction
 from callbridge.telemetry import context_from_trace_parent
+
+EVENT_DRAIN_SECONDS = 10.0
+"""How long the end of a call waits for its earlier events to be recorded."""
 
 log = structlog.get_logger("callbridge.claim")
 
@@ -172,6 +176,9 @@ class _ClaimedCall:
         self.ended_elsewhere = False
         self.room_id = record.room_id
         self._moving: asyncio.Task[None] | None = None
+        self._events: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+        self._event_writer: asyncio.Task[None] | None = None
+        self.media: dict[str, int] | None = None
 
     async def run(self, span: trace.Span) -> BridgeEnd:
         runtime, record = self.runtime, self.record
@@ -200,6 +207,8 @@ class _ClaimedCall:
             return BridgeEnd(EndReason.NO_ROOM, str(exc))
         self.bridge.attach(self.leg)
         self.bridge.on_transfer = self._request_transfer
+        self.bridge.on_event = self._queue_event
+        self._event_writer = asyncio.create_task(self._write_events())
         if await runtime.lifecycle.answer(record.call_id) is None:
             log.info("call was ended before its media arrived")
             self.ended_elsewhere = True
@@ -215,6 +224,19 @@ class _ClaimedCall:
             return await self.bridge.run(runtime.settings.server.max_call_seconds)
         finally:
             runtime.active_calls.pop(record.call_id, None)
+
+    def _queue_event(self, event_type: str, data: dict[str, Any]) -> None:
+        self._events.put_nowait((event_type, data))
+
+    async def _write_events(self) -> None:
+        """Record the call's events one after another, in the order they happened."""
+        record = self.runtime.lifecycle.record_event
+        while (item := await self._events.get()) is not None:
+            event_type, data = item
+            try:
+                await record(self.record.call_id, event_type, data)
+            except Exception:
+                log.exception("recording a call event failed", event_type=event_type)
 
     def _request_transfer(self, room_id: str, transport_name: str | None) -> None:
         """A room member asked to move the call (called from the room; must not block)."""
@@ -256,6 +278,9 @@ class _ClaimedCall:
         if self._moving is not None and not self._moving.done():
             self._moving.cancel()
             await asyncio.gather(self._moving, return_exceptions=True)
+        if self._event_writer is not None:  # the call's events before its end
+            self._events.put_nowait(None)
+            await _step("record the call's events", lambda: _finish(self._event_writer))
         stream, leg, bridge = self.stream, self.leg, self.bridge
         await _step("close the stream", stream.close if stream else self.channel.close)
         if leg is not None:
@@ -268,12 +293,15 @@ class _ClaimedCall:
             for key, value in stats.items():
                 span.set_attribute(f"callbridge.media.{key}", value)
             log.info("call media ended", reason=end.reason.value, **stats)
+            self.media = stats
         if self.ended_elsewhere:  # whoever ended it (the calls API) hung up and recorded it
             return
         await _step("hang up at the provider", lambda: self._hang_up_if_needed(end.reason))
         await _step(
             "record the end",
-            lambda: self.runtime.lifecycle.end(self.record.call_id, end.reason, end.detail),
+            lambda: self.runtime.lifecycle.end(
+                self.record.call_id, end.reason, end.detail, self.media
+            ),
         )
 
     async def _hang_up_if_needed(self, reason: EndReason) -> None:
@@ -283,6 +311,12 @@ class _ClaimedCall:
         if reason in STREAM_END_REASONS and self.provider.call_ends_with_stream(record.options):
             return
         await hang_up_at_provider(self.runtime, record)
+
+
+async def _finish(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        async with asyncio.timeout(EVENT_DRAIN_SECONDS):
+            await asyncio.shield(task)
 
 
 async def _step(name: str, action: Callable[[], Awaitable[object]]) -> None:

@@ -155,10 +155,15 @@ class Transition:
     after: CallStatus
     reason: EndReason | None = None
     detail: str | None = None
+    media: Mapping[str, int] | None = None
+    """The call's media figures, on an end after bridging (frames each way, underruns…)."""
 
 
 TransitionListener = Callable[[Repository, Transition], Awaitable[None]]
 """Runs inside the transition's transaction; raising rolls the transition back."""
+
+EventRecorder = Callable[[Repository, Call, str, Mapping[str, Any]], Awaitable[str]]
+"""Writes one event of a call (type, data) inside the caller's transaction; returns its id."""
 
 
 class CallLifecycle:
@@ -170,6 +175,8 @@ class CallLifecycle:
         instance_id: this server process (it becomes the owner of the calls it routes and
             claims).
         listeners: run inside each transition's transaction, in order.
+        recorder: writes the events of a call that are not status changes (DTMF, members
+            joining and leaving), through :meth:`record_event`.
     """
 
     def __init__(
@@ -179,11 +186,13 @@ class CallLifecycle:
         *,
         instance_id: str,
         listeners: Sequence[TransitionListener] = (),
+        recorder: EventRecorder | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.instance_id = instance_id
         self.listeners = list(listeners)
+        self.recorder = recorder
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -316,19 +325,39 @@ class CallLifecycle:
             await self._notify(repo, Transition(call, CallStatus.ROUTED, CallStatus.ANSWERED))
         return call
 
+    async def record_event(
+        self, call_id: str, event_type: str, data: Mapping[str, Any]
+    ) -> str | None:
+        """Write an event of a live call that changes no status (``call-dtmf``,
+        ``participant-joined``…); its id, or ``None`` when the call is over or nothing records."""
+        if self.recorder is None:
+            return None
+        async with transaction(self.db, self.clock, write=True) as repo:
+            call = await repo.get_call_by_id(call_id)
+            if call is None or call.status not in _LIVE:
+                return None
+            return await self.recorder(repo, call, event_type, data)
+
     async def move(self, call_id: str, room_id: str) -> Call | None:
         """Record that an ``answered`` call moved to ``room_id`` (a transfer); its status does
         not change. ``None`` when the call is no longer answered."""
         async with transaction(self.db, self.clock, write=True) as repo:
             return await repo.update_call(call_id, (CallStatus.ANSWERED,), {"room_id": room_id})
 
-    async def end(self, call_id: str, reason: EndReason, detail: str | None = None) -> Call | None:
-        """End the call with ``reason`` (which decides ``ended`` or ``failed``).
+    async def end(
+        self,
+        call_id: str,
+        reason: EndReason,
+        detail: str | None = None,
+        media: Mapping[str, int] | None = None,
+    ) -> Call | None:
+        """End the call with ``reason`` (which decides ``ended`` or ``failed``); ``media``:
+        its media figures, if it was bridged here.
 
         Returns the updated call, or ``None`` (logged) when the reason is not allowed from
         the call's status, e.g. the call had already ended: the first end wins.
         """
-        return await self._end(call_id, reason, detail, unclaimed_only=False)
+        return await self._end(call_id, reason, detail, unclaimed_only=False, media=media)
 
     async def expire(self, call_id: str) -> Call | None:
         """End a ``routed`` call whose ref expired unclaimed (:attr:`EndReason.REF_EXPIRED`);
@@ -336,7 +365,13 @@ class CallLifecycle:
         return await self._end(call_id, EndReason.REF_EXPIRED, None, unclaimed_only=True)
 
     async def _end(
-        self, call_id: str, reason: EndReason, detail: str | None, *, unclaimed_only: bool
+        self,
+        call_id: str,
+        reason: EndReason,
+        detail: str | None,
+        *,
+        unclaimed_only: bool,
+        media: Mapping[str, int] | None = None,
     ) -> Call | None:
         allowed = ENDS_FROM[reason]
         async with transaction(self.db, self.clock, write=True) as repo:
@@ -358,7 +393,9 @@ class CallLifecycle:
             if call is None:
                 await self._refused(repo, call_id, f"end ({reason})")
                 return None
-            await self._notify(repo, Transition(call, previous, reason.status, reason, detail))
+            await self._notify(
+                repo, Transition(call, previous, reason.status, reason, detail, media)
+            )
         return call
 
     async def _refused(self, repo: Repository, call_id: str, attempted: str) -> None:

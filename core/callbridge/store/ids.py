@@ -56,6 +56,21 @@ def new_rule_id() -> str:
     return "rr_" + _random(_LOWER_ALNUM, 16)
 
 
+def new_event_id() -> str:
+    """A new lifecycle event id: ``evt_`` + 24 lowercase alphanumerics."""
+    return "evt_" + _random(_LOWER_ALNUM, 24)
+
+
+def new_delivery_id() -> str:
+    """A new webhook delivery id: ``dlv_`` + 24 lowercase alphanumerics."""
+    return "dlv_" + _random(_LOWER_ALNUM, 24)
+
+
+def new_subscription_id() -> str:
+    """A new webhook subscription id: ``wh_`` + 16 lowercase alphanumerics."""
+    return "wh_" + _random(_LOWER_ALNUM, 16)
+
+
 def new_call_id() -> str:
     """A new call id: ``call_`` + 20 lowercase alphanumerics."""
     return "call_" + _random(_LOWER_ALNUM, 20)

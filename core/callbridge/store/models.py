@@ -165,6 +165,8 @@ class Call(Base):
     route_rule_id: Mapped[str | None] = mapped_column(String(64))
     route_metadata: Mapped[str | None] = mapped_column(Text())
     """The route's free metadata as a JSON object (from the deciding rule)."""
+    event_seq: Mapped[int] = mapped_column(Integer(), default=0, server_default="0")
+    """The number of the call's last lifecycle event."""
 
     def __repr__(self) -> str:
         return f"Call(id={self.id!r}, connector_id={self.connector_id!r}, status={self.status!r})"
@@ -213,3 +215,116 @@ class RoutingRuleRow(Base):
 
     def __repr__(self) -> str:
         return f"RoutingRuleRow(id={self.id!r}, apikey={self.apikey!r}, priority={self.priority})"
+
+
+class Event(Base):
+    """One lifecycle event, written with the state change that caused it.
+
+    ``body`` is the exact JSON every delivery sends (and every signature covers); ``seq``
+    numbers a call's events from 1; ``position`` orders every event of the store (the event
+    socket replays from it).
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_apikey_position", "apikey", "position"),
+        Index("ix_events_call_id_seq", "call_id", "seq"),
+    )
+
+    position: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    apikey: Mapped[str] = mapped_column(String(64))
+    call_id: Mapped[str | None] = mapped_column(String(32))
+    connector_id: Mapped[str | None] = mapped_column(String(32))
+    room_id: Mapped[str | None] = mapped_column(String(128))
+    seq: Mapped[int] = mapped_column(Integer())
+    type: Mapped[str] = mapped_column(String(40))
+    body: Mapped[str] = mapped_column(Text())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class WebhookSubscription(Base):
+    """Where an API key's lifecycle events go. ``events`` is a JSON list of event types;
+    ``secret``/``previous_secret`` are encrypted (:class:`callbridge.crypto.CredentialBox`,
+    bound to the subscription id)."""
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    apikey: Mapped[str] = mapped_column(
+        String(64), ForeignKey("api_keys.apikey", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[str] = mapped_column(Text())
+    signer: Mapped[str | None] = mapped_column(String(64))
+    secret: Mapped[str | None] = mapped_column(Text())
+    previous_secret: Mapped[str | None] = mapped_column(Text())
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    disabled_reason: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:  # never show the URL (it may hold a token) or the secret
+        return f"WebhookSubscription(id={self.id!r}, apikey={self.apikey!r})"
+
+
+DELIVERY_STATUSES = ("pending", "delivering", "delivered", "failed")
+
+
+class Delivery(Base):
+    """One event to one subscription: leased by a worker while it is being sent."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'delivering', 'delivered', 'failed')", name="status"
+        ),
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_deliveries_subscription_id_call_id_seq", "subscription_id", "call_id", "seq"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(40), ForeignKey("events.id", ondelete="CASCADE"))
+    subscription_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("webhook_subscriptions.id", ondelete="CASCADE")
+    )
+    call_id: Mapped[str | None] = mapped_column(String(32))
+    seq: Mapped[int] = mapped_column(Integer())
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer(), default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    leased_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    last_status_code: Mapped[int | None] = mapped_column(Integer())
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeliveryAttempt(Base):
+    """One try of a delivery: its answer, latency and the first 20 kB of the body."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status_code: Mapped[int | None] = mapped_column(Integer())
+    latency_ms: Mapped[int] = mapped_column(Integer())
+    error: Mapped[str | None] = mapped_column(String(500))
+    response_body: Mapped[str | None] = mapped_column(Text())
+    manual: Mapped[bool] = mapped_column(Boolean(), default=False, server_default=false())
+
+
+class SigningKey(Base):
+    """A key every replica signs with, created once by the first to need it."""
+
+    __tablename__ = "signing_keys"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,1 @@
+"""Lifecycle webhooks: events, subscriptions, signing, SSRF-safe durable delivery."""
