@@ -308,6 +308,9 @@ def test_only_the_state_machine_changes_a_calls_status() -> None:
     allowed = {
         ROOT / "core/callbridge/calls/state.py",
         ROOT / "core/callbridge/store/repository.py",
+        # webhook delivery rows have a status of their own, changed only by these two
+        ROOT / "core/callbridge/webhooks/store.py",
+        ROOT / "core/callbridge/webhooks/delivery.py",
     }
     offenders = []
     for path in sorted([*(ROOT / "core").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]):

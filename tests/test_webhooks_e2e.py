@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tests import twilio_wire as tw
 from tests.live_calls import twilio_caller
 from tests.servers import InProcessServer, create_connector, running_in_process, start_process
-from tests.webhook_receiver import receiving
+from tests.webhook_receiver import Answer, receiving
 
 EVENTS = ["call-started", "call-answered", "call-hangup", "call-failed", "call-dtmf"]
 WEBHOOKS = {"allow_networks": ["127.0.0.0/8"], "poll_interval_seconds": 0.1}
@@ -182,3 +182,48 @@ async def test_an_event_committed_before_a_kill_is_delivered_after_the_restart(
     event = receiver.events()[0]
     assert event["webhookType"] == "call-started"
     assert event["data"]["eventId"] == log[0]["eventId"], "the same id as stored before the kill"
+
+
+async def test_a_retried_voice_webhook_emits_no_second_call_started(
+    server: InProcessServer,
+) -> None:
+    async with receiving() as receiver:
+        token = server.token()
+        _subscribe(server.url, token, f"{receiver.url}/hook")
+        connector = create_connector(server.url, token, defaultRoomId="lobby")
+        form = tw.voice_webhook_form()
+        first = await tw.post_webhook(connector.webhook_url, form)
+        again = await tw.post_webhook(connector.webhook_url, form)  # the provider retries
+        assert first.stream_url == again.stream_url is not None
+        await receiver.wait_for(1)
+        await asyncio.sleep(0.5)
+    assert [event["webhookType"] for event in receiver.events()] == ["call-started"]
+
+
+async def test_a_sigterm_lets_an_attempt_in_flight_finish(tmp_path: Path) -> None:
+    """Graceful shutdown: the worker stops leasing and the attempt a slow receiver holds
+    completes and is recorded, so nothing is left leased to a dead worker."""
+    async with receiving() as receiver:
+        receiver.default = Answer(200, delay=1.5)
+        server = start_process(tmp_path, {"webhooks": WEBHOOKS})
+        token = server.token()
+        hook = _subscribe(server.url, token, f"{receiver.url}/hook")
+        connector = create_connector(server.url, token, defaultRoomId="lobby")
+        await tw.post_webhook(connector.webhook_url, tw.voice_webhook_form())
+        await receiver.wait_for(1)  # the receiver now holds the request
+        # SIGTERM; off the loop, which serves the receiver
+        await asyncio.to_thread(server.stop)
+        assert "Application shutdown complete" in server.logs(), "a clean shutdown"
+        again = start_process(tmp_path, {"webhooks": {**WEBHOOKS, "workers": False}})
+        try:
+            async with httpx.AsyncClient() as client:
+                answer = await client.get(
+                    f"{again.url}/v2/webhooks/{hook['id']}/deliveries",
+                    headers={"Authorization": f"Bearer {again.token()}"},
+                )
+        finally:
+            again.stop()
+    (delivery,) = answer.json()["data"]
+    assert delivery["status"] == "delivered"
+    assert [a["statusCode"] for a in delivery["attempts"]] == [200]
+    assert len(receiver.received) == 1

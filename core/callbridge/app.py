@@ -20,6 +20,7 @@ from callbridge.api.calls import CallController
 from callbridge.api.config_connectors import check_config_connectors, sync_config_connectors
 from callbridge.api.connectors import ConnectorController
 from callbridge.api.errors import exception_handlers
+from callbridge.api.event_socket import event_socket
 from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, voice_webhook
 from callbridge.api.json_request import JsonRequest
 from callbridge.api.openapi import document_api
@@ -29,6 +30,7 @@ from callbridge.api.routing_rules import RoutingExplainController, RoutingRuleCo
 from callbridge.api.webhooks import SipWebhookController, WebhookController
 from callbridge.calls.state import EndReason
 from callbridge.calls.sweeper import CallSweeper
+from callbridge.feed.poller import EventFeed
 from callbridge.redaction import install_redaction, remember_secrets
 from callbridge.runtime import SHUTDOWN_GRACE_SECONDS, Runtime, build_runtime
 from callbridge.safe_json import BODY_LIMITS
@@ -86,6 +88,9 @@ def create_app(
     install_redaction()
     runtime = build_runtime(settings, clock=clock, pm=pm, span_processors=span_processors)
     webhooks = WebhookService(runtime, webhook_resolver)
+    event_feed = EventFeed(
+        runtime.db, settings.events, clock=clock, on_new_events=webhooks.worker.poke
+    )
     config_connectors = check_config_connectors(
         settings, runtime.providers, runtime.rules.config_rules
     )
@@ -98,6 +103,7 @@ def create_app(
         sweeper = CallSweeper(runtime)
         await sweeper.start()
         await webhooks.start()
+        await event_feed.start()
         log.info(
             "callbridge ready",
             api_url=settings.server.api_url,
@@ -109,6 +115,7 @@ def create_app(
         finally:
             await runtime.end_calls(EndReason.SHUTDOWN, SHUTDOWN_GRACE_SECONDS)
             await sweeper.stop()
+            await event_feed.stop()
             await webhooks.stop()
             await runtime.stop()
 
@@ -124,6 +131,7 @@ def create_app(
             ingest_with_path_ref,
             ingest_with_query_ref,
             room_participant,
+            event_socket,
             rsa_public_key,
             healthz,
         ],
@@ -137,6 +145,7 @@ def create_app(
             {
                 "runtime": runtime,
                 "webhooks": webhooks,
+                "event_feed": event_feed,
                 "db": runtime.db,
                 "public_api_url": settings.server.api_url,
                 "provider_names": list(settings.providers.enabled),

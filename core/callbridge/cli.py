@@ -1,5 +1,5 @@
 """The ``callbridge`` command: serve, token, config check, call (provider simulator), room join,
-routes explain."""
+routes explain, webhooks verify."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from callbridge.settings import ConfigError, Settings, load_settings
@@ -174,6 +175,39 @@ def cmd_routes_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks_verify(args: argparse.Namespace) -> int:
+    import httpx
+
+    from callbridge.webhooks.verify import VerifyError, verify_standard, verify_videosdk
+
+    body = sys.stdin.buffer.read() if args.body == "-" else Path(args.body).read_bytes()
+    headers = dict(args.header or [])
+    try:
+        if args.secret or (args.public_key and args.public_key.startswith("whpk_")):
+            valid = verify_standard(body, headers, secret=args.secret, public_key=args.public_key)
+        else:
+            pem = args.public_key
+            if pem is None:
+                server = args.server or _settings(args.config).server.api_url
+                response = httpx.get(f"{server.rstrip('/')}/v2/public/rsa-public-key", timeout=10)
+                pem = response.json()["data"]["publicKey"]
+            elif not pem.startswith("-----"):
+                pem = Path(pem).read_text(encoding="utf-8")
+            valid = verify_videosdk(body, headers, pem)
+    except (VerifyError, OSError, httpx.HTTPError, KeyError, ValueError) as exc:
+        print(f"callbridge: cannot verify: {exc}", file=sys.stderr)
+        return 2
+    print("valid" if valid else "INVALID")
+    return 0 if valid else 1
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME: VALUE")
+    return name.strip().lower(), value.strip()
+
+
 def _print_summary(summary: object, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary.to_dict()))  # type: ignore[attr-defined]
@@ -259,6 +293,24 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--config", metavar="FILE")
     why.add_argument("--json", action="store_true", help="print the server's JSON")
     why.set_defaults(handler=cmd_routes_explain)
+
+    webhooks = commands.add_parser("webhooks", help="webhook tools")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    verify = webhook_commands.add_parser("verify", help="verify a received webhook's signature")
+    verify.add_argument("--body", required=True, metavar="FILE", help="the raw body (- = stdin)")
+    verify.add_argument(
+        "--header", action="append", type=_header, metavar="'NAME: VALUE'", help="repeatable"
+    )
+    verify.add_argument(
+        "--public-key",
+        metavar="PEM|FILE|whpk_…",
+        help="RSA public key (PEM text or file) or a Standard Webhooks whpk_ key "
+        "(default: fetched from the server's /v2/public/rsa-public-key)",
+    )
+    verify.add_argument("--secret", metavar="whsec_…", help="the endpoint secret (HMAC)")
+    verify.add_argument("--server", help="server URL to fetch the public key from")
+    verify.add_argument("--config", metavar="FILE")
+    verify.set_defaults(handler=cmd_webhooks_verify)
     return parser
 
 

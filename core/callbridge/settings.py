@@ -397,6 +397,39 @@ class WebhookSettings(_PluginSection):
         return self
 
 
+class EventSocketSettings(_Section):
+    """The live event socket (``WS /v2/ws``): how fresh, how far back, how much may wait."""
+
+    poll_interval_seconds: float = Field(
+        0.2,
+        gt=0,
+        le=10,
+        description="How often this process reads new lifecycle events from the store (every "
+        "process sharing the store sees every event) and pushes them to its sockets.",
+    )
+    retention_seconds: float = Field(
+        86400.0,
+        gt=0,
+        le=90 * 86400,
+        description="How far back a subscription's `since` may reach; an older event id is "
+        "refused and the subscription goes live without a replay.",
+    )
+    buffer_events: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Events that may wait for one slow socket; one more and the socket is "
+        "told which event it missed first (`events_dropped`) and closed.",
+    )
+    ping_interval_seconds: float = Field(
+        25.0,
+        ge=0.05,
+        lt=60,
+        description='How often each socket is sent a `{"type": "ping"}` message, so clients '
+        "and proxies see traffic on a quiet socket.",
+    )
+
+
 class TelemetrySettings(_Section):
     """Logs and traces."""
 
@@ -452,6 +485,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     rooms: RoomSettings = Field(default_factory=RoomSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    events: EventSocketSettings = Field(default_factory=EventSocketSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     plugins: PluginLoadSettings = Field(default_factory=PluginLoadSettings)
