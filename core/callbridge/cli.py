@@ -8,8 +8,8 @@ import asyncio
 import json
 import os
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from callbridge.settings import ConfigError, Settings, load_settings
 
