@@ -413,7 +413,12 @@ async def test_an_unreachable_agent_sends_the_call_to_its_fallback(
             "callId": CALL,
         }
     else:
-        assert event == {"event": "hangup", "reason": "agent unavailable", "callId": CALL}
+        assert event == {
+            "event": "hangup",
+            "reason": "agent unavailable",
+            "unavailable": True,
+            "callId": CALL,
+        }
     assert 0.45 <= waited < 1.5, "retried until the deadline, then gave up"
     failures = [entry for entry in logs if entry["event"] == "agent connect failed"]
     assert len(failures) >= 3, "backoff 0.2 s, 0.3 s (to the deadline): three attempts"

@@ -227,3 +227,31 @@ async def test_a_sigterm_lets_an_attempt_in_flight_finish(tmp_path: Path) -> Non
     assert delivery["status"] == "delivered"
     assert [a["statusCode"] for a in delivery["attempts"]] == [200]
     assert len(receiver.received) == 1
+
+
+async def test_a_kill_while_the_receiver_holds_the_request_redelivers_after_the_lease(
+    tmp_path: Path,
+) -> None:
+    """At-least-once: the attempt in flight dies with the server; after the restart the lease
+    lapses (webhooks.lease_seconds) and the event arrives again, with the same id."""
+    webhooks = {**WEBHOOKS, "lease_seconds": 5}
+    async with receiving() as receiver:
+        receiver.script.append(Answer(200, delay=3.0))  # the first attempt hangs
+        first = start_process(tmp_path, {"webhooks": webhooks})
+        try:
+            token = first.token()
+            _subscribe(first.url, token, f"{receiver.url}/hook")
+            connector = create_connector(first.url, token, defaultRoomId="lobby")
+            await tw.post_webhook(connector.webhook_url, tw.voice_webhook_form())
+            await receiver.wait_for(1)
+        finally:
+            first.process.kill()  # SIGKILL while the receiver holds the request
+            await asyncio.to_thread(first.process.wait, 10)
+        second = start_process(tmp_path, {"webhooks": webhooks})
+        try:
+            await receiver.wait_for(2, within=20)
+        finally:
+            await asyncio.to_thread(second.stop)
+    first_id, second_id = (request.json()["data"]["eventId"] for request in receiver.received[:2])
+    assert first_id == second_id
+    assert receiver.received[1].at - receiver.received[0].at >= 4.0, "after the lease lapsed"

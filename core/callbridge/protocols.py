@@ -549,11 +549,13 @@ class ClearEvent(TypedDict):
 
 
 class HangupEvent(TypedDict):
-    """End the call (every call in the room, or ``callId``'s)."""
+    """End the call (every call in the room, or ``callId``'s). ``unavailable`` is set by a
+    transport whose member could not be reached (members cannot send it): the call fails."""
 
     event: Literal["hangup"]
     callId: NotRequired[str]
     reason: NotRequired[str]
+    unavailable: NotRequired[bool]
 
 
 class TransferEvent(TypedDict):

@@ -248,7 +248,12 @@ class CallBridge:
             self._pending_marks[event["name"]] = False
             self.stream.send_mark(event["name"])
         elif kind == "hangup":
-            self._finish(BridgeEnd(EndReason.ROOM_HANGUP, _short(event.get("reason"))))
+            reason = (
+                EndReason.AGENT_UNAVAILABLE
+                if event.get("unavailable") is True
+                else EndReason.ROOM_HANGUP
+            )
+            self._finish(BridgeEnd(reason, _short(event.get("reason"))))
         elif kind == "transfer" and isinstance(event.get("roomId"), str):
             self.stats.transfers += 1
             if self.on_transfer is not None:

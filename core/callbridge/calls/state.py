@@ -89,6 +89,9 @@ class EndReason(StrEnum):
     """The call could not join its room (unknown transport, or the transport refused)."""
     NO_START = "no-start"
     """The media socket never sent its ``start``."""
+    AGENT_UNAVAILABLE = "agent-unavailable"
+    """The agent (or other member) the call was sent to could not be reached, and no fallback
+    room was configured."""
     INTERRUPTED = "interrupted"
     """The server process holding the call died; another one closed the record."""
     ERROR = "error"
@@ -133,6 +136,7 @@ ENDS_FROM: Final[dict[EndReason, frozenset[CallStatus]]] = {
     EndReason.SIGNATURE: _ROUTED,
     EndReason.NO_ROOM: _ROUTED,
     EndReason.NO_START: _ROUTED,
+    EndReason.AGENT_UNAVAILABLE: _ANSWERED,
     EndReason.NO_ROUTE: frozenset(),  # only at creation: see CallLifecycle.refuse
 }
 """The statuses a call may end from, per reason: the transition table of the end states."""

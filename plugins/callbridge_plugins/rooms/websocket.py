@@ -580,7 +580,7 @@ class _Agent:
             if self._config.fallback_transport is not None:
                 event["transport"] = self._config.fallback_transport
         else:
-            event = {"event": "hangup", "reason": UNAVAILABLE}
+            event = {"event": "hangup", "reason": UNAVAILABLE, "unavailable": True}
         if self.call_id is not None:
             event["callId"] = self.call_id
         self._log.warning(UNAVAILABLE, fallback=event["event"])
