@@ -255,3 +255,30 @@ async def test_a_kill_while_the_receiver_holds_the_request_redelivers_after_the_
     first_id, second_id = (request.json()["data"]["eventId"] for request in receiver.received[:2])
     assert first_id == second_id
     assert receiver.received[1].at - receiver.received[0].at >= 4.0, "after the lease lapsed"
+
+
+async def test_standard_webhooks_secrets_sign_and_rotate_with_a_grace(
+    server: InProcessServer,
+) -> None:
+    from callbridge.webhooks.verify import verify_standard
+
+    async with receiving() as receiver:
+        token = server.token()
+        headers = {"Authorization": f"Bearer {token}"}
+        hook = _subscribe(server.url, token, f"{receiver.url}/hook", signer="standard_webhooks")
+        old_secret = hook["secret"]
+        assert old_secret.startswith("whsec_") and hook["hasSecret"] is True
+        async with httpx.AsyncClient(base_url=server.url, headers=headers) as client:
+            got = await client.get(f"/v2/webhooks/{hook['id']}")
+            assert "secret" not in got.json()["data"] and old_secret not in got.text
+            await client.post(f"/v2/webhooks/{hook['id']}/test")
+            rotated = await client.patch(f"/v2/webhooks/{hook['id']}", json={"rotateSecret": True})
+            new_secret = rotated.json()["data"]["secret"]
+            assert new_secret.startswith("whsec_") and new_secret != old_secret
+            await client.post(f"/v2/webhooks/{hook['id']}/test")
+    before, after = receiver.received
+    assert verify_standard(before.body, before.headers, secret=old_secret)
+    assert len(after.headers["webhook-signature"].split()) == 2, "new and old sign in the grace"
+    for secret in (old_secret, new_secret):
+        assert verify_standard(after.body, after.headers, secret=secret)
+    assert after.headers["webhook-id"] == after.json()["data"]["eventId"]
