@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 
 import pluggy
 import structlog
-from litestar import Litestar, get
+from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import SpanProcessor
 
 from callbridge import __version__
@@ -31,6 +32,7 @@ from callbridge.api.webhooks import SipWebhookController, WebhookController
 from callbridge.calls.state import EndReason
 from callbridge.calls.sweeper import CallSweeper
 from callbridge.feed.poller import EventFeed
+from callbridge.metrics import PROMETHEUS_CONTENT_TYPE
 from callbridge.redaction import install_redaction, remember_secrets
 from callbridge.runtime import SHUTDOWN_GRACE_SECONDS, Runtime, build_runtime
 from callbridge.safe_json import BODY_LIMITS
@@ -40,6 +42,15 @@ from callbridge.webhooks.service import WebhookService
 from callbridge.webhooks.ssrf import Resolver
 
 log = structlog.get_logger("callbridge.app")
+
+
+@get("/metrics", include_in_schema=False, sync_to_thread=False)
+def prometheus_metrics(state: State) -> Response[bytes]:
+    """The server's metrics in Prometheus' text format."""
+    runtime: Runtime = state.runtime
+    return Response(
+        runtime.metrics.prometheus_text(), media_type=PROMETHEUS_CONTENT_TYPE, status_code=200
+    )
 
 
 @get("/healthz", include_in_schema=False, sync_to_thread=False)
@@ -77,6 +88,7 @@ def create_app(
     pm: pluggy.PluginManager | None = None,
     span_processors: list[SpanProcessor] | None = None,
     webhook_resolver: Resolver | None = None,
+    metric_readers: list[MetricReader] | None = None,
 ) -> Litestar:
     """Build the application for ``settings``. Raises :class:`ConfigError` on a bad config.
 
@@ -86,10 +98,23 @@ def create_app(
     logging module, tracebacks), so an app embedded in another server redacts as well.
     """
     install_redaction()
-    runtime = build_runtime(settings, clock=clock, pm=pm, span_processors=span_processors)
+    runtime = build_runtime(
+        settings,
+        clock=clock,
+        pm=pm,
+        span_processors=span_processors,
+        metric_readers=metric_readers,
+    )
     webhooks = WebhookService(runtime, webhook_resolver)
     event_feed = EventFeed(
         runtime.db, settings.events, clock=clock, on_new_events=webhooks.worker.poke
+    )
+    runtime.metrics.observe(
+        "callbridge.events.clients",
+        "Clients connected to the live event socket.",
+        "{socket}",
+        lambda: {"ws": event_feed.subscriber_count},
+        "transport",
     )
     config_connectors = check_config_connectors(
         settings, runtime.providers, runtime.rules.config_rules
@@ -133,6 +158,7 @@ def create_app(
             room_participant,
             event_socket,
             rsa_public_key,
+            prometheus_metrics,
             healthz,
         ],
         lifespan=[lifespan],

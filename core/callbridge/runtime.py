@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pluggy
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Tracer
 
 from callbridge.calls.state import CallLifecycle, EndReason
 from callbridge.crypto import CredentialBox, load_credentials_key
 from callbridge.media.clock import MediaClock
+from callbridge.metrics import Metrics
 from callbridge.plugin_types import PluginKind, PluginRecord
 from callbridge.plugins import build_plugin_manager
 from callbridge.protocols import (
@@ -138,6 +140,8 @@ class Runtime:
     clock: Callable[[], float]
     instance_id: str
     lifecycle: CallLifecycle
+    metrics: Metrics = field(default_factory=lambda: Metrics("callbridge"))
+    """The server's metrics (``GET /metrics``)."""
     signers: dict[str, WebhookSigner] = field(default_factory=dict)
     """Every enabled signer, by name (``webhooks.signers``)."""
     active_calls: dict[str, ActiveCall] = field(default_factory=dict)
@@ -188,6 +192,35 @@ class Runtime:
         await self.ref_store.start()
         for transport in self.room_transports.values():
             await transport.start()
+        self._observe()
+
+    def _observe(self) -> None:
+        """Gauges read when metrics are collected."""
+        clock = self.context.media_clock
+        self.metrics.observe_counter(
+            "callbridge.media_clock.ticks",
+            "Media clock ticks that ran late (more than 5 ms past their deadline) or were "
+            "skipped (the loop fell behind).",
+            "{tick}",
+            lambda: {"late": clock.stats.late_ticks, "skipped": clock.stats.skipped_ticks},
+            "kind",
+        )
+        self.metrics.observe(
+            "callbridge.room.members",
+            "Room members now, by kind (caller, client, agent).",
+            "{member}",
+            self._members_by_kind,
+            "kind",
+        )
+
+    def _members_by_kind(self) -> dict[str, int]:
+        counts = dict.fromkeys(("caller", "client", "agent"), 0)
+        for transport in self.room_transports.values():
+            count = getattr(getattr(transport, "wrapped", transport), "members_by_kind", None)
+            if count is not None:
+                for kind, number in count().items():
+                    counts[kind] = counts.get(kind, 0) + number
+        return counts
 
     async def end_calls(self, reason: EndReason, grace_seconds: float) -> None:
         """Ask every bridged call to end with ``reason`` and wait up to ``grace_seconds`` for
@@ -208,6 +241,7 @@ class Runtime:
         await self.ref_store.aclose()
         await self.db.dispose()
         self.tracer_provider.shutdown()
+        self.metrics.shutdown()
 
 
 def build_runtime(
@@ -216,11 +250,13 @@ def build_runtime(
     clock: Callable[[], float] = time.time,
     pm: pluggy.PluginManager | None = None,
     span_processors: list[SpanProcessor] | None = None,
+    metric_readers: list[MetricReader] | None = None,
 ) -> Runtime:
     """Select, validate and build every configured plugin. Raises :class:`ConfigError`."""
     registry = Registry(pm or plugin_manager_for(settings))
     selections = select_plugins(settings, registry)
     tracer_provider = build_tracer_provider(settings.telemetry, span_processors)
+    metrics = Metrics(settings.telemetry.service_name, metric_readers or ())
     tracer = get_tracer(tracer_provider)
     db = Database(settings.database_url)
     rules = RuleBook(db, config_rules(settings))
@@ -266,6 +302,11 @@ def build_runtime(
         clock=clock,
         instance_id=instance_id,
         lifecycle=CallLifecycle(
-            db, clock, instance_id=instance_id, listeners=[EventWriter()], recorder=record_event
+            db,
+            clock,
+            instance_id=instance_id,
+            listeners=[EventWriter(), metrics.on_transition],
+            recorder=record_event,
         ),
+        metrics=metrics,
     )

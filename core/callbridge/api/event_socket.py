@@ -72,6 +72,8 @@ async def event_socket(scope: Scope, receive: Receive, send: Send) -> None:
             for task in (keepalive, reader, pump):
                 task.cancel()
             await asyncio.gather(keepalive, reader, pump, return_exceptions=True)
+            if session.outbox.first_missing is not None:
+                scope["app"].state.runtime.metrics.socket_drops.add(1)
             log.info(
                 "event socket closed",
                 topics=len(session.topics),

@@ -51,6 +51,9 @@ class BridgeEnd:
     detail: str | None = None
 
 
+FRAME_SECONDS = 0.02
+
+
 @dataclass
 class MediaStats:
     """Counters reported when a call ends."""
@@ -63,6 +66,8 @@ class MediaStats:
     transfers: int = 0
     marks: int = 0
     clears: int = 0
+    jitter: float = 0.0
+    """Inter-arrival jitter of the caller's frames in seconds (RFC 3550's running estimate)."""
 
     def as_dict(self, malformed: int, far_end_dropped: int = 0) -> dict[str, int]:
         return {
@@ -76,6 +81,7 @@ class MediaStats:
             "marks": self.marks,
             "clears": self.clears,
             "malformed": malformed,
+            "jitter_us": round(self.jitter * 1_000_000),
         }
 
 
@@ -167,12 +173,22 @@ class CallBridge:
         assert self.leg is not None, "attach() the room leg before run()"
         frame_samples = codec.frame_samples
         assembler = self._caller_frames
+        stats = self.stats
+        now = self._now
+        last_arrival = 0.0
         while True:
             event = await stream.receive()
             # The leg and the resampler change when the call moves to another room.
             leg = self.leg
             if isinstance(event, AudioIn):
-                self.stats.frames_in += 1
+                stats.frames_in += 1
+                arrival = now()
+                if last_arrival:
+                    # RFC 3550: J += (|D| - J) / 16, D the deviation from the 20 ms spacing
+                    stats.jitter += (
+                        abs(arrival - last_arrival - FRAME_SECONDS) - stats.jitter
+                    ) / 16
+                last_arrival = arrival
                 if leg is None:
                     continue
                 pcm = codec.decode(event.payload)

@@ -82,9 +82,14 @@ async def claim_ref(
                 log.warning("media claim refused", reason=reason.value, detail=detail)
                 await runtime.lifecycle.end(record.call_id, reason, detail)
                 return None
-        if await runtime.lifecycle.claim(record.call_id) is None:
+        claimed = await runtime.lifecycle.claim(record.call_id)
+        if claimed is None:
             log.warning("media claim refused", reason="the call is no longer waiting for it")
             return None
+        created = claimed.created_at.timestamp()
+        runtime.metrics.claim_delay.record(
+            max(0.0, runtime.clock() - created), {"provider": provider_name}
+        )
     return record
 
 
@@ -220,10 +225,13 @@ class _ClaimedCall:
             codec=f"{started.codec.name}/{started.codec.sample_rate}",
         )
         runtime.active_calls[record.call_id] = self.bridge
+        active = runtime.metrics.active_calls
+        active.add(1, {"provider": record.provider})
         try:
             return await self.bridge.run(runtime.settings.server.max_call_seconds)
         finally:
             runtime.active_calls.pop(record.call_id, None)
+            active.add(-1, {"provider": record.provider})
 
     def _queue_event(self, event_type: str, data: dict[str, Any]) -> None:
         self._events.put_nowait((event_type, data))
@@ -294,6 +302,7 @@ class _ClaimedCall:
                 span.set_attribute(f"callbridge.media.{key}", value)
             log.info("call media ended", reason=end.reason.value, **stats)
             self.media = stats
+            self.runtime.metrics.call_media(self.record.provider, stats)
         if self.ended_elsewhere:  # whoever ended it (the calls API) hung up and recorded it
             return
         await _step("hang up at the provider", lambda: self._hang_up_if_needed(end.reason))

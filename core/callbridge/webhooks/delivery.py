@@ -33,6 +33,7 @@ from sqlalchemy import select
 
 from callbridge import __version__
 from callbridge.crypto import CredentialBox
+from callbridge.metrics import Metrics
 from callbridge.protocols import SignedMessage, WebhookSigner
 from callbridge.settings import WebhookSettings
 from callbridge.store.db import Database
@@ -230,7 +231,9 @@ class DeliveryWorker:
         owner: str,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._db = db
         self._sender = sender
         self._settings = settings
@@ -334,9 +337,14 @@ class DeliveryWorker:
                 response_body=result.body,
                 manual=manual,
             )
+            metrics = self._metrics
+            if metrics is not None:
+                metrics.delivery_latency.record(result.latency_ms, {"manual": str(manual).lower()})
             if result.ok:
                 delivery.status = "delivered"
                 delivery.delivered_at = now
+                if metrics is not None:
+                    metrics.deliveries.add(1, {"outcome": "delivered"})
                 return
             delay = (
                 None
@@ -361,3 +369,5 @@ class DeliveryWorker:
             else:
                 delivery.status = "pending"
                 delivery.next_attempt_at = now + timedelta(seconds=delay)
+            if metrics is not None:
+                metrics.deliveries.add(1, {"outcome": delivery.status.replace("pending", "retry")})

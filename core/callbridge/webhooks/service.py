@@ -24,7 +24,12 @@ class WebhookService:
             self.resolver,
         )
         self.worker = DeliveryWorker(
-            runtime.db, self.sender, settings, runtime.instance_id, runtime.clock
+            runtime.db,
+            self.sender,
+            settings,
+            runtime.instance_id,
+            runtime.clock,
+            metrics=runtime.metrics,
         )
         self._run_worker = settings.workers
 

@@ -243,6 +243,9 @@ class _Room:
     def participant_ids(self) -> list[str]:
         return list(self._legs)
 
+    def member_kinds(self) -> list[str]:
+        return [leg.participant.kind for leg in self._legs.values()]
+
     def add(self, leg: LocalLeg) -> None:
         if leg.participant_id in self._legs:
             raise PluginError(
@@ -487,6 +490,14 @@ class LocalRooms:
     def rooms(self) -> list[tuple[str, str]]:
         """Keys ``(tenant, room_id)`` of the rooms that currently have participants."""
         return list(self._rooms)
+
+    def members_by_kind(self) -> dict[str, int]:
+        """How many members every live room has, by participant kind (for metrics)."""
+        counts: dict[str, int] = {}
+        for room in self._rooms.values():
+            for kind in room.member_kinds():
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     def room_mode(self, tenant: str, room_id: str) -> str | None:
         """``direct``, ``mixing`` or ``idle`` for a live room; ``None`` when there is none."""

@@ -629,6 +629,10 @@ class WebSocketRooms:
         self._closed = False
         remember_secrets(value.get_secret_value() for value in config.headers.values())
 
+    def members_by_kind(self) -> dict[str, int]:
+        """How many members the agents' rooms have, by kind (for metrics)."""
+        return self.local.members_by_kind()
+
     async def start(self) -> None:
         await self.local.start()
 
