@@ -29,6 +29,7 @@ CALL_FIELDS = {
     "routeStrategy",
     "routeRuleId",
     "metadata",
+    "media",
     "status",
     "endReason",
     "endDetail",

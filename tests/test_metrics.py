@@ -74,6 +74,13 @@ async def test_a_call_is_counted_and_measured(
     (jitter,) = points["callbridge.media.jitter"]
     assert jitter.count == 1 and 0 <= jitter.sum < 50
     assert "callbridge.media_clock.ticks" in points
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(
+            f"{server.url}/v2/calls", headers={"Authorization": f"Bearer {server.token()}"}
+        )
+    calls = answer.json()["data"]
+    media = calls[0]["media"]  # on the call record too
+    assert media["frames_in"] >= 30 and "jitter_us" in media and "playout_underruns" in media
     for values in points.values():
         for point in values:
             for value in dict(point.attributes).values():

@@ -68,6 +68,13 @@ class CallData(msgspec.Struct, rename="camel"):
     metadata: Annotated[
         dict[str, str], msgspec.Meta(description="The free metadata of the rule that placed it.")
     ]
+    media: Annotated[
+        dict[str, int] | None,
+        msgspec.Meta(
+            description="Media figures once a bridged call ended: frames each way, DTMF, marks, "
+            "clears, jitter (µs), playout drains and underruns…"
+        ),
+    ]
     status: Annotated[
         CallStatus,
         msgspec.Meta(
@@ -118,6 +125,7 @@ def call_data(call: Call) -> CallData:
         route_strategy=call.route_strategy,
         route_rule_id=call.route_rule_id,
         metadata=json.loads(call.route_metadata) if call.route_metadata else {},
+        media=json.loads(call.media) if call.media else None,
         status=CallStatus(call.status),
         end_reason=EndReason(call.end_reason) if call.end_reason else None,
         end_detail=call.end_detail,

@@ -391,6 +391,11 @@ class CallLifecycle:
                         "end_reason": reason,
                         "end_detail": _clipped(detail),
                         "ended_at": repo.now(),
+                        **(
+                            {"media": json.dumps(dict(media), separators=(",", ":"))}
+                            if media
+                            else {}
+                        ),
                     },
                     unclaimed_only=unclaimed_only,
                 )

@@ -167,6 +167,8 @@ class Call(Base):
     """The route's free metadata as a JSON object (from the deciding rule)."""
     event_seq: Mapped[int] = mapped_column(Integer(), default=0, server_default="0")
     """The number of the call's last lifecycle event."""
+    media: Mapped[str | None] = mapped_column(Text())
+    """The call's media figures as a JSON object, once it ended after being bridged."""
 
     def __repr__(self) -> str:
         return f"Call(id={self.id!r}, connector_id={self.connector_id!r}, status={self.status!r})"

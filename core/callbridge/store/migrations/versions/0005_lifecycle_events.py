@@ -7,7 +7,7 @@
 - ``deliveries``: one per event and subscription, written with the event; workers lease the
   due ones. ``delivery_attempts`` records each try (status, latency, truncated body).
 - ``signing_keys``: keys every replica signs with (generated once by the first).
-- ``calls.event_seq``: the last event number of the call.
+- ``calls.event_seq``: the last event number of the call; ``calls.media``: its media figures.
 
 Revision ID: 0005
 Revises: 0004
@@ -30,6 +30,7 @@ _TS = sa.DateTime(timezone=True)
 def upgrade() -> None:
     with op.batch_alter_table("calls") as batch:
         batch.add_column(sa.Column("event_seq", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("media", sa.Text(), nullable=True))
     op.create_table(
         "events",
         sa.Column("position", sa.Integer(), autoincrement=True, nullable=False),
@@ -151,4 +152,5 @@ def downgrade() -> None:
     op.drop_index("ix_events_apikey_position", table_name="events")
     op.drop_table("events")
     with op.batch_alter_table("calls") as batch:
+        batch.drop_column("media")
         batch.drop_column("event_seq")
