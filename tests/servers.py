@@ -222,7 +222,9 @@ def _child_env() -> dict[str, str]:
     }
 
 
-def start_process(tmp_path: Path, extra: dict[str, Any] | None = None) -> ServerProcess:
+def start_process(
+    tmp_path: Path, extra: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
     port = free_port()
     data = base_config(tmp_path, port)
     data["auth"]["create_dev_key"] = True
@@ -235,7 +237,7 @@ def start_process(tmp_path: Path, extra: dict[str, Any] | None = None) -> Server
         cli_command("serve", "--config", str(config_path)),
         stdout=log_file,
         stderr=subprocess.STDOUT,
-        env=_child_env(),
+        env={**_child_env(), **(env or {})},
     )
     server = ServerProcess(config_path, port, process, log_path)
     deadline = time.monotonic() + 30

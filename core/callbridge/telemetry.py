@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+import os
+from collections.abc import Mapping
+from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
@@ -13,19 +15,62 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.trace import Tracer
 
-from callbridge.settings import TelemetrySettings
+from callbridge.settings import ConfigError, TelemetrySettings
 
 TRACER_NAME = "callbridge"
 
 
+TRACE_EXPORTERS: Final = ("none", "console", "otlp")
+
+
+def trace_exporter_choice(settings: TelemetrySettings, environ: Mapping[str, str]) -> str:
+    """Where spans go: ``telemetry.traces``, or, while that is ``none``, the standard
+    ``OTEL_TRACES_EXPORTER`` (``console``, ``otlp`` or ``none``).
+
+    Raises:
+        ConfigError: ``OTEL_TRACES_EXPORTER`` names another exporter.
+    """
+    if settings.traces != "none":
+        return settings.traces
+    chosen = environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() or "none"
+    if chosen not in TRACE_EXPORTERS:
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER: {chosen!r} is not supported; choose one of: "
+            + ", ".join(TRACE_EXPORTERS)
+        )
+    return chosen
+
+
+def telemetry_resource(settings: TelemetrySettings, environ: Mapping[str, str]) -> Resource:
+    """``service.name`` from ``OTEL_SERVICE_NAME`` (else ``telemetry.service_name``), plus the
+    attributes of ``OTEL_RESOURCE_ATTRIBUTES``."""
+    attributes: dict[str, str] = {}
+    for pair in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            attributes[key.strip()] = value.strip()
+    attributes["service.name"] = environ.get("OTEL_SERVICE_NAME") or attributes.get(
+        "service.name", settings.service_name
+    )
+    return Resource(attributes)
+
+
 def build_tracer_provider(
-    settings: TelemetrySettings, extra_processors: list[SpanProcessor] | None = None
+    settings: TelemetrySettings,
+    extra_processors: list[SpanProcessor] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> TracerProvider:
-    """A tracer provider exporting where ``telemetry.traces`` says (spans get ids either way)."""
-    provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
-    if settings.traces == "console":
+    """A tracer provider exporting where ``telemetry.traces`` (or ``OTEL_TRACES_EXPORTER``)
+    says; spans get ids either way. The OTLP/HTTP endpoint is ``telemetry.otlp_endpoint``, else
+    the standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``.
+    Export is batched from a bounded queue: a slow or absent collector never delays a call
+    (spans beyond the queue are dropped)."""
+    environ = os.environ if environ is None else environ
+    provider = TracerProvider(resource=telemetry_resource(settings, environ))
+    choice = trace_exporter_choice(settings, environ)
+    if choice == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-    elif settings.traces == "otlp":
+    elif choice == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = (
