@@ -63,9 +63,43 @@ async def test_one_trace_per_call(
     } <= names
     assert media.attributes["callbridge.end_reason"] == "caller-hangup"
     assert media.attributes["callbridge.media.frames_in"] == 1
-    assert webhook.attributes["callbridge.call_id"] == media.attributes["callbridge.call_id"]
+    assert webhook.attributes["callbridge.call.id"] == media.attributes["callbridge.call.id"]
 
     webhook_key = connector.webhook_url.rsplit("/", 1)[1]
     for span in spans:
         text = repr(dict(span.attributes or {})) + span.name
         assert ref not in text and webhook_key not in text
+
+
+async def test_webhook_deliveries_are_linked_to_the_calls_trace(tmp_path: Path) -> None:
+    from opentelemetry.trace import format_trace_id
+
+    from tests.webhook_receiver import receiving
+
+    exporter = InMemorySpanExporter()
+    overrides = {"webhooks": {"allow_networks": ["127.0.0.0/8"], "poll_interval_seconds": 0.1}}
+    server = start_in_process(tmp_path, overrides, span_processors=[SimpleSpanProcessor(exporter)])
+    try:
+        async with receiving() as receiver:
+            import httpx
+
+            async with httpx.AsyncClient() as client:
+                created = await client.post(
+                    f"{server.url}/v2/webhooks",
+                    json={"url": f"{receiver.url}/hook", "events": ["call-started"]},
+                    headers={"Authorization": f"Bearer {server.token()}"},
+                )
+            assert created.status_code == 201
+            connector = create_connector(server.url, server.token(), defaultRoomId="traced")
+            await tw.post_webhook(connector.webhook_url, tw.voice_webhook_form())
+            (request,) = await receiver.wait_for(1)
+            await asyncio.sleep(0.2)
+    finally:
+        server.stop()
+    spans = exporter.get_finished_spans()
+    webhook = next(span for span in spans if span.name == "call.webhook")
+    deliver = next(span for span in spans if span.name == "webhook.deliver")
+    assert [link.context.trace_id for link in deliver.links] == [webhook.context.trace_id]
+    assert deliver.attributes["http.response.status_code"] == 200
+    # the receiver got the delivery span's context, so it can join that trace
+    assert request.headers["traceparent"].split("-")[1] == format_trace_id(deliver.context.trace_id)

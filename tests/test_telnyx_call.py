@@ -131,7 +131,7 @@ async def media_span(traced: InMemorySpanExporter, call_id: str) -> ReadableSpan
     for _ in range(250):
         for span in traced.get_finished_spans():
             attributes = span.attributes or {}
-            if span.name == "call.media" and attributes.get("callbridge.call_id") == call_id:
+            if span.name == "call.media" and attributes.get("callbridge.call.id") == call_id:
                 return span
         await asyncio.sleep(0.02)
     raise AssertionError(f"no call.media span for {call_id}")

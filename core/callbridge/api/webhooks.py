@@ -393,7 +393,9 @@ class WebhookController(Controller):
         if event is None:
             raise ApiError(404, "Not found")
         service = _service(request)
-        result = await service.sender.send(row, event.id, event.body, event.type)
+        result = await service.sender.send(
+            row, event.id, event.body, event.type, event.trace_parent
+        )
         await service.worker.settle(delivery.id, result, manual=True)
         return TestResponse("Redelivered", _test_result(event.id, result))
 

@@ -135,8 +135,12 @@ async def run_claimed_call(runtime: Runtime, record: RefRecord, channel: SocketC
             call_id=record.call_id, provider=record.provider, connector_id=record.connector_id
         ),
     ):
-        span.set_attribute("callbridge.call_id", record.call_id)
-        span.set_attribute("callbridge.room_id", record.room_id)
+        span.set_attribute("callbridge.call.id", record.call_id)
+        span.set_attribute("callbridge.room.id", record.room_id)
+        span.set_attribute("callbridge.connector.id", record.connector_id)
+        span.set_attribute("callbridge.provider", record.provider)
+        if record.region is not None:
+            span.set_attribute("callbridge.region", record.region)
         span.add_event("ref claimed")
         provider = runtime.providers[record.provider]
         started_at = time.monotonic()
@@ -191,7 +195,7 @@ class _ClaimedCall:
         started = await _wait_for_start(self.stream, runtime.settings.server.start_timeout_seconds)
         if started is None:
             return BridgeEnd(EndReason.NO_START, "the media socket sent no start")
-        span.set_attribute("callbridge.stream_id", started.stream_id)
+        span.set_attribute("callbridge.stream.id", started.stream_id)
         transport_name = record.transport or runtime.settings.rooms.default
         transport = runtime.room_transports.get(transport_name)
         if transport is None:

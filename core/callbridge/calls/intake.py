@@ -82,7 +82,7 @@ async def handle_voice_webhook(
         structlog.contextvars.bound_contextvars(provider=provider_name, connector_id=connector.id),
     ):
         span.set_attribute("callbridge.provider", provider_name)
-        span.set_attribute("callbridge.connector_id", connector.id)
+        span.set_attribute("callbridge.connector.id", connector.id)
         try:
             if connector.verify_signatures:
                 provider.verify_webhook(request, runtime.credentials_of(connector))
@@ -160,7 +160,7 @@ async def _refuse(
     except DuplicateCallError as duplicate:  # a retry raced the first request
         return await _answer_retry(runtime, provider, duplicate.call)
     span = trace.get_current_span()
-    span.set_attribute("callbridge.call_id", row.id)
+    span.set_attribute("callbridge.call.id", row.id)
     span.set_status(Status(StatusCode.ERROR, reason))
     log.warning("call not routed", call_id=row.id, reason=reason)
     return _reject(runtime, provider)
@@ -232,10 +232,10 @@ async def _route(
         )
     except DuplicateCallError as duplicate:
         return await _answer_retry(runtime, provider, duplicate.call)
-    span.set_attribute("callbridge.call_id", row.id)
+    span.set_attribute("callbridge.call.id", row.id)
     if region.name is not None:
         span.set_attribute("callbridge.region", region.name)
-    span.set_attribute("callbridge.room_id", record.room_id)
+    span.set_attribute("callbridge.room.id", record.room_id)
     span.set_attribute(
         "callbridge.codec", f"{record.options.codec.name}/{record.options.codec.sample_rate}"
     )
@@ -269,7 +269,7 @@ async def _answer_existing(
 async def _answer_retry(runtime: Runtime, provider: Provider, existing: Any) -> WebhookAnswer:
     """The answer to a retried webhook: the first answer while it still applies, else 409."""
     span = trace.get_current_span()
-    span.set_attribute("callbridge.call_id", existing.id)
+    span.set_attribute("callbridge.call.id", existing.id)
     span.set_attribute("callbridge.retry", True)
     with structlog.contextvars.bound_contextvars(call_id=existing.id):
         if existing.status == CallStatus.FAILED and existing.end_reason == EndReason.NO_ROUTE:

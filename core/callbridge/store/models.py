@@ -242,6 +242,8 @@ class Event(Base):
     seq: Mapped[int] = mapped_column(Integer())
     type: Mapped[str] = mapped_column(String(40))
     body: Mapped[str] = mapped_column(Text())
+    trace_parent: Mapped[str | None] = mapped_column(String(64))
+    """The W3C traceparent of the call's span that wrote it: deliveries link to it."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -28,7 +28,7 @@ from typing import Final
 import httpx
 import structlog
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import Link, SpanKind, Tracer
 from sqlalchemy import select
 
 from callbridge import __version__
@@ -39,6 +39,7 @@ from callbridge.settings import WebhookSettings
 from callbridge.store.db import Database
 from callbridge.store.models import Delivery, Event, WebhookSubscription
 from callbridge.store.repository import transaction
+from callbridge.telemetry import context_from_trace_parent
 from callbridge.webhooks import store
 from callbridge.webhooks.ssrf import (
     EgressPolicy,
@@ -161,7 +162,12 @@ class Sender:
         return secret
 
     async def send(
-        self, subscription: WebhookSubscription, event_id: str, body: str, event_type: str
+        self,
+        subscription: WebhookSubscription,
+        event_id: str,
+        body: str,
+        event_type: str,
+        trace_parent: str | None = None,
     ) -> AttemptResult:
         signer = self._signers.get(subscription.signer or self._settings.signer)
         if signer is None:
@@ -174,9 +180,13 @@ class Sender:
             "user-agent": USER_AGENT,
             **signer.sign(payload, message),
         }
+        call_span = trace.get_current_span(context_from_trace_parent(trace_parent))
+        links = [Link(call_span.get_span_context())] if trace_parent else []
         with self._tracer.start_as_current_span(
             "webhook.deliver",
+            context=context_from_trace_parent(None),  # its own trace, linked to the call's
             kind=SpanKind.CLIENT,
+            links=links,
             attributes={
                 "callbridge.webhook.event_type": event_type,
                 "callbridge.webhook.subscription_id": subscription.id,
@@ -311,7 +321,9 @@ class DeliveryWorker:
             subscription = await repo.session.get(WebhookSubscription, subscription_id)
         if event is None or subscription is None:
             return
-        result = await self._sender.send(subscription, event.id, event.body, event.type)
+        result = await self._sender.send(
+            subscription, event.id, event.body, event.type, event.trace_parent
+        )
         await self.settle(delivery_id, result, manual=False)
 
     async def settle(self, delivery_id: str, result: AttemptResult, *, manual: bool) -> None:

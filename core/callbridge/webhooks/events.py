@@ -18,6 +18,7 @@ from callbridge.api.shapes import format_timestamp
 from callbridge.calls.state import CallStatus, EndReason, Transition
 from callbridge.store.models import Call
 from callbridge.store.repository import Repository
+from callbridge.telemetry import current_trace_parent
 from callbridge.webhooks import store
 
 CALL_STARTED: Final = "call-started"
@@ -158,6 +159,7 @@ async def record(repo: Repository, call: Call, event_type: str, data: Mapping[st
         event_type=event_type,
         body=body,
         now=now,
+        trace_parent=current_trace_parent(),
     )
     return event_id
 

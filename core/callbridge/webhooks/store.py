@@ -57,6 +57,7 @@ async def insert_event(
     event_type: str,
     body: str,
     now: datetime,
+    trace_parent: str | None = None,
 ) -> list[str]:
     """Store the event and one pending delivery per enabled subscription of ``apikey`` that
     wants ``event_type``; returns the deliveries' subscription ids."""
@@ -70,6 +71,7 @@ async def insert_event(
             seq=seq,
             type=event_type,
             body=body,
+            trace_parent=trace_parent,
             created_at=now,
         )
     )

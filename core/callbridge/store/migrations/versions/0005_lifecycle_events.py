@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("type", sa.String(40), nullable=False),
         sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("trace_parent", sa.String(64), nullable=True),
         sa.Column("created_at", _TS, nullable=False),
         sa.PrimaryKeyConstraint("position", name="pk_events"),
         sa.UniqueConstraint("id", name="uq_events_id"),
