@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,3 +104,49 @@ async def test_webhook_deliveries_are_linked_to_the_calls_trace(tmp_path: Path) 
     assert deliver.attributes["http.response.status_code"] == 200
     # the receiver got the delivery span's context, so it can join that trace
     assert request.headers["traceparent"].split("-")[1] == format_trace_id(deliver.context.trace_id)
+
+
+async def test_the_routing_and_bridge_tell_their_story_in_the_trace(
+    traced_server: tuple[InProcessServer, InMemorySpanExporter],
+) -> None:
+    server, exporter = traced_server
+    connector = create_connector(server.url, server.token(), defaultRoomId="story")
+    answer = await tw.post_webhook(connector.webhook_url, tw.voice_webhook_form())
+    stream_sid, call_sid = "MZ" + secrets.token_hex(16), "CA" + secrets.token_hex(16)
+    async with connect(answer.stream_url or "") as socket:
+        await socket.send(tw.connected())
+        await socket.send(tw.start(stream_sid, call_sid))
+        await socket.send(tw.media(stream_sid, b"\xff" * 160, 2, 1))
+        dtmf = {
+            "event": "dtmf",
+            "streamSid": stream_sid,
+            "sequenceNumber": "3",
+            "dtmf": {"track": "inbound_track", "digit": "7"},
+        }
+        await socket.send(json.dumps(dtmf))
+        await asyncio.sleep(0.1)
+        await socket.send(tw.stop(stream_sid, call_sid, 4))
+        await asyncio.sleep(0.3)
+    for _ in range(50):
+        if any(span.name == "call.media" for span in exporter.get_finished_spans()):
+            break
+        await asyncio.sleep(0.05)
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    webhook, route, media = spans["call.webhook"], spans["call.route"], spans["call.media"]
+    assert route.parent is not None and route.parent.span_id == webhook.context.span_id
+    assert list(route.attributes["callbridge.route.strategies"]) == [
+        "room_query",
+        "phone_rules",
+        "default_rule",
+        "default_room",
+    ]
+    assert route.attributes["callbridge.route.strategy"] == "default_room"
+    assert [event.name for event in route.events] == list(
+        route.attributes["callbridge.route.strategies"]
+    )
+    assert webhook.attributes["callbridge.route.strategy"] == "default_room"
+    events = [event.name for event in media.events]
+    assert "codec" in events
+    assert "first audio from the caller" in events
+    dtmf = next(event for event in media.events if event.name == "dtmf")
+    assert dtmf.attributes["callbridge.dtmf.digit"] == "7"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from callbridge.calls.state import EndReason
 from callbridge.media.codecs import Codec, get_codec
@@ -118,6 +119,8 @@ class CallBridge:
         self._pending_marks: dict[str, bool] = {}
         self.on_transfer: Callable[[str, str | None], None] | None = None
         """Called with ``(room_id, transport)`` when a room member asks to move the call."""
+        self._span: trace.Span = trace.INVALID_SPAN
+        self._sent_audio = False
         self.on_event: Callable[[str, dict[str, Any]], None] | None = None
         """Called with a lifecycle event's type and data (``call-dtmf``,
         ``participant-joined``/``-left``), in the order they happen."""
@@ -144,6 +147,14 @@ class CallBridge:
 
     async def run(self, max_seconds: float) -> BridgeEnd:
         """Bridge until one side ends; returns why."""
+        self._span = trace.get_current_span()  # sinks are called from other tasks
+        self._span.add_event(
+            "codec",
+            {
+                "callbridge.codec": f"{self.codec.name}/{self.codec.sample_rate}",
+                "callbridge.room.sample_rate": self._to_room.out_rate,
+            },
+        )
         pump = asyncio.create_task(self._caller_to_room(), name="caller-to-room")
         ended = asyncio.create_task(self._ended.wait(), name="bridge-ended")
         try:
@@ -181,6 +192,8 @@ class CallBridge:
             # The leg and the resampler change when the call moves to another room.
             leg = self.leg
             if isinstance(event, AudioIn):
+                if not stats.frames_in:
+                    self._span.add_event("first audio from the caller")
                 stats.frames_in += 1
                 arrival = now()
                 if last_arrival:
@@ -200,6 +213,7 @@ class CallBridge:
                         leg.send_audio(to_room.process(frame))
             elif isinstance(event, DtmfIn):
                 self.stats.dtmf += 1
+                self._span.add_event("dtmf", {"callbridge.dtmf.digit": event.digit})
                 self._emit("call-dtmf", {"digit": event.digit})
                 if leg is not None:
                     leg.send_event({"event": "dtmf", "digit": event.digit, "callId": self.call_id})
@@ -238,6 +252,9 @@ class CallBridge:
         if self.far_end.admit(self._now()):
             self.stream.send_audio(self.codec.encode(pcm))
             self.stats.frames_out += 1
+            if not self._sent_audio:
+                self._sent_audio = True
+                self._span.add_event("first audio to the caller")
 
     def notify(self, event: Mapping[str, Any]) -> None:
         """A room event for this call: ``clear``, ``mark``, ``hangup``, ``transfer`` (handed
@@ -254,6 +271,7 @@ class CallBridge:
             return
         if kind == "clear":
             self.stats.clears += 1
+            self._span.add_event("clear")
             self._to_caller.reset()
             self.far_end.reset()
             for name in self._pending_marks:
@@ -261,6 +279,7 @@ class CallBridge:
             self.stream.send_clear()
         elif kind == "mark" and "status" not in event and _valid_mark_name(event.get("name")):
             self.stats.marks += 1
+            self._span.add_event("mark sent", {"callbridge.mark.name": event["name"]})
             self._pending_marks[event["name"]] = False
             self.stream.send_mark(event["name"])
         elif kind == "hangup":
@@ -272,6 +291,7 @@ class CallBridge:
             self._finish(BridgeEnd(reason, _short(event.get("reason"))))
         elif kind == "transfer" and isinstance(event.get("roomId"), str):
             self.stats.transfers += 1
+            self._span.add_event("transfer", {"callbridge.room.id": event["roomId"]})
             if self.on_transfer is not None:
                 transport = event.get("transport")
                 self.on_transfer(event["roomId"], transport if isinstance(transport, str) else None)

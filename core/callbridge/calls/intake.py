@@ -96,7 +96,23 @@ async def handle_voice_webhook(
             return await _answer_retry(runtime, provider, existing)
         query = {name: values[0] for name, values in _query_params(request).items() if values}
         context = routing_context(runtime, call, connector, query)
-        outcome = await route_call(runtime.routing_chain, context)
+        with runtime.tracer.start_as_current_span("call.route") as route_span:
+            outcome = await route_call(runtime.routing_chain, context)
+            route_span.set_attribute(
+                "callbridge.route.strategies", [step.strategy for step in outcome.steps]
+            )
+            for step in outcome.steps:
+                route_span.add_event(
+                    step.strategy,
+                    {
+                        "callbridge.route.decided": step.decided,
+                        "callbridge.route.why": step.summary(),
+                    },
+                )
+            if outcome.route is not None:
+                route_span.set_attribute("callbridge.route.strategy", outcome.route.strategy)
+                if outcome.route.rule_id is not None:
+                    route_span.set_attribute("callbridge.route.rule_id", outcome.route.rule_id)
         span.set_attribute("callbridge.route.decided", outcome.route is not None)
         if outcome.route is None:
             return await _refuse(runtime, provider, connector, call, outcome.reason)
