@@ -119,3 +119,32 @@ async def test_a_collector_that_never_answers_delays_no_call(
         await asyncio.to_thread(server.process.wait, 10)
     # an export blocks for its 10 s timeout; the webhooks never wait for it
     assert took < 5.0, f"five webhooks took {took:.1f} s while the collector hung"
+
+
+def test_the_metrics_exporter_comes_from_settings_else_otel_metrics_exporter() -> None:
+    from callbridge.telemetry import build_metric_readers, metrics_exporter_choice
+
+    none = TelemetrySettings()
+    assert metrics_exporter_choice(none, {}) == "none"
+    assert metrics_exporter_choice(none, {"OTEL_METRICS_EXPORTER": "prometheus"}) == "none"
+    assert metrics_exporter_choice(none, {"OTEL_METRICS_EXPORTER": "otlp"}) == "otlp"
+    assert metrics_exporter_choice(TelemetrySettings(metrics="console"), {}) == "console"
+    with pytest.raises(ConfigError, match="OTEL_METRICS_EXPORTER: 'statsd'"):
+        metrics_exporter_choice(none, {"OTEL_METRICS_EXPORTER": "statsd"})
+    assert build_metric_readers(none, {}) == []
+    (reader,) = build_metric_readers(none, {"OTEL_METRICS_EXPORTER": "otlp"})
+    reader.shutdown()
+
+
+async def test_otel_metrics_exporter_console_pushes_the_call_counts(tmp_path: Path) -> None:
+    env = {"OTEL_METRICS_EXPORTER": "console", "OTEL_METRIC_EXPORT_INTERVAL": "200"}
+    server = start_process(tmp_path, env=env)
+    try:
+        connector = create_connector(server.url, server.token(), defaultRoomId="lobby")
+        await tw.post_webhook(connector.webhook_url, tw.voice_webhook_form())
+        await asyncio.sleep(0.6)
+    finally:
+        await asyncio.to_thread(server.stop)
+    logs = server.logs()
+    assert '"name": "callbridge.calls"' in logs
+    assert '"outcome": "started"' in logs

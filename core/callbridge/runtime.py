@@ -36,7 +36,12 @@ from callbridge.routing.book import RuleBook
 from callbridge.routing.config import config_rules
 from callbridge.settings import ConfigError, Settings
 from callbridge.store.db import Database
-from callbridge.telemetry import TracedPlugin, build_tracer_provider, get_tracer
+from callbridge.telemetry import (
+    TracedPlugin,
+    build_metric_readers,
+    build_tracer_provider,
+    get_tracer,
+)
 from callbridge.webhooks.events import EventWriter
 from callbridge.webhooks.events import record as record_event
 from callbridge.webhooks.keys import StoredKeys
@@ -256,7 +261,8 @@ def build_runtime(
     registry = Registry(pm or plugin_manager_for(settings))
     selections = select_plugins(settings, registry)
     tracer_provider = build_tracer_provider(settings.telemetry, span_processors)
-    metrics = Metrics(settings.telemetry.service_name, metric_readers or ())
+    readers = [*build_metric_readers(settings.telemetry), *(metric_readers or ())]
+    metrics = Metrics(settings.telemetry.service_name, readers)
     tracer = get_tracer(tracer_provider)
     db = Database(settings.database_url)
     rules = RuleBook(db, config_rules(settings))

@@ -439,6 +439,14 @@ class TelemetrySettings(_Section):
     otlp_endpoint: str | None = Field(
         None, description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces."
     )
+    metrics: Literal["none", "console", "otlp"] = Field(
+        "none",
+        description="Where metrics are pushed besides GET /metrics: nowhere, stdout, or an "
+        "OTLP/HTTP collector (every OTEL_METRIC_EXPORT_INTERVAL ms, 60 s by default).",
+    )
+    otlp_metrics_endpoint: str | None = Field(
+        None, description="OTLP/HTTP metrics endpoint, e.g. http://collector:4318/v1/metrics."
+    )
     service_name: str = Field("callbridge", description="OpenTelemetry service.name.")
     log_format: Literal["console", "json"] = Field("console", description="Log line format.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Level.")

@@ -10,6 +10,12 @@ from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -39,6 +45,46 @@ def trace_exporter_choice(settings: TelemetrySettings, environ: Mapping[str, str
             + ", ".join(TRACE_EXPORTERS)
         )
     return chosen
+
+
+def metrics_exporter_choice(settings: TelemetrySettings, environ: Mapping[str, str]) -> str:
+    """Where metrics are pushed: ``telemetry.metrics``, or, while that is ``none``, the standard
+    ``OTEL_METRICS_EXPORTER`` (``console``, ``otlp``, ``prometheus`` or ``none``; prometheus
+    means only ``GET /metrics``, which is always served).
+
+    Raises:
+        ConfigError: ``OTEL_METRICS_EXPORTER`` names another exporter.
+    """
+    if settings.metrics != "none":
+        return settings.metrics
+    chosen = environ.get("OTEL_METRICS_EXPORTER", "none").strip().lower() or "none"
+    if chosen == "prometheus":
+        return "none"
+    if chosen not in TRACE_EXPORTERS:
+        raise ConfigError(
+            f"OTEL_METRICS_EXPORTER: {chosen!r} is not supported; choose one of: "
+            + ", ".join((*TRACE_EXPORTERS, "prometheus"))
+        )
+    return chosen
+
+
+def build_metric_readers(
+    settings: TelemetrySettings, environ: Mapping[str, str] | None = None
+) -> list[MetricReader]:
+    """The readers that push metrics where ``telemetry.metrics`` (or
+    ``OTEL_METRICS_EXPORTER``) says, every ``OTEL_METRIC_EXPORT_INTERVAL`` ms (60 000)."""
+    environ = os.environ if environ is None else environ
+    choice = metrics_exporter_choice(settings, environ)
+    if choice == "none":
+        return []
+    if choice == "console":
+        exporter: MetricExporter = ConsoleMetricExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        endpoint = settings.otlp_metrics_endpoint
+        exporter = OTLPMetricExporter(endpoint=endpoint) if endpoint else OTLPMetricExporter()
+    return [PeriodicExportingMetricReader(exporter)]
 
 
 def telemetry_resource(settings: TelemetrySettings, environ: Mapping[str, str]) -> Resource:
