@@ -560,3 +560,21 @@ async def test_each_built_in_strategy_shadows_the_next(api: ApiUnderTest) -> Non
         f"/v2/connectors/{connector['id']}", json={"defaultRuleId": None}, headers=api.headers
     )
     assert await decided() == ("default_room", "lobby")
+
+
+async def test_a_changed_rule_routes_by_its_new_content_at_once(api: ApiUnderTest) -> None:
+    """Decoded rules are cached by their stored content: a PATCH takes effect on the next call
+    even when the clock has not moved."""
+    connector = await _connector(api)
+    rule = await _rule(api, match={"to": ["+14155550100"]}, dispatch=ROOM)
+    call = {"connectorId": connector["id"], "to": "+14155550100"}
+    assert (await _explain(api, **call))["decision"]["roomId"] == "support"
+    patched = await api.client.patch(
+        f"/v2/routing-rules/{rule['id']}",
+        json={"dispatch": {"type": "room", "roomId": "moved"}},
+        headers=api.headers,
+    )
+    assert patched.status_code == 200
+    assert (await _explain(api, **call))["decision"]["roomId"] == "moved"
+    await api.client.delete(f"/v2/routing-rules/{rule['id']}", headers=api.headers)
+    assert (await _explain(api, **call))["decision"] is None

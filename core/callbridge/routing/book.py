@@ -9,8 +9,11 @@ from typing import Final
 from callbridge.routing.codec import rule_from_spec
 from callbridge.routing.rules import RoutingRule
 from callbridge.store.db import Database
+from callbridge.store.models import RoutingRuleRow
 from callbridge.store.repository import transaction
 
+MAX_CACHED_RULES: Final = 10_000
+"""Decoded stored rules kept; beyond, the cache starts over."""
 EVERY_API_KEY: Final = "*"
 """The ``apikey`` of a YAML rule that names none: it applies to every API key's calls."""
 
@@ -21,6 +24,7 @@ class RuleBook:
     def __init__(self, db: Database, config_rules: Sequence[RoutingRule] = ()) -> None:
         self._db = db
         self._config_rules: tuple[RoutingRule, ...] = tuple(config_rules)
+        self._cache: dict[str, tuple[str, RoutingRule]] = {}
 
     @property
     def config_rules(self) -> tuple[RoutingRule, ...]:
@@ -40,11 +44,7 @@ class RuleBook:
         :func:`~callbridge.routing.rules.precedence` orders them)."""
         async with transaction(self._db) as repo:
             rows = await repo.list_rules(apikey)
-        stored = [
-            rule_from_spec(row.spec, rule_id=row.id, apikey=row.apikey, created_at=row.created_at)
-            for row in rows
-        ]
-        return self.config_rules_of(apikey) + stored
+        return self.config_rules_of(apikey) + [self._decoded(row) for row in rows]
 
     async def rule(self, apikey: str, rule_id: str) -> RoutingRule | None:
         """One rule that applies to ``apikey``'s calls, or ``None``."""
@@ -55,6 +55,18 @@ class RuleBook:
             row = await repo.get_rule(apikey, rule_id)
         if row is None:
             return None
-        return rule_from_spec(
+        return self._decoded(row)
+
+    def _decoded(self, row: RoutingRuleRow) -> RoutingRule:
+        """The engine's rule of a stored row, decoded once per content of the row: decoding
+        re-checks every number with ``phonenumbers``, too dear for every webhook."""
+        cached = self._cache.get(row.id)
+        if cached is not None and cached[0] == row.spec and cached[1].apikey == row.apikey:
+            return cached[1]
+        if len(self._cache) >= MAX_CACHED_RULES:
+            self._cache.clear()
+        rule = rule_from_spec(
             row.spec, rule_id=row.id, apikey=row.apikey, created_at=row.created_at
         )
+        self._cache[row.id] = (row.spec, rule)
+        return rule
