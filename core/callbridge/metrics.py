@@ -114,11 +114,9 @@ class Metrics:
         label: str,
     ) -> None:
         """A gauge read when metrics are collected: ``read()`` gives a value per label value."""
-
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(value, {label: key}) for key, value in read().items()]
-
-        self._meter.create_observable_gauge(name, [callback], unit=unit, description=description)
+        self._meter.create_observable_gauge(
+            name, [_observations(read, label)], unit=unit, description=description
+        )
 
     def observe_counter(
         self,
@@ -129,11 +127,9 @@ class Metrics:
         label: str,
     ) -> None:
         """A monotonic counter read when metrics are collected (e.g. the clock's late ticks)."""
-
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(value, {label: key}) for key, value in read().items()]
-
-        self._meter.create_observable_counter(name, [callback], unit=unit, description=description)
+        self._meter.create_observable_counter(
+            name, [_observations(read, label)], unit=unit, description=description
+        )
 
     def prometheus_text(self) -> bytes:
         """The current figures in Prometheus' text format."""
@@ -168,3 +164,14 @@ class Metrics:
             reason = (transition.reason or EndReason.ERROR).value
             outcome = "ended" if after is CallStatus.ENDED else "failed"
             self.calls.add(1, {"provider": provider, "outcome": outcome, "reason": reason})
+
+
+def _observations(
+    read: Callable[[], Mapping[str, int]], label: str
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    """An observable instrument's callback: one observation per value ``read()`` gives."""
+
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(value, {label: key}) for key, value in read().items()]
+
+    return callback

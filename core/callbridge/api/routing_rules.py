@@ -13,16 +13,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import Provide
-from litestar.exceptions import ValidationException
 from litestar.params import Body
 from msgspec import UNSET
 
 from callbridge.api.auth import SECURITY_REQUIREMENT, Principal, auth_guard, authenticate
 from callbridge.api.connector_shapes import MessageResponse
-from callbridge.api.errors import ApiError, error_response, validation_message
-from callbridge.api.json_request import BodyError
+from callbridge.api.errors import ApiError
 from callbridge.api.rule_shapes import (
     ExplainRequest,
     ExplainResponse,
@@ -40,12 +38,11 @@ from callbridge.api.shapes import (
     format_timestamp,
     request_clock,
 )
-from callbridge.calls.intake import routing_context
+from callbridge.calls.intake import call_region, routing_context
 from callbridge.protocols import CallInfo
 from callbridge.routing.chain import route_call
 from callbridge.routing.codec import RuleError, body_of, build_rule, match_key, spec_json
 from callbridge.routing.config import rule_checks
-from callbridge.routing.regions import choose_region
 from callbridge.routing.rules import RoutingRule, precedence
 from callbridge.routing.shapes import RuleBody
 from callbridge.runtime import Runtime
@@ -117,14 +114,6 @@ def _read_only(rule_id: str) -> ApiError:
     )
 
 
-def _body_error(request: Request[Any, Any, Any], exc: BodyError) -> Response[Any]:
-    return error_response(exc.status_code, exc.message, exc.headers)
-
-
-def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    return error_response(400, validation_message(exc))
-
-
 class RoutingRuleController(Controller):
     """The Routing Rules API."""
 
@@ -133,7 +122,6 @@ class RoutingRuleController(Controller):
     guards = [auth_guard]
     dependencies = {"principal": Provide(authenticate)}
     security = SECURITY_REQUIREMENT
-    exception_handlers = {BodyError: _body_error, ValidationException: _validation_error}
 
     @post(
         "/",
@@ -290,7 +278,6 @@ class RoutingExplainController(Controller):
     guards = [auth_guard]
     dependencies = {"principal": Provide(authenticate)}
     security = SECURITY_REQUIREMENT
-    exception_handlers = {BodyError: _body_error, ValidationException: _validation_error}
 
     @post(
         "/explain",
@@ -336,14 +323,7 @@ class RoutingExplainController(Controller):
         region: dict[str, Any] | None = None
         if outcome.route is not None:
             route = outcome.route
-            choice = choose_region(
-                runtime.settings.routing,
-                runtime.settings.server.ingest_url,
-                rule_region=route.region,
-                connector_region=connector.region,
-                caller=facts.from_,
-            )
-            region = choice.to_json()
+            region = call_region(runtime, route, context).to_json()
             decision = {
                 "roomId": route.room_id,
                 "strategy": route.strategy,

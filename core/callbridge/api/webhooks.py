@@ -13,17 +13,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import Provide
-from litestar.exceptions import ValidationException
 from litestar.params import Body
 from msgspec import UNSET
 from sqlalchemy import select
 
 from callbridge.api.auth import SECURITY_REQUIREMENT, Principal, auth_guard, authenticate
 from callbridge.api.connector_shapes import MessageResponse
-from callbridge.api.errors import ApiError, error_response, validation_message
-from callbridge.api.json_request import BodyError
+from callbridge.api.errors import ApiError
 from callbridge.api.shapes import (
     UNAUTHORIZED,
     PageInfo,
@@ -133,14 +131,6 @@ def _new_secret(request: Request[Any, Any, Any], signer: str, given: str | None)
     return made
 
 
-def _body_error(request: Request[Any, Any, Any], exc: BodyError) -> Response[Any]:
-    return error_response(exc.status_code, exc.message, exc.headers)
-
-
-def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    return error_response(400, validation_message(exc))
-
-
 class WebhookController(Controller):
     """The Webhooks API."""
 
@@ -149,7 +139,6 @@ class WebhookController(Controller):
     guards = [auth_guard]
     dependencies = {"principal": Provide(authenticate)}
     security = SECURITY_REQUIREMENT
-    exception_handlers = {BodyError: _body_error, ValidationException: _validation_error}
 
     @post(
         "/",

@@ -119,15 +119,19 @@ async def handle_voice_webhook(
         span.set_attribute("callbridge.route.strategy", outcome.route.strategy)
         if outcome.route.rule_id is not None:
             span.set_attribute("callbridge.route.rule_id", outcome.route.rule_id)
-        facts = context.facts
-        region = choose_region(
-            runtime.settings.routing,
-            runtime.settings.server.ingest_url,
-            rule_region=outcome.route.region,
-            connector_region=connector.region,
-            caller=None if facts is None else facts.from_,
-        )
+        region = call_region(runtime, outcome.route, context)
         return await _route(runtime, provider, connector, call, outcome.route, region)
+
+
+def call_region(runtime: Runtime, route: Route, context: RoutingContext) -> RegionChoice:
+    """The region of a routed call (its rule's, its connector's, its caller's country's…)."""
+    return choose_region(
+        runtime.settings.routing,
+        runtime.settings.server.ingest_url,
+        rule_region=route.region,
+        connector_region=context.connector.region,
+        caller=None if context.facts is None else context.facts.from_,
+    )
 
 
 def routing_context(
