@@ -1,7 +1,8 @@
-"""Local services for tests (PostgreSQL now, Redis later): skip when absent, unless required.
+"""Local services for tests (PostgreSQL, Redis): skip when absent, unless required.
 
 Set ``CALLBRIDGE_REQUIRE_SERVICES=1`` (as CI does) to turn a missing service into a failure.
-``CALLBRIDGE_TEST_POSTGRES_URL`` overrides the PostgreSQL admin URL (an asyncpg DSN).
+``CALLBRIDGE_TEST_POSTGRES_URL`` overrides the PostgreSQL admin URL (an asyncpg DSN),
+``CALLBRIDGE_TEST_REDIS_URL`` the Redis URL.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ POSTGRES_HOST = "127.0.0.1"
 POSTGRES_PORT = 5432
 POSTGRES_ADMIN_DATABASE = "test"
 POSTGRES_USERS = ("postgres", "root")
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def require_or_skip(reason: str) -> NoReturn:
@@ -53,3 +55,20 @@ async def postgres_admin_url() -> str:
     target = urlsplit(override) if override else None  # never echo a password
     where = f"{target.hostname}:{target.port}" if target else f"{POSTGRES_HOST}:{POSTGRES_PORT}"
     require_or_skip(f"PostgreSQL not reachable at {where}: {'; '.join(errors)}")
+
+
+async def redis_url() -> str:
+    """The local Redis' URL, or skip/fail when it does not answer a PING."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    url = os.environ.get("CALLBRIDGE_TEST_REDIS_URL") or REDIS_URL
+    client = Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        await client.ping()
+    except (OSError, RedisError) as exc:
+        target = urlsplit(url)
+        require_or_skip(f"Redis not reachable at {target.hostname}:{target.port}: {exc}")
+    finally:
+        await client.aclose()
+    return url

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from callbridge.registry import Registry
 from callbridge.routing.chain import as_decision
 from tests.keystores import MemoryKeyStore
 from tests.servers import FakeClock
+from tests.services import redis_url
 from tests.sinks import RecordingSink
 
 REGISTRY = Registry(build_plugin_manager())
@@ -76,7 +78,9 @@ PROVIDER_SAMPLES: dict[str, dict[str, str]] = {
 }
 
 
-def build(kind: str, name: str, tmp_path: Path, clock: Any = None) -> Any:
+def build(
+    kind: str, name: str, tmp_path: Path, clock: Any = None, config: dict[str, Any] | None = None
+) -> Any:
     record = REGISTRY.get(kind, name, kind)  # type: ignore[arg-type]
     context = PluginContext(
         data_dir=tmp_path,
@@ -84,7 +88,8 @@ def build(kind: str, name: str, tmp_path: Path, clock: Any = None) -> Any:
         public_api_url="http://127.0.0.1:8000",
         public_ingest_url="ws://127.0.0.1:8000/ingest",
     )
-    return record.factory(record.config_model(**SAMPLE_CONFIGS.get(name, {})), context)
+    config = SAMPLE_CONFIGS.get(name, {}) if config is None else config
+    return record.factory(record.config_model(**config), context)
 
 
 SAMPLE_CONFIGS: dict[str, dict[str, Any]] = {
@@ -341,7 +346,10 @@ def ref_record(call_id: str = "call_1") -> RefRecord:
 @pytest.mark.parametrize("name", REGISTRY.names("ref_store"))
 async def test_ref_store_contract(name: str, tmp_path: Path) -> None:
     clock = FakeClock(1_000_000.0)
-    store = build("ref_store", name, tmp_path, clock)
+    config: dict[str, Any] = {}
+    if name == "redis":
+        config = {"url": await redis_url(), "key_prefix": f"cb-test:{secrets.token_hex(6)}:"}
+    store = build("ref_store", name, tmp_path, clock, config)
     assert isinstance(store, RefStore)
     await store.start()
     try:

@@ -27,6 +27,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "callbridge_plugins.signers.rsa_sha256",
     "callbridge_plugins.signers.standard_webhooks",
     "callbridge_plugins.refstores.memory",
+    "callbridge_plugins.refstores.redis",
 )
 
 
