@@ -52,7 +52,7 @@ from callbridge.redaction import remember_secrets
 from callbridge.runtime import Runtime
 from callbridge.store.ids import new_event_id, new_subscription_id
 from callbridge.store.models import Delivery, Event, WebhookSubscription
-from callbridge.store.repository import transaction
+from callbridge.store.repository import Repository, transaction
 from callbridge.webhooks import store
 from callbridge.webhooks.delivery import AttemptResult, open_secret, seal_secret
 from callbridge.webhooks.events import PING, encode
@@ -82,6 +82,14 @@ def shown_url(url: str) -> str:
     """``url`` without its query string and fragment (which may hold a token)."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+async def _subscription(repo: Repository, apikey: str, webhook_id: str) -> WebhookSubscription:
+    """The key's subscription ``webhook_id``; 404 when it has none of that id."""
+    row = await store.get_subscription(repo.session, apikey, webhook_id)
+    if row is None:
+        raise ApiError(404, "Not found")
+    return row
 
 
 def _data(row: WebhookSubscription, default_signer: str) -> WebhookData:
@@ -205,9 +213,7 @@ class WebhookController(Controller):
         self, request: Request[Any, Any, Any], principal: Principal, webhook_id: str
     ) -> WebhookResponse:
         async with transaction(request.app.state.db) as repo:
-            row = await store.get_subscription(repo.session, principal.apikey, webhook_id)
-        if row is None:
-            raise ApiError(404, "Not found")
+            row = await _subscription(repo, principal.apikey, webhook_id)
         default = _runtime(request).settings.webhooks.signer
         return WebhookResponse("Webhook fetched successfully", _data(row, default))
 
@@ -231,9 +237,7 @@ class WebhookController(Controller):
         signer = None if data.signer is UNSET else _signer_name(request, data.signer)
         shown_secret: str | None = None
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
-            row = await store.get_subscription(repo.session, principal.apikey, webhook_id)
-            if row is None:
-                raise ApiError(404, "Not found")
+            row = await _subscription(repo, principal.apikey, webhook_id)
             now = repo.now()
             if data.url is not UNSET:
                 row.url = data.url
@@ -273,9 +277,7 @@ class WebhookController(Controller):
         self, request: Request[Any, Any, Any], principal: Principal, webhook_id: str
     ) -> MessageResponse:
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
-            row = await store.get_subscription(repo.session, principal.apikey, webhook_id)
-            if row is None:
-                raise ApiError(404, "Not found")
+            row = await _subscription(repo, principal.apikey, webhook_id)
             await repo.session.delete(row)
         return MessageResponse(message="Webhook deleted successfully")
 
@@ -292,9 +294,7 @@ class WebhookController(Controller):
     ) -> TestResponse:
         clock = request_clock(request)
         async with transaction(request.app.state.db, clock) as repo:
-            row = await store.get_subscription(repo.session, principal.apikey, webhook_id)
-        if row is None:
-            raise ApiError(404, "Not found")
+            row = await _subscription(repo, principal.apikey, webhook_id)
         event_id = new_event_id()
         body = encode(
             {
@@ -325,9 +325,7 @@ class WebhookController(Controller):
         perPage: PerPage = 20,
     ) -> DeliveryListResponse:
         async with transaction(request.app.state.db) as repo:
-            row = await store.get_subscription(repo.session, principal.apikey, webhook_id)
-            if row is None:
-                raise ApiError(404, "Not found")
+            row = await _subscription(repo, principal.apikey, webhook_id)
             total = await store.count_deliveries(repo.session, row.id)
             deliveries = await store.deliveries_of(
                 repo.session, row.id, limit=perPage, offset=(page - 1) * perPage
@@ -414,9 +412,7 @@ class WebhookController(Controller):
         now = datetime.fromtimestamp(clock(), UTC)
         since = max(since, now - timedelta(days=MAX_REDELIVER_DAYS))
         async with transaction(request.app.state.db, clock, write=True) as repo:
-            row = await store.get_subscription(repo.session, principal.apikey, webhook_id)
-            if row is None:
-                raise ApiError(404, "Not found")
+            row = await _subscription(repo, principal.apikey, webhook_id)
             queued = await store.requeue_failed(repo.session, row.id, since, repo.now())
         _service(request).worker.poke()
         return RedeliverResponse("Failed deliveries queued", RedeliverResult(queued=queued))
