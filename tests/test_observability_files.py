@@ -20,7 +20,7 @@ _SERIES_SUFFIX = re.compile(r"_(bucket|count|sum)$")
 def exported_names() -> set[str]:
     """Every metric family the server's instruments produce, named by the real exporter: each
     instrument is fed once, and the observable ones are registered as the runtime does."""
-    metrics = Metrics("test")
+    metrics = Metrics()
     for instrument in vars(metrics).values():
         if isinstance(instrument, Counter | UpDownCounter):
             instrument.add(1, {"x": "y"})

@@ -520,7 +520,7 @@ async def test_stream_yields_start_media_dtmf_marks_and_clear_then_closed() -> N
     events = await drain(stream)
     assert events == [
         StreamStarted(STREAM_ID, CALL_UUID, PCMU, {"room": "room42", "userId": "7"}),
-        AudioIn(b"\xff" * 160),
+        AudioIn(b"\xff" * 160, sequence=1),  # media.chunk
         DtmfIn("5"),
         MarkEcho("utt-7"),
         MarkEcho("legacy"),
@@ -576,7 +576,7 @@ async def test_malformed_messages_are_counted_and_skipped() -> None:
     stream = PlivoMediaStream(channel)
     events = await drain(stream)
     assert [type(e).__name__ for e in events] == ["StreamStarted", "AudioIn", "StreamStopped"]
-    assert events[1] == AudioIn(good)
+    assert events[1] == AudioIn(good, sequence=2)
     assert stream.malformed == 15
 
 

@@ -529,11 +529,11 @@ async def test_stream_turns_messages_into_events(provider: TelnyxProvider) -> No
     )
     # The first four frames wait in the reorder buffer until it has seen four.
     assert events[1:] == [
-        AudioIn(frame(1)),
-        AudioIn(frame(2)),
-        AudioIn(frame(3)),
-        AudioIn(frame(4)),
-        AudioIn(frame(5)),
+        AudioIn(frame(1), 1),
+        AudioIn(frame(2), 2),
+        AudioIn(frame(3), 3),
+        AudioIn(frame(4), 4),
+        AudioIn(frame(5), 5),
         DtmfIn("1"),
         MarkEcho("utt-7"),
         StreamStopped("stop"),
@@ -549,6 +549,9 @@ async def test_out_of_order_frames_are_restored() -> None:
     events = await events_until_stopped(stream)
     assert audio_chunks(events) == list(range(1, 13))
     assert (stream.reorder.dropped, stream.reorder.missing) == (0, 0)
+    # Counted as they arrived, although they are delivered in order: 1, 5, 8 and 11.
+    assert [e.sequence for e in events if isinstance(e, AudioIn)] == list(range(1, 13))
+    assert (stream.arrivals.reordered, stream.arrivals.lost, stream.arrivals.frames) == (4, 0, 12)
 
 
 async def test_reorder_falls_back_to_sequence_number() -> None:
@@ -559,6 +562,9 @@ async def test_reorder_falls_back_to_sequence_number() -> None:
     stream, _ = open_stream([start(), *(numbered(s) for s in [3, 2, 4, 5, 7, 6]), None])
     events = await events_until_stopped(stream)
     assert audio_chunks(events) == [2, 3, 4, 5, 6, 7]
+    # sequence_number also counts DTMF and marks: it orders frames but numbers none.
+    assert {e.sequence for e in events if isinstance(e, AudioIn)} == {None}
+    assert (stream.arrivals.reordered, stream.arrivals.frames) == (0, 6)
 
 
 async def test_a_lost_frame_is_skipped_and_a_late_one_dropped() -> None:
@@ -567,6 +573,8 @@ async def test_a_lost_frame_is_skipped_and_a_late_one_dropped() -> None:
     events = await events_until_stopped(stream)
     assert audio_chunks(events) == [1, 2, 3, 4, 6, 7, 8, 9, 10]
     assert (stream.reorder.missing, stream.reorder.dropped) == (1, 1)
+    # Frame 5 did arrive, too late for the reorder buffer: reordered, not lost.
+    assert (stream.arrivals.reordered, stream.arrivals.lost) == (1, 0)
 
 
 async def test_frames_held_at_the_end_are_flushed_on_close() -> None:

@@ -256,7 +256,7 @@ async def test_stream_turns_messages_into_events(provider: TwilioProvider) -> No
             codec=CodecSpec("PCMU", 8000),
             custom_parameters={"roomId": "room-42", "from": "+14155550100"},
         ),
-        AudioIn(AUDIO),
+        AudioIn(AUDIO, sequence=1),  # media.chunk
         DtmfIn("5"),
         MarkEcho("utt-7"),
         StreamStopped("stop"),
@@ -301,7 +301,7 @@ async def test_malformed_messages_are_counted_and_skipped() -> None:
     stream = TwilioMediaStream(TextChannel([*bad, *good]))
     events = await events_until_stopped(stream)
     assert [type(event) for event in events] == [StreamStarted, AudioIn, DtmfIn, StreamStopped]
-    assert events[1] == AudioIn(AUDIO)
+    assert events[1] == AudioIn(AUDIO, sequence=8)
     assert events[2] == DtmfIn("#")
     assert stream.malformed == len(bad) - 2  # CONNECTED and the first START are fine
 

@@ -25,6 +25,10 @@ PROMETHEUS_CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 # The media figures a call ends with (CallBridge.stats + playout) that become counters.
 _FRAME_FIGURES: Final = {
     "frames_in": ("in", "received"),
+    "lost": ("in", "lost"),
+    "late": ("in", "late"),
+    "reordered": ("in", "reordered"),
+    "duplicates": ("in", "duplicate"),
     "frames_out": ("out", "sent"),
     "far_end_dropped": ("out", "dropped"),
     "playout_frames_in": ("room", "received"),
@@ -41,15 +45,17 @@ class Metrics:
     """Every instrument of one server (see the README's Observability section).
 
     Args:
-        service_name: ``service.name`` of the resource.
+        resource: the process' resource (``service.name`` and the rest, as traces have it).
         readers: extra metric readers (e.g. an OTLP exporter's, or a test's in-memory one).
     """
 
-    def __init__(self, service_name: str, readers: Iterable[MetricReader] = ()) -> None:
+    def __init__(
+        self, resource: Resource | None = None, readers: Iterable[MetricReader] = ()
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._prometheus = PrometheusMetricReader(registry=self.registry)
         self.provider = MeterProvider(
-            resource=Resource.create({"service.name": service_name}),
+            resource=resource or Resource({"service.name": "callbridge"}),
             metric_readers=[self._prometheus, *readers],
         )
         meter = self.provider.get_meter("callbridge")
@@ -70,7 +76,8 @@ class Metrics:
             "callbridge.media.frames",
             unit="{frame}",
             description="20 ms frames by direction (in: from the caller, out: to the caller, "
-            "room: through the room's playout buffer) and what became of them.",
+            "room: through the room's playout buffer) and what became of them (in: received, "
+            "and lost, late, reordered or duplicate as they arrived).",
         )
         self.playout_events = meter.create_counter(
             "callbridge.media.playout",
@@ -87,6 +94,18 @@ class Metrics:
             "callbridge.media.jitter",
             unit="ms",
             description="A call's inter-arrival jitter of the caller's frames (RFC 3550 style).",
+        )
+        self.mark_latency = meter.create_histogram(
+            "callbridge.media.mark_latency",
+            unit="ms",
+            description="A call's longest mark round trip: from sending a mark to the provider "
+            "to its echo as played (calls with a played mark).",
+        )
+        self.clear_latency = meter.create_histogram(
+            "callbridge.media.clear_latency",
+            unit="ms",
+            description="A call's slowest clear: from the room's clear to the provider's "
+            "confirmation (calls with a confirmed clear).",
         )
         self.deliveries = meter.create_counter(
             "callbridge.webhook.deliveries",
@@ -148,6 +167,10 @@ class Metrics:
             self.playout_depth.record(figures["playout_max_depth"], labels)
         if "jitter_us" in figures:
             self.jitter.record(figures["jitter_us"] / 1000, labels)
+        if "mark_latency_ms_max" in figures:
+            self.mark_latency.record(figures["mark_latency_ms_max"], labels)
+        if "clear_latency_ms_max" in figures:
+            self.clear_latency.record(figures["clear_latency_ms_max"], labels)
 
     def shutdown(self) -> None:
         self.provider.shutdown()

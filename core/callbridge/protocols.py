@@ -225,9 +225,17 @@ class StreamStarted:
 
 @dataclass(slots=True)
 class AudioIn:
-    """One frame of caller audio, still encoded in the stream codec."""
+    """One frame of caller audio, still encoded in the stream codec.
+
+    Attributes:
+        payload: the frame's bytes.
+        sequence: the provider's media counter for the frame (Twilio, Plivo and Telnyx
+            ``media.chunk``), which tells lost, reordered and duplicate frames apart; ``None``
+            when the protocol numbers no frames (the custom protocol) or the message lacked it.
+    """
 
     payload: bytes
+    sequence: int | None = None
 
 
 @dataclass(slots=True)
@@ -318,6 +326,10 @@ class MediaStream(Protocol):
     # Optional: ``send_dtmf(digits: str) -> None`` plays keypad digits to the caller, on
     # streams whose protocol can (Plivo ``sendDTMF``, custom clients); the bridge counts
     # digits it cannot send as ``dtmf_out_unsupported``.
+    # Optional: ``arrivals: FrameArrivals`` (callbridge.media.arrivals), on a stream that
+    # changes the order or timing of frames before it delivers them (Telnyx's reorder buffer):
+    # it observes each frame there, as it comes off the wire, and the bridge reports those
+    # figures instead of observing the frames it receives.
 
     async def close(self) -> None: ...
 

@@ -145,7 +145,7 @@ class Runtime:
     clock: Callable[[], float]
     instance_id: str
     lifecycle: CallLifecycle
-    metrics: Metrics = field(default_factory=lambda: Metrics("callbridge"))
+    metrics: Metrics = field(default_factory=Metrics)
     """The server's metrics (``GET /metrics``)."""
     signers: dict[str, WebhookSigner] = field(default_factory=dict)
     """Every enabled signer, by name (``webhooks.signers``)."""
@@ -260,9 +260,18 @@ def build_runtime(
     """Select, validate and build every configured plugin. Raises :class:`ConfigError`."""
     registry = Registry(pm or plugin_manager_for(settings))
     selections = select_plugins(settings, registry)
-    tracer_provider = build_tracer_provider(settings.telemetry, span_processors)
+    tracer_provider, exporting = build_tracer_provider(settings.telemetry, span_processors)
     readers = [*build_metric_readers(settings.telemetry), *(metric_readers or ())]
-    metrics = Metrics(settings.telemetry.service_name, readers)
+    metrics = Metrics(tracer_provider.resource, readers)
+    if exporting is not None:
+        metrics.observe_counter(
+            "callbridge.telemetry.dropped",
+            "Telemetry dropped because the exporter's queue was full (a slow or absent "
+            "collector), by signal.",
+            "{item}",
+            lambda: {"traces": exporting.dropped},
+            "signal",
+        )
     tracer = get_tracer(tracer_provider)
     db = Database(settings.database_url)
     rules = RuleBook(db, config_rules(settings))

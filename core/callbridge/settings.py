@@ -434,20 +434,34 @@ class TelemetrySettings(_Section):
     """Logs and traces."""
 
     traces: Literal["none", "console", "otlp"] = Field(
-        "none", description="Where spans go: nowhere, stdout, or an OTLP/HTTP collector."
+        "none",
+        description="Where spans go: nowhere, stdout, or an OTLP collector (HTTP or gRPC, "
+        "see otlp_protocol); while none, OTEL_TRACES_EXPORTER decides.",
     )
     otlp_endpoint: str | None = Field(
-        None, description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces."
+        None,
+        description="OTLP traces endpoint: over HTTP e.g. http://collector:4318/v1/traces, "
+        "over gRPC e.g. http://collector:4317.",
     )
     metrics: Literal["none", "console", "otlp"] = Field(
         "none",
         description="Where metrics are pushed besides GET /metrics: nowhere, stdout, or an "
-        "OTLP/HTTP collector (every OTEL_METRIC_EXPORT_INTERVAL ms, 60 s by default).",
+        "OTLP collector (every OTEL_METRIC_EXPORT_INTERVAL ms, 60 s by default).",
     )
     otlp_metrics_endpoint: str | None = Field(
-        None, description="OTLP/HTTP metrics endpoint, e.g. http://collector:4318/v1/metrics."
+        None,
+        description="OTLP metrics endpoint: over HTTP e.g. http://collector:4318/v1/metrics, "
+        "over gRPC e.g. http://collector:4317.",
     )
-    service_name: str = Field("callbridge", description="OpenTelemetry service.name.")
+    otlp_protocol: Literal["http/protobuf", "grpc"] | None = Field(
+        None,
+        description="OTLP transport of traces and metrics; unset: OTEL_EXPORTER_OTLP_"
+        "(TRACES_|METRICS_)PROTOCOL, else http/protobuf. gRPC endpoints look like "
+        "http://collector:4317.",
+    )
+    service_name: str = Field(
+        "callbridge", description="OpenTelemetry service.name (OTEL_SERVICE_NAME wins)."
+    )
     log_format: Literal["console", "json"] = Field("console", description="Log line format.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Level.")
 

@@ -17,8 +17,8 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Tracer
 
 from callbridge.settings import ConfigError, TelemetrySettings
@@ -27,6 +27,33 @@ TRACER_NAME = "callbridge"
 
 
 TRACE_EXPORTERS: Final = ("none", "console", "otlp")
+OTLP_PROTOCOLS: Final = ("http/protobuf", "grpc")
+
+
+def otlp_protocol(configured: str | None, environ: Mapping[str, str], signal: str) -> str:
+    """The OTLP transport of ``signal`` (``TRACES`` or ``METRICS``): ``configured``, else
+    ``OTEL_EXPORTER_OTLP_<signal>_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``, else
+    ``http/protobuf``.
+
+    Raises:
+        ConfigError: another protocol (e.g. ``http/json``, which the exporters lack).
+    """
+    chosen = (
+        (
+            configured
+            or environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+            or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf"
+        )
+        .strip()
+        .lower()
+    )
+    if chosen not in OTLP_PROTOCOLS:
+        raise ConfigError(
+            f"OTLP protocol {chosen!r} is not supported; choose one of: "
+            + ", ".join(OTLP_PROTOCOLS)
+        )
+    return chosen
 
 
 def trace_exporter_choice(settings: TelemetrySettings, environ: Mapping[str, str]) -> str:
@@ -79,11 +106,16 @@ def build_metric_readers(
         return []
     if choice == "console":
         exporter: MetricExporter = ConsoleMetricExporter()
+    elif otlp_protocol(settings.otlp_protocol, environ, "METRICS") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as GrpcMetricExporter,
+        )
+
+        exporter = GrpcMetricExporter(endpoint=settings.otlp_metrics_endpoint)
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        endpoint = settings.otlp_metrics_endpoint
-        exporter = OTLPMetricExporter(endpoint=endpoint) if endpoint else OTLPMetricExporter()
+        exporter = OTLPMetricExporter(endpoint=settings.otlp_metrics_endpoint)
     return [PeriodicExportingMetricReader(exporter)]
 
 
@@ -101,33 +133,58 @@ def telemetry_resource(settings: TelemetrySettings, environ: Mapping[str, str]) 
     return Resource(attributes)
 
 
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's batching span processor (a bounded queue drained by its own thread, so a slow
+    or absent collector never delays a call), counting the spans it drops because its queue
+    (``OTEL_BSP_MAX_QUEUE_SIZE``, 2048) is full; the SDK itself only logs them."""
+
+    dropped = 0
+    """Spans dropped so far."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        # The SDK keeps the queue private; if that changes, drops go uncounted, never wrong.
+        queue = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+        if queue is not None and queue.maxlen is not None and len(queue) >= queue.maxlen:
+            self.dropped += 1
+        super().on_end(span)
+
+
 def build_tracer_provider(
     settings: TelemetrySettings,
     extra_processors: list[SpanProcessor] | None = None,
     environ: Mapping[str, str] | None = None,
-) -> TracerProvider:
+) -> tuple[TracerProvider, CountingBatchSpanProcessor | None]:
     """A tracer provider exporting where ``telemetry.traces`` (or ``OTEL_TRACES_EXPORTER``)
-    says; spans get ids either way. The OTLP/HTTP endpoint is ``telemetry.otlp_endpoint``, else
-    the standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``.
-    Export is batched from a bounded queue: a slow or absent collector never delays a call
-    (spans beyond the queue are dropped)."""
+    says, and its exporting processor (``None`` when spans go nowhere); spans get ids either
+    way. OTLP goes over HTTP/protobuf or gRPC (:func:`otlp_protocol`) to
+    ``telemetry.otlp_endpoint``, else the standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``. Export is batched from a bounded queue: a slow or absent
+    collector never delays a call (spans beyond the queue are dropped and counted)."""
     environ = os.environ if environ is None else environ
     provider = TracerProvider(resource=telemetry_resource(settings, environ))
     choice = trace_exporter_choice(settings, environ)
-    if choice == "console":
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-    elif choice == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        exporter = (
-            OTLPSpanExporter(endpoint=settings.otlp_endpoint)
-            if settings.otlp_endpoint
-            else OTLPSpanExporter()
+    exporting: CountingBatchSpanProcessor | None = None
+    if choice != "none":
+        exporter: SpanExporter = (
+            ConsoleSpanExporter() if choice == "console" else _otlp_span_exporter(settings, environ)
         )
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        exporting = CountingBatchSpanProcessor(exporter)
+        provider.add_span_processor(exporting)
     for processor in extra_processors or ():
         provider.add_span_processor(processor)
-    return provider
+    return provider, exporting
+
+
+def _otlp_span_exporter(settings: TelemetrySettings, environ: Mapping[str, str]) -> SpanExporter:
+    if otlp_protocol(settings.otlp_protocol, environ, "TRACES") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        return GrpcSpanExporter(endpoint=settings.otlp_endpoint)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=settings.otlp_endpoint)
 
 
 def current_trace_parent() -> str | None:
@@ -164,7 +221,12 @@ class TracedPlugin:
         if attribute.startswith("_") or not callable(value):
             return value
         span_name = f"{self._kind}.{attribute}"
-        plugin_name = getattr(self._target, "name", type(self._target).__name__)
+        attributes = {
+            "callbridge.plugin.kind": self._kind,
+            "callbridge.plugin.name": str(
+                getattr(self._target, "name", type(self._target).__name__)
+            ),
+        }
         tracer = self._tracer
         if inspect.iscoroutinefunction(value):
 
@@ -172,8 +234,7 @@ class TracedPlugin:
             async def traced_async(*args: Any, **kwargs: Any) -> Any:
                 if not trace.get_current_span().get_span_context().is_valid:
                     return await value(*args, **kwargs)
-                with tracer.start_as_current_span(span_name) as span:
-                    span.set_attribute("callbridge.plugin", str(plugin_name))
+                with tracer.start_as_current_span(span_name, attributes=attributes):
                     return await value(*args, **kwargs)
 
             return traced_async
@@ -182,8 +243,7 @@ class TracedPlugin:
         def traced_sync(*args: Any, **kwargs: Any) -> Any:
             if not trace.get_current_span().get_span_context().is_valid:
                 return value(*args, **kwargs)
-            with tracer.start_as_current_span(span_name) as span:
-                span.set_attribute("callbridge.plugin", str(plugin_name))
+            with tracer.start_as_current_span(span_name, attributes=attributes):
                 return value(*args, **kwargs)
 
         return traced_sync

@@ -71,8 +71,10 @@ class CallData(msgspec.Struct, rename="camel"):
     media: Annotated[
         dict[str, int] | None,
         msgspec.Meta(
-            description="Media figures once a bridged call ended: frames each way, DTMF, marks, "
-            "clears, jitter (µs), playout drains and underruns…"
+            description="Media figures once a bridged call ended: frames each way; caller "
+            "frames lost, late, reordered and duplicated; jitter (µs); DTMF; marks and clears "
+            "with their latency (ms); playout drains and underruns… (see the README's "
+            "Observability section)"
         ),
     ]
     status: Annotated[

@@ -11,20 +11,30 @@ Marks and clears travel with the audio: the room hands a participant's ``mark`` 
 only after the audio that preceded it, so it reaches the provider after that audio; a ``clear``
 resets the outbound resampler and drops audio still waiting for the socket before the
 provider's own clear goes out.
+
+Media quality: each caller frame is observed by a :class:`~callbridge.media.arrivals.
+FrameArrivals` (lost, late, reordered and duplicate frames, jitter) with the clock read the
+frame costs anyway, unless the stream observes its frames itself (Telnyx, before its reorder
+buffer). A mark's latency runs from the moment it is sent to the provider to its echo; a
+clear's from the room's ``clear`` to the provider's confirmation: its ``clearedAudio``
+(:class:`~callbridge.protocols.ClearDone`), or, from a provider that echoes pending marks on
+clear, the echo of a mark that was pending at that clear. A clear with neither is not timed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from opentelemetry import trace
 
 from callbridge.calls.state import EndReason
+from callbridge.media.arrivals import FrameArrivals
 from callbridge.media.codecs import Codec, get_codec
 from callbridge.media.framing import FrameAssembler
 from callbridge.media.playout import FarEndPlayout
@@ -52,12 +62,38 @@ class BridgeEnd:
     detail: str | None = None
 
 
-FRAME_SECONDS = 0.02
+UNCONFIRMED_CLEARS = 16
+"""Clears remembered while they wait for the provider's confirmation (older ones go untimed)."""
+
+
+@dataclass(slots=True)
+class Latencies:
+    """Round trips of one kind: how many were timed, their sum and the longest, in seconds."""
+
+    count: int = 0
+    total: float = 0.0
+    longest: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        if seconds > self.longest:
+            self.longest = seconds
+
+    def figures(self, name: str) -> dict[str, int]:
+        """``{name}_ms_mean`` and ``{name}_ms_max`` in whole milliseconds; nothing when none
+        was timed."""
+        if not self.count:
+            return {}
+        return {
+            f"{name}_ms_mean": round(self.total / self.count * 1000),
+            f"{name}_ms_max": round(self.longest * 1000),
+        }
 
 
 @dataclass
 class MediaStats:
-    """Counters reported when a call ends."""
+    """Counters reported when a call ends (the README's Observability section)."""
 
     frames_in: int = 0
     frames_out: int = 0
@@ -66,24 +102,49 @@ class MediaStats:
     dtmf_out_unsupported: int = 0
     transfers: int = 0
     marks: int = 0
+    """Marks sent to the provider."""
+    marks_played: int = 0
+    """Marks reported to the room as played."""
+    marks_cleared: int = 0
+    """Marks reported to the room as cleared."""
     clears: int = 0
-    jitter: float = 0.0
-    """Inter-arrival jitter of the caller's frames in seconds (RFC 3550's running estimate)."""
+    arrivals: FrameArrivals = field(default_factory=FrameArrivals)
+    """How the caller's frames arrived: lost, late, reordered, duplicates and jitter."""
+    mark_latency: Latencies = field(default_factory=Latencies)
+    """From sending a mark to its echo, for the marks played."""
+    clear_latency: Latencies = field(default_factory=Latencies)
+    """From the room's clear to the provider's confirmation, for the clears confirmed."""
 
     def as_dict(self, malformed: int, far_end_dropped: int = 0) -> dict[str, int]:
+        arrivals = self.arrivals
         return {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "far_end_dropped": far_end_dropped,
+            "lost": arrivals.lost,
+            "late": arrivals.late,
+            "reordered": arrivals.reordered,
+            "duplicates": arrivals.duplicates,
             "dtmf": self.dtmf,
             "dtmf_out": self.dtmf_out,
             "dtmf_out_unsupported": self.dtmf_out_unsupported,
             "transfers": self.transfers,
             "marks": self.marks,
+            "marks_played": self.marks_played,
+            "marks_cleared": self.marks_cleared,
             "clears": self.clears,
+            "clears_confirmed": self.clear_latency.count,
             "malformed": malformed,
-            "jitter_us": round(self.jitter * 1_000_000),
+            "jitter_us": round(arrivals.jitter * 1_000_000),
+            **self.mark_latency.figures("mark_latency"),
+            **self.clear_latency.figures("clear_latency"),
         }
+
+
+@dataclass(slots=True)
+class _SentMark:
+    sent_at: float
+    cleared_at: float | None = None  # the first clear sent after it
 
 
 class CallBridge:
@@ -106,6 +167,10 @@ class CallBridge:
         self.leg: RoomLeg | None = None
         self.codec: Codec = get_codec(started.codec)
         self.stats = MediaStats()
+        observed = getattr(stream, "arrivals", None)
+        if isinstance(observed, FrameArrivals):
+            self.stats.arrivals = observed
+        self._stream_observes_arrivals = self.stats.arrivals is observed
         self._to_room = FrameResampler(self.codec.sample_rate, room_rate)
         self._to_caller = FrameResampler(room_rate, self.codec.sample_rate)
         self._caller_frames = FrameAssembler(self.codec.frame_samples)
@@ -114,9 +179,11 @@ class CallBridge:
         self._echoes_marks_on_clear = echoes_marks_on_clear
         self._end: BridgeEnd | None = None
         self._ended = asyncio.Event()
-        # Marks sent to the provider and not yet reported, in order; True once a clear was sent
-        # after them, so their echo (or the clear confirmation) reports them "cleared".
-        self._pending_marks: dict[str, bool] = {}
+        # Marks sent to the provider and not yet reported, in order; once a clear was sent
+        # after one, its echo (or the clear confirmation) reports it "cleared".
+        self._pending_marks: dict[str, _SentMark] = {}
+        # When the clears still waiting for the provider's confirmation were sent, oldest first.
+        self._unconfirmed_clears: deque[float] = deque(maxlen=UNCONFIRMED_CLEARS)
         self.on_transfer: Callable[[str, str | None], None] | None = None
         """Called with ``(room_id, transport)`` when a room member asks to move the call."""
         self._span: trace.Span = trace.INVALID_SPAN
@@ -186,7 +253,7 @@ class CallBridge:
         assembler = self._caller_frames
         stats = self.stats
         now = self._now
-        last_arrival = 0.0
+        observe = None if self._stream_observes_arrivals else stats.arrivals.observe
         while True:
             event = await stream.receive()
             # The leg and the resampler change when the call moves to another room.
@@ -195,13 +262,8 @@ class CallBridge:
                 if not stats.frames_in:
                     self._span.add_event("first audio from the caller")
                 stats.frames_in += 1
-                arrival = now()
-                if last_arrival:
-                    # RFC 3550: J += (|D| - J) / 16, D the deviation from the 20 ms spacing
-                    stats.jitter += (
-                        abs(arrival - last_arrival - FRAME_SECONDS) - stats.jitter
-                    ) / 16
-                last_arrival = arrival
+                if observe is not None:
+                    observe(event.sequence, now())
                 if leg is None:
                     continue
                 pcm = codec.decode(event.payload)
@@ -218,20 +280,53 @@ class CallBridge:
                 if leg is not None:
                     leg.send_event({"event": "dtmf", "digit": event.digit, "callId": self.call_id})
             elif isinstance(event, MarkEcho):
-                cleared = self._pending_marks.pop(event.name, False)
-                self._report_mark(event.name, cleared)
+                self._mark_echoed(event.name, now())
             elif isinstance(event, ClearDone):
-                if not self._echoes_marks_on_clear:
-                    flushed = [name for name, cleared in self._pending_marks.items() if cleared]
-                    for name in flushed:
-                        del self._pending_marks[name]
-                        self._report_mark(name, True)
+                self._clear_done(now())
             elif isinstance(event, StreamStopped):
                 if event.reason == "stop":
                     return BridgeEnd(EndReason.CALLER_HANGUP)
                 return BridgeEnd(EndReason.STREAM_CLOSED, event.reason)
 
-    def _report_mark(self, name: str, cleared: bool) -> None:
+    def _mark_echoed(self, name: str, now: float) -> None:
+        mark = self._pending_marks.pop(name, None)
+        self._report_mark(name, mark, now)
+        if mark is not None and mark.cleared_at is not None and self._echoes_marks_on_clear:
+            # The provider echoes every pending mark when it clears: the echo confirms the clear.
+            clears = self._unconfirmed_clears
+            if clears and clears[0] <= mark.cleared_at:
+                while clears and clears[0] <= mark.cleared_at:
+                    clears.popleft()  # an older clear with no mark pending is never confirmed
+                self._clear_confirmed(now - mark.cleared_at)
+
+    def _clear_done(self, now: float) -> None:
+        if not self._echoes_marks_on_clear:
+            pending = self._pending_marks
+            flushed = [name for name, mark in pending.items() if mark.cleared_at is not None]
+            for name in flushed:
+                self._report_mark(name, pending.pop(name), now)
+        if self._unconfirmed_clears:
+            self._clear_confirmed(now - self._unconfirmed_clears.popleft())
+
+    def _clear_confirmed(self, latency: float) -> None:
+        self.stats.clear_latency.add(latency)
+        self._span.add_event(
+            "clear confirmed", {"callbridge.clear.latency_ms": round(latency * 1000, 1)}
+        )
+
+    def _report_mark(self, name: str, mark: _SentMark | None, now: float) -> None:
+        cleared = mark is not None and mark.cleared_at is not None
+        attributes: dict[str, str | float] = {"callbridge.mark.name": name}
+        if mark is not None:
+            latency = now - mark.sent_at
+            attributes["callbridge.mark.latency_ms"] = round(latency * 1000, 1)
+            if not cleared:
+                self.stats.mark_latency.add(latency)
+        if cleared:
+            self.stats.marks_cleared += 1
+        else:
+            self.stats.marks_played += 1
+        self._span.add_event("mark cleared" if cleared else "mark played", attributes)
         if self.leg is not None:
             self.leg.send_event(
                 {
@@ -274,13 +369,16 @@ class CallBridge:
             self._span.add_event("clear")
             self._to_caller.reset()
             self.far_end.reset()
-            for name in self._pending_marks:
-                self._pending_marks[name] = True
+            sent_at = self._now()
+            self._unconfirmed_clears.append(sent_at)
+            for mark in self._pending_marks.values():
+                if mark.cleared_at is None:
+                    mark.cleared_at = sent_at
             self.stream.send_clear()
         elif kind == "mark" and "status" not in event and _valid_mark_name(event.get("name")):
             self.stats.marks += 1
             self._span.add_event("mark sent", {"callbridge.mark.name": event["name"]})
-            self._pending_marks[event["name"]] = False
+            self._pending_marks[event["name"]] = _SentMark(self._now())
             self.stream.send_mark(event["name"])
         elif kind == "hangup":
             reason = (

@@ -42,6 +42,8 @@ EVENT_DRAIN_SECONDS = 10.0
 log = structlog.get_logger("callbridge.claim")
 
 MAX_REF_CHARS = 256
+INGEST_ROUTE = "/ingest/{provider}/{ref}"
+"""The media socket's route template (never the path itself: it holds the ref)."""
 STREAM_END_REASONS = frozenset({EndReason.CALLER_HANGUP, EndReason.STREAM_CLOSED})
 """End reasons that mean the provider side ended the stream."""
 
@@ -66,7 +68,9 @@ async def claim_ref(
             "media claim refused", provider=provider_name, reason="unknown provider or bad ref"
         )
         return None
+    claim_started = time.monotonic()
     record = await runtime.ref_store.claim(ref, provider_name)
+    claim_ms = round((time.monotonic() - claim_started) * 1000, 3)
     if record is None:
         log.warning(
             "media claim refused",
@@ -74,23 +78,54 @@ async def claim_ref(
             reason="unknown, expired, used or another provider's ref",
         )
         return None
-    with structlog.contextvars.bound_contextvars(call_id=record.call_id, provider=provider_name):
+    # The claim is known to belong to a call only once the store answered: its span starts
+    # here, in the trace of the webhook that issued the ref (possibly on another process).
+    with (
+        runtime.tracer.start_as_current_span(
+            "call.claim",
+            context=context_from_trace_parent(record.trace_parent),
+            kind=SpanKind.SERVER,
+            attributes={
+                **call_attributes(record),
+                "http.route": INGEST_ROUTE,
+                "network.protocol.name": "websocket",
+                "callbridge.instance.id": runtime.instance_id,
+                "callbridge.ref_store": runtime.ref_store.name,
+                "callbridge.ref_store.claim_ms": claim_ms,
+            },
+        ) as span,
+        structlog.contextvars.bound_contextvars(call_id=record.call_id, provider=provider_name),
+    ):
         if record.verify_signatures:
             refusal = await _verify_handshake(runtime, record, public_url, headers or {})
             if refusal is not None:
                 reason, detail = refusal
+                span.set_status(Status(StatusCode.ERROR, reason.value))
                 log.warning("media claim refused", reason=reason.value, detail=detail)
                 await runtime.lifecycle.end(record.call_id, reason, detail)
                 return None
         claimed = await runtime.lifecycle.claim(record.call_id)
         if claimed is None:
+            span.set_status(Status(StatusCode.ERROR, "the call is no longer waiting"))
             log.warning("media claim refused", reason="the call is no longer waiting for it")
             return None
-        created = claimed.created_at.timestamp()
-        runtime.metrics.claim_delay.record(
-            max(0.0, runtime.clock() - created), {"provider": provider_name}
-        )
+        delay = max(0.0, runtime.clock() - claimed.created_at.timestamp())
+        span.set_attribute("callbridge.call.claim_delay_ms", round(delay * 1000, 1))
+        runtime.metrics.claim_delay.record(delay, {"provider": provider_name})
     return record
+
+
+def call_attributes(record: RefRecord) -> dict[str, str]:
+    """The attribute scheme's names of one call, from its ref record."""
+    attributes = {
+        "callbridge.call.id": record.call_id,
+        "callbridge.room.id": record.room_id,
+        "callbridge.connector.id": record.connector_id,
+        "callbridge.provider": record.provider,
+    }
+    if record.region is not None:
+        attributes["callbridge.region"] = record.region
+    return attributes
 
 
 async def _verify_handshake(
@@ -129,19 +164,12 @@ async def run_claimed_call(runtime: Runtime, record: RefRecord, channel: SocketC
     context = context_from_trace_parent(record.trace_parent)
     with (
         runtime.tracer.start_as_current_span(
-            "call.media", context=context, kind=SpanKind.SERVER
+            "call.media", context=context, kind=SpanKind.SERVER, attributes=call_attributes(record)
         ) as span,
         structlog.contextvars.bound_contextvars(
             call_id=record.call_id, provider=record.provider, connector_id=record.connector_id
         ),
     ):
-        span.set_attribute("callbridge.call.id", record.call_id)
-        span.set_attribute("callbridge.room.id", record.room_id)
-        span.set_attribute("callbridge.connector.id", record.connector_id)
-        span.set_attribute("callbridge.provider", record.provider)
-        if record.region is not None:
-            span.set_attribute("callbridge.region", record.region)
-        span.add_event("ref claimed")
         provider = runtime.providers[record.provider]
         started_at = time.monotonic()
         call = _ClaimedCall(runtime, record, provider, channel)

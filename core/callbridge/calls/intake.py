@@ -39,6 +39,8 @@ log = structlog.get_logger("callbridge.intake")
 
 
 RETRY_AFTER_SECONDS = 5
+WEBHOOK_ROUTE = "/v2/hooks/{provider}/{webhook_key}"
+"""The voice webhook's route template (never the path itself: it holds the webhook key)."""
 """``Retry-After`` of a 503 answered while the ref store is full."""
 
 
@@ -77,50 +79,68 @@ async def handle_voice_webhook(
     if connector is None:
         return NOT_FOUND
 
+    attributes = {
+        "http.request.method": request.method,
+        "http.route": WEBHOOK_ROUTE,
+        "callbridge.provider": provider_name,
+        "callbridge.connector.id": connector.id,
+    }
     with (
-        runtime.tracer.start_as_current_span("call.webhook", kind=SpanKind.SERVER) as span,
+        runtime.tracer.start_as_current_span(
+            "call.webhook", kind=SpanKind.SERVER, attributes=attributes
+        ) as span,
         structlog.contextvars.bound_contextvars(provider=provider_name, connector_id=connector.id),
     ):
-        span.set_attribute("callbridge.provider", provider_name)
-        span.set_attribute("callbridge.connector.id", connector.id)
-        try:
-            if connector.verify_signatures:
-                provider.verify_webhook(request, runtime.credentials_of(connector))
-            call = provider.parse_webhook(request)
-        except WebhookError as exc:
-            span.set_status(Status(StatusCode.ERROR, str(exc)))
-            log.warning("webhook rejected", reason=str(exc), status=exc.status)
-            return _error(exc.status, str(exc))
-        existing = await _existing_call(runtime, connector.id, call.provider_call_id)
-        if existing is not None:
-            return await _answer_retry(runtime, provider, existing)
-        query = {name: values[0] for name, values in _query_params(request).items() if values}
-        context = routing_context(runtime, call, connector, query)
-        with runtime.tracer.start_as_current_span("call.route") as route_span:
-            outcome = await route_call(runtime.routing_chain, context)
-            route_span.set_attribute(
-                "callbridge.route.strategies", [step.strategy for step in outcome.steps]
+        answer = await _answer_webhook(runtime, provider, connector, request)
+        span.set_attribute("http.response.status_code", answer.status)
+        if answer.status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        return answer
+
+
+async def _answer_webhook(
+    runtime: Runtime, provider: Provider, connector: Any, request: WebhookRequest
+) -> WebhookAnswer:
+    """Verify, parse, route and answer (in the ``call.webhook`` span)."""
+    span = trace.get_current_span()
+    try:
+        if connector.verify_signatures:
+            provider.verify_webhook(request, runtime.credentials_of(connector))
+        call = provider.parse_webhook(request)
+    except WebhookError as exc:
+        span.set_status(Status(StatusCode.ERROR, str(exc)))
+        log.warning("webhook rejected", reason=str(exc), status=exc.status)
+        return _error(exc.status, str(exc))
+    existing = await _existing_call(runtime, connector.id, call.provider_call_id)
+    if existing is not None:
+        return await _answer_retry(runtime, provider, existing)
+    query = {name: values[0] for name, values in _query_params(request).items() if values}
+    context = routing_context(runtime, call, connector, query)
+    with runtime.tracer.start_as_current_span("call.route") as route_span:
+        outcome = await route_call(runtime.routing_chain, context)
+        route_span.set_attribute(
+            "callbridge.route.strategies", [step.strategy for step in outcome.steps]
+        )
+        for step in outcome.steps:
+            route_span.add_event(
+                step.strategy,
+                {
+                    "callbridge.route.decided": step.decided,
+                    "callbridge.route.why": step.summary(),
+                },
             )
-            for step in outcome.steps:
-                route_span.add_event(
-                    step.strategy,
-                    {
-                        "callbridge.route.decided": step.decided,
-                        "callbridge.route.why": step.summary(),
-                    },
-                )
-            if outcome.route is not None:
-                route_span.set_attribute("callbridge.route.strategy", outcome.route.strategy)
-                if outcome.route.rule_id is not None:
-                    route_span.set_attribute("callbridge.route.rule_id", outcome.route.rule_id)
-        span.set_attribute("callbridge.route.decided", outcome.route is not None)
-        if outcome.route is None:
-            return await _refuse(runtime, provider, connector, call, outcome.reason)
-        span.set_attribute("callbridge.route.strategy", outcome.route.strategy)
-        if outcome.route.rule_id is not None:
-            span.set_attribute("callbridge.route.rule_id", outcome.route.rule_id)
-        region = call_region(runtime, outcome.route, context)
-        return await _route(runtime, provider, connector, call, outcome.route, region)
+        if outcome.route is not None:
+            route_span.set_attribute("callbridge.route.strategy", outcome.route.strategy)
+            if outcome.route.rule_id is not None:
+                route_span.set_attribute("callbridge.route.rule_id", outcome.route.rule_id)
+    span.set_attribute("callbridge.route.decided", outcome.route is not None)
+    if outcome.route is None:
+        return await _refuse(runtime, provider, connector, call, outcome.reason)
+    span.set_attribute("callbridge.route.strategy", outcome.route.strategy)
+    if outcome.route.rule_id is not None:
+        span.set_attribute("callbridge.route.rule_id", outcome.route.rule_id)
+    region = call_region(runtime, outcome.route, context)
+    return await _route(runtime, provider, connector, call, outcome.route, region)
 
 
 def call_region(runtime: Runtime, route: Route, context: RoutingContext) -> RegionChoice:

@@ -1,11 +1,13 @@
 """What the JSON media-socket adapters (Twilio, Plivo, Telnyx) share: the receive loop with its
-counters and sticky stop, ``event`` dispatch, inbound ``media`` decoding, DTMF, and the
-bookkeeping of marks for providers that echo every pending mark on ``clear``.
+counters and sticky stop, ``event`` dispatch, inbound ``media`` decoding (with its
+``media.chunk`` counter), DTMF, and the bookkeeping of marks for providers that echo every
+pending mark on ``clear``.
 """
 
 from __future__ import annotations
 
 import binascii
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -25,6 +27,18 @@ MAX_MESSAGE_CHARS = safe_json.SOCKET_LIMITS.max_bytes
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 """The keys a ``dtmf`` event may name."""
+
+_COUNTER = re.compile(r"[0-9]{1,18}")
+
+
+def wire_counter(value: Any) -> int | None:
+    """A protocol counter (``media.chunk``, ``sequence_number``): a non-negative integer, or
+    its decimal string (Twilio and Telnyx send strings); ``None`` when absent or invalid."""
+    if isinstance(value, str) and _COUNTER.fullmatch(value):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 class JsonMediaStream:
@@ -112,7 +126,7 @@ class JsonMediaStream:
             self.malformed += 1
             return None
         audio = self._inbound_audio(media)
-        return None if audio is None else AudioIn(audio)
+        return None if audio is None else AudioIn(audio, wire_counter(media.get("chunk")))
 
     def _inbound_audio(self, media: dict[str, Any]) -> bytes | None:
         track = media.get("track")

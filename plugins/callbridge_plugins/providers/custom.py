@@ -243,6 +243,8 @@ class CustomMediaStream:
     Satisfies :class:`callbridge.protocols.MediaStream`.
 
     Incoming audio is re-framed into whole 20 ms frames, so a client may send other sizes.
+    The protocol numbers no frames: their :attr:`~callbridge.protocols.AudioIn.sequence` is
+    ``None`` (one socket keeps them in order).
 
     Counting rules:
         ``malformed`` counts messages that break the protocol and are dropped: messages over

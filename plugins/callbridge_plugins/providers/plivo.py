@@ -370,7 +370,8 @@ class PlivoMediaStream(JsonMediaStream):
     Satisfies :class:`callbridge.protocols.MediaStream`. ``stream_id`` is Plivo's ``streamId``
     and ``provider_call_id`` its ``callId`` (the CallUUID), both from ``start``. Plivo's usual
     end is a socket close (reason ``closed``); with nothing after ``<Stream>``, closing the
-    socket ends the call.
+    socket ends the call. Each frame's ``media.chunk`` is its
+    :attr:`~callbridge.protocols.AudioIn.sequence` (``None`` when missing or not a number).
 
     Audio flows in the codec the XML asked for; if ``start.mediaFormat`` names another
     supported codec, the ``start`` is trusted (and the disagreement logged), since that is what

@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from callbridge import hookimpl
+from callbridge.media.arrivals import FrameArrivals
 from callbridge.media.reorder import ReorderBuffer
 from callbridge.plugin_types import ProviderPlugin
 from callbridge.protocols import (
@@ -55,6 +57,7 @@ from callbridge_plugins.providers._stream import (
     MAX_MESSAGE_CHARS,
     JsonMediaStream,
     PendingMarks,
+    wire_counter,
 )
 from callbridge_plugins.providers._webhook import MAX_PARAM_CHARS, kept_params
 from callbridge_plugins.simulators.telnyx import simulate_telnyx_call
@@ -326,7 +329,11 @@ class TelnyxMediaStream(JsonMediaStream):
     Inbound media is put back in order by ``media.chunk`` (else ``sequence_number``) through a
     :class:`~callbridge.media.reorder.ReorderBuffer`; what it still holds is released when the
     stream stops. Media that arrives before ``start`` (delivery order is not guaranteed) is
-    kept, up to 50 events, and delivered after :class:`StreamStarted`.
+    kept, up to 50 events, and delivered after :class:`StreamStarted`. Each frame is observed
+    by :attr:`arrivals` as it comes off the wire, before the buffer, so the call's figures
+    count the frames that arrived out of order (and late) although the bridge receives them in
+    order; its sequence is ``media.chunk`` only (``sequence_number`` also counts DTMF and
+    marks, whose numbers would look like lost frames).
 
     Counters:
         ``malformed``: messages that break the protocol and are dropped: binary frames,
@@ -339,6 +346,7 @@ class TelnyxMediaStream(JsonMediaStream):
         track other than ``inbound``.
         ``errors``: Telnyx ``error`` events (logged; the call goes on).
         ``reorder``: the buffer, with its ``dropped`` (late, duplicate) and ``missing`` counts.
+        ``arrivals``: lost, reordered, duplicate and late frames and jitter, as they arrived.
 
     Mark echoes of marks that were pending when :meth:`send_clear` ran are reported with
     ``cleared=True`` (Telnyx echoes every pending mark on ``clear``).
@@ -348,11 +356,18 @@ class TelnyxMediaStream(JsonMediaStream):
     _label = "Telnyx"
 
     def __init__(
-        self, channel: SocketChannel, options: StreamOptions, *, reorder_depth: int = 4
+        self,
+        channel: SocketChannel,
+        options: StreamOptions,
+        *,
+        reorder_depth: int = 4,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(channel)
         self.errors = 0
-        self.reorder: ReorderBuffer[bytes] = ReorderBuffer(reorder_depth)
+        self.reorder: ReorderBuffer[AudioIn] = ReorderBuffer(reorder_depth)
+        self.arrivals = FrameArrivals()
+        self._clock = clock
         self._options = options
         self._codec = options.codec
         self._ready: deque[StreamEvent] = deque()
@@ -385,7 +400,7 @@ class TelnyxMediaStream(JsonMediaStream):
 
     def _finish(self, stopped: StreamStopped) -> None:
         if self._stream_id is not None:
-            self._ready.extend(AudioIn(payload) for payload in self.reorder.flush())
+            self._ready.extend(self.reorder.flush())
         self._stopped = stopped
 
     def _emit(self, event: StreamEvent) -> None:
@@ -404,14 +419,14 @@ class TelnyxMediaStream(JsonMediaStream):
         audio = self._inbound_audio(media)
         if audio is None:
             return
-        seq = _counter(media.get("chunk"))
-        if seq is None:
-            seq = _counter(data.get("sequence_number"))
+        chunk = wire_counter(media.get("chunk"))
+        seq = chunk if chunk is not None else wire_counter(data.get("sequence_number"))
         if seq is None:
             self.malformed += 1
             return
-        for released in self.reorder.push(seq, audio):
-            self._emit(AudioIn(released))
+        self.arrivals.observe(chunk, self._clock())
+        for released in self.reorder.push(seq, AudioIn(audio, chunk)):
+            self._emit(released)
 
     def _connected(self, data: dict[str, Any]) -> None:
         # The version is not checked: a new version is no reason to drop the call.
@@ -533,14 +548,6 @@ class TelnyxMediaStream(JsonMediaStream):
         self._marks.clear()
         self._channel.drop_pending()
         self._channel.send_text('{"event":"clear"}')
-
-
-def _counter(value: Any) -> int | None:
-    if isinstance(value, str) and _COUNTER.fullmatch(value):
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
 
 
 def _custom_parameters(value: Any) -> dict[str, str]:

@@ -284,7 +284,8 @@ class TwilioMediaStream(JsonMediaStream):
 
     Satisfies :class:`callbridge.protocols.MediaStream`. ``stream_id`` is Twilio's
     ``streamSid`` and ``provider_call_id`` its ``CallSid``, both from ``start``; ``connected``
-    is consumed silently.
+    is consumed silently. Each frame's ``media.chunk`` (counting from 1) is its
+    :attr:`~callbridge.protocols.AudioIn.sequence` (``None`` when missing or not a number).
 
     Counting rules:
         ``malformed`` counts messages that break the protocol and are dropped: binary frames,
