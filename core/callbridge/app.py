@@ -22,6 +22,7 @@ from callbridge.api.config_connectors import check_config_connectors, sync_confi
 from callbridge.api.connectors import ConnectorController
 from callbridge.api.errors import exception_handlers
 from callbridge.api.event_socket import event_socket
+from callbridge.api.health import healthz, readyz
 from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, voice_webhook
 from callbridge.api.json_request import JsonRequest
 from callbridge.api.openapi import document_api
@@ -31,6 +32,7 @@ from callbridge.api.routing_rules import RoutingExplainController, RoutingRuleCo
 from callbridge.api.webhooks import SipWebhookController, WebhookController
 from callbridge.calls.state import EndReason
 from callbridge.calls.sweeper import CallSweeper
+from callbridge.drain import Drain
 from callbridge.feed.poller import EventFeed
 from callbridge.metrics import PROMETHEUS_CONTENT_TYPE
 from callbridge.redaction import install_redaction, remember_secrets
@@ -51,11 +53,6 @@ def prometheus_metrics(state: State) -> Response[bytes]:
     return Response(
         runtime.metrics.prometheus_text(), media_type=PROMETHEUS_CONTENT_TYPE, status_code=200
     )
-
-
-@get("/healthz", include_in_schema=False, sync_to_thread=False)
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
 
 
 @get("/v2/public/rsa-public-key", tags=["webhooks"], summary="Webhook signing public key")
@@ -160,6 +157,7 @@ def create_app(
             rsa_public_key,
             prometheus_metrics,
             healthz,
+            readyz,
         ],
         lifespan=[lifespan],
         on_startup=[document_api],
@@ -172,6 +170,7 @@ def create_app(
                 "runtime": runtime,
                 "webhooks": webhooks,
                 "event_feed": event_feed,
+                "drain": Drain(runtime, webhooks),
                 "db": runtime.db,
                 "public_api_url": settings.server.api_url,
                 "provider_names": list(settings.providers.enabled),

@@ -23,6 +23,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from callbridge.app import create_app
     from callbridge.logging import configure_logging
+    from callbridge.serving import DrainingServer
 
     settings = _settings(args.config)
     configure_logging(settings.telemetry.log_format, settings.telemetry.log_level)
@@ -40,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_max_size=settings.server.max_socket_message_bytes,
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config, app.state.drain).run()
     return 0
 
 

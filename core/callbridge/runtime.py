@@ -151,6 +151,8 @@ class Runtime:
     """Every enabled signer, by name (``webhooks.signers``)."""
     active_calls: dict[str, ActiveCall] = field(default_factory=dict)
     call_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    draining: bool = False
+    """Set once on SIGTERM (:mod:`callbridge.drain`): not ready, no new calls or claims."""
     _credential_box: CredentialBox | None = None
 
     @property

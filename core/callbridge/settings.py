@@ -466,6 +466,44 @@ class TelemetrySettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Level.")
 
 
+class ClusterSettings(_Section):
+    """Several replicas behind one load balancer (the README's "Running at scale")."""
+
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis every replica shares for what crosses replicas: commands to the "
+        "replica holding a call or room, room homes ({$env} or {$file}; it may hold a "
+        "password). Unset: one replica.",
+    )
+    room_mode: Literal["relay", "direct"] = Field(
+        "relay",
+        description="How a call or member reaches its room's home replica: relay (the replica "
+        "that accepted the socket relays frames over the internal network; one public address) "
+        "or direct (answers carry the home replica's own public URLs, e.g. per-pod hostnames).",
+    )
+    internal_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+$",
+        description="How the other replicas reach this one, e.g. http://10.0.3.7:8000 (a pod "
+        "IP). Default: http://{server.host}:{server.port}.",
+    )
+    room_lease_seconds: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        description="A room's home lease in Redis: renewed while the room lives, re-homed once "
+        "it lapses (its replica died).",
+    )
+    drain_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=24 * 3600,
+        description="On SIGTERM: readiness turns false at once, new claims are refused, and "
+        "running calls may go on this long; then they end (reason shutdown, hung up at the "
+        "provider). Match the orchestrator's grace period (terminationGracePeriodSeconds).",
+    )
+
+
 class SecuritySettings(_Section):
     """Keys protecting data at rest."""
 
@@ -510,6 +548,7 @@ class Settings(BaseSettings):
     events: EventSocketSettings = Field(default_factory=EventSocketSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     plugins: PluginLoadSettings = Field(default_factory=PluginLoadSettings)
     routing_rules: list[dict[str, Any]] = Field(
         default_factory=list,

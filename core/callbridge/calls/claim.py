@@ -68,6 +68,9 @@ async def claim_ref(
             "media claim refused", provider=provider_name, reason="unknown provider or bad ref"
         )
         return None
+    if runtime.draining:  # the ref stays claimable: a shared store lets another replica take it
+        log.warning("media claim refused", provider=provider_name, reason="the server is draining")
+        return None
     claim_started = time.monotonic()
     record = await runtime.ref_store.claim(ref, provider_name)
     claim_ms = round((time.monotonic() - claim_started) * 1000, 3)

@@ -78,6 +78,14 @@ async def handle_voice_webhook(
         connector = await repo.find_connector_by_webhook_key(provider_name, webhook_key)
     if connector is None:
         return NOT_FOUND
+    if runtime.draining:
+        log.info("webhook refused: the server is draining", provider=provider_name)
+        return WebhookAnswer(
+            503,
+            json.dumps({"message": "this server is shutting down; try again"}),
+            "application/json",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
     attributes = {
         "http.request.method": request.method,

@@ -117,6 +117,12 @@ class MediaClock:
         """Whether the clock's task is alive."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the clock does its job: idle with nothing registered, or its task alive
+        (a hand-driven clock always is)."""
+        return not self._registrations or not self._autostart or self.running
+
     def now(self) -> float:
         """The clock's time in seconds (monotonic). A hand-driven clock's time is its tick
         count times the period, so tests see time move only when they tick."""

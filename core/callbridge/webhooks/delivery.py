@@ -276,6 +276,14 @@ class DeliveryWorker:
             await asyncio.wait(self._in_flight, timeout=self._settings.timeout_seconds + 1)
         await self._sender.aclose()
 
+    async def flush(self) -> None:
+        """Lease and send what is due, pass after pass, until nothing is, then wait for the
+        attempts in flight (callers bound it with a timeout)."""
+        while await self.run_once(wait=True):
+            pass
+        if self._in_flight:
+            await asyncio.wait(self._in_flight)
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:

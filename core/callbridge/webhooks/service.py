@@ -39,3 +39,9 @@ class WebhookService:
 
     async def stop(self) -> None:
         await self.worker.stop()
+
+    async def flush(self) -> None:
+        """Send every delivery due now and wait for the attempts (a draining server's last
+        ones; what fails is retried later by any replica)."""
+        if self._run_worker:
+            await self.worker.flush()

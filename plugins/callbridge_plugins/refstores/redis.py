@@ -168,6 +168,15 @@ class RedisRefStore:
             return None
         return None if payload is None else _decode(payload)
 
+    async def ping(self) -> bool:
+        """Whether Redis answers (the server's readiness)."""
+        if self._redis is None:
+            return False
+        try:
+            return bool(await self._redis.ping())
+        except RedisError:
+            return False
+
     async def aclose(self) -> None:
         client, self._redis = self._redis, None
         if client is not None:
