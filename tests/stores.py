@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,7 +29,10 @@ class StepClock:
         self.now += seconds
 
 
-async def _postgres_database() -> AsyncIterator[Database]:
+@contextlib.asynccontextmanager
+async def postgres_database_url() -> AsyncIterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped afterwards (skip/fail when
+    PostgreSQL is unreachable)."""
     import asyncpg
 
     admin = await postgres_admin_url()
@@ -39,16 +43,23 @@ async def _postgres_database() -> AsyncIterator[Database]:
     finally:
         await connection.close()
     url = make_url(admin).set(drivername="postgresql+asyncpg", database=name)
-    db = Database(url.render_as_string(hide_password=False))
     try:
-        yield db
+        yield url.render_as_string(hide_password=False)
     finally:
-        await db.dispose()
         connection = await asyncpg.connect(admin)
         try:
             await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await connection.close()
+
+
+async def _postgres_database() -> AsyncIterator[Database]:
+    async with postgres_database_url() as url:
+        db = Database(url)
+        try:
+            yield db
+        finally:
+            await db.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])

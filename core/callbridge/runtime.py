@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import pluggy
 from opentelemetry.sdk.metrics.export import MetricReader
@@ -15,6 +16,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Tracer
 
 from callbridge.calls.state import CallLifecycle, EndReason
+from callbridge.cluster.bus import ClusterBus
+from callbridge.cluster.commands import command_handlers
 from callbridge.crypto import CredentialBox, load_credentials_key
 from callbridge.media.clock import MediaClock
 from callbridge.metrics import Metrics
@@ -151,6 +154,8 @@ class Runtime:
     """Every enabled signer, by name (``webhooks.signers``)."""
     active_calls: dict[str, ActiveCall] = field(default_factory=dict)
     call_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    bus: ClusterBus | None = None
+    """Commands to and from other replicas (``cluster.redis_url``); ``None``: one replica."""
     draining: bool = False
     """Set once on SIGTERM (:mod:`callbridge.drain`): not ready, no new calls or claims."""
     _credential_box: CredentialBox | None = None
@@ -199,6 +204,8 @@ class Runtime:
         await self.ref_store.start()
         for transport in self.room_transports.values():
             await transport.start()
+        if self.bus is not None:
+            await self.bus.start()
         self._observe()
 
     def _observe(self) -> None:
@@ -246,6 +253,8 @@ class Runtime:
         for provider in self.providers.values():
             await provider.aclose()
         await self.ref_store.aclose()
+        if self.bus is not None:
+            await self.bus.aclose()
         await self.db.dispose()
         self.tracer_provider.shutdown()
         self.metrics.shutdown()
@@ -302,7 +311,7 @@ def build_runtime(
         for kind, objs in built.items()
     }
     instance_id = "inst_" + secrets.token_hex(8)
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         context=context,
         registry=registry,
@@ -327,3 +336,8 @@ def build_runtime(
         ),
         metrics=metrics,
     )
+    if settings.cluster.redis_url is not None:
+        url = settings.cluster.redis_url.get_secret_value()
+        remember_secrets([urlsplit(url).password or ""])
+        runtime.bus = ClusterBus(url, instance_id, command_handlers(runtime))
+    return runtime

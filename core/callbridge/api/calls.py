@@ -5,7 +5,9 @@ token authentication before anything else, and another API key's call answers ex
 unknown one (404).
 
 Hang-up: a call bridged on this server (``request.app.state.runtime.active_calls``) is asked
-to end (``202``; the bridge then ends it, hangs up at the provider and records the end). A call
+to end (``202``; the bridge then ends it, hangs up at the provider and records the end); one
+bridged on another replica (its ``owner_id``) gets the same request over the cluster bus
+(``cluster.redis_url``; ``202`` when that replica is listening). A call
 that is not bridged here yet (``started``: the provider has not opened its media socket) or any
 more (``answered`` but no bridge on this server, e.g. a row left by a crash) is marked ended
 with reason ``api-hangup`` (``200``). An ended or failed call answers ``409``.
@@ -224,7 +226,8 @@ class CallController(Controller):
         "/{call_id:str}/hangup",
         status_code=202,
         summary="Hang up a call",
-        description="202: the call is bridged on this server and is being ended (the bridge "
+        description="202: the call is bridged on this server, or on another replica that got "
+        "the request over the cluster bus, and is being ended (the bridge "
         "hangs up at the provider and records the end). 200: the call was not bridged here; "
         "it is recorded as ended and, when the connector holds credentials, ended at the "
         "provider through its REST API. 409: it had already ended.",
@@ -252,6 +255,17 @@ class CallController(Controller):
             )
         if call.status in _ENDED:
             raise ApiError(409, "call already ended")
+        if (
+            runtime.bus is not None
+            and call.owner_id is not None
+            and call.owner_id != runtime.instance_id
+            and await runtime.bus.send(
+                call.owner_id, "hangup", callId=call.id, reason=EndReason.API_HANGUP.value
+            )
+        ):  # bridged on another replica, which ends it as it would its own
+            return Response(
+                CallResponse(message="Hang-up requested", data=call_data(call)), status_code=202
+            )
         ended = await runtime.lifecycle.end(call.id, EndReason.API_HANGUP)
         if ended is None:  # it ended meanwhile
             raise ApiError(409, "call already ended")

@@ -28,13 +28,16 @@ def healthz() -> dict[str, str]:
 @get("/readyz", include_in_schema=False)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     """Ready for new calls: ``200 {"status": "ready", "checks": {…}}``, else ``503`` with
-    ``"draining"`` or the failed checks (``store``, ``ref_store``, ``media_clock``)."""
+    ``"draining"`` or the failed checks (``store``, ``ref_store``, ``media_clock``, and
+    ``cluster``: the cluster bus' Redis, when ``cluster.redis_url`` is set)."""
     runtime: Runtime = state.runtime
     checks = {
         "store": await _passes(_store_answers(runtime)),
         "ref_store": await _passes(_ref_store_answers(runtime)),
         "media_clock": runtime.context.media_clock.healthy,
     }
+    if runtime.bus is not None:
+        checks["cluster"] = await _passes(runtime.bus.ping())
     if runtime.draining:
         status = "draining"
     elif all(checks.values()):

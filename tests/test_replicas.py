@@ -1,0 +1,132 @@
+"""Two replicas as separate processes sharing the local PostgreSQL and Redis: a webhook
+answered by A and its media socket on B; an API hang-up sent to A ends the call B holds (at the
+provider too); B's events reach an event-socket client on A; each webhook delivered once."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import connect
+
+from tests import twilio_wire as tw
+from tests.fake_provider_api import FakeProviderApi
+from tests.live_calls import twilio_caller
+from tests.servers import (
+    TEST_KEYS,
+    ServerProcess,
+    create_connector,
+    issue_token,
+    provider_api_overrides,
+    start_process,
+)
+from tests.services import redis_url
+from tests.stores import postgres_database_url
+from tests.test_event_socket import EventClient
+from tests.webhook_receiver import receiving
+
+KEY = "ak_test_one"
+ACCOUNT_SID = "AC" + "9" * 32
+CREDENTIALS = {"accountSid": ACCOUNT_SID, "authToken": "replicas_auth_token"}
+
+
+def shared_config(database: str, redis: str, provider_api: str) -> dict[str, Any]:
+    """What every replica shares: the database, Redis (refs and the cluster bus), keys."""
+    return {
+        **provider_api_overrides(["twilio"], "twilio", provider_api),
+        "auth": {"api_keys": [{"apikey": KEY, "secret": TEST_KEYS[KEY]}]},
+        "storage": {"url": database},
+        "refs": {
+            "store": "redis",
+            "config": {"redis": {"url": redis, "key_prefix": f"cb-{secrets.token_hex(6)}:"}},
+        },
+        "cluster": {"redis_url": redis, "drain_seconds": 2},
+        "security": {"credentials_key": base64.b64encode(secrets.token_bytes(32)).decode()},
+        "webhooks": {"allow_networks": ["127.0.0.0/8"], "poll_interval_seconds": 0.1},
+        "events": {"poll_interval_seconds": 0.05},
+    }
+
+
+async def call_of(server: ServerProcess, token: str, status: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
+        for _ in range(200):
+            (call,) = (await client.get(f"{server.url}/v2/calls")).json()["data"]
+            if call["status"] == status:
+                return call  # type: ignore[no-any-return]
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"the call never became {status}: {call}")
+
+
+async def test_a_call_across_replicas_is_hung_up_from_the_other_one(
+    tmp_path: Path, fake_provider_api: FakeProviderApi
+) -> None:
+    redis = await redis_url()
+    async with postgres_database_url() as database, receiving() as receiver:
+        config = shared_config(database, redis, fake_provider_api.base_url)
+        for folder in ("a", "b"):
+            (tmp_path / folder).mkdir()
+        first = start_process(tmp_path / "a", config)
+        second = start_process(tmp_path / "b", config)
+        try:
+            token = issue_token(KEY, TEST_KEYS[KEY])
+            headers = {"Authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(headers=headers) as client:
+                for server in (first, second):
+                    ready = await client.get(f"{server.url}/readyz")
+                    assert ready.json()["checks"]["cluster"] is True
+                created = await client.post(
+                    f"{first.url}/v2/webhooks",
+                    json={
+                        "url": f"{receiver.url}/hook",
+                        "events": ["call-started", "call-answered", "call-hangup"],
+                    },
+                )
+                assert created.status_code == 201
+            socket_on_first = f"ws://127.0.0.1:{first.port}/v2/ws?token={token}"
+            async with connect(socket_on_first) as socket:
+                watcher = EventClient(socket)
+                await watcher.subscribe([f"apikey:{KEY}:call:*"])
+                connector = create_connector(
+                    first.url,
+                    token,
+                    provider="twilio",
+                    defaultRoomId="replicas",
+                    credentials=CREDENTIALS,
+                )
+                form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
+                answer = await tw.post_webhook(connector.webhook_url, form)
+                assert answer.stream_url is not None
+                on_second = answer.stream_url.replace(f":{first.port}/", f":{second.port}/")
+                async with twilio_caller(on_second, form["CallSid"]) as caller:
+                    answered = await call_of(first, token, "answered")
+                    async with httpx.AsyncClient(headers=headers) as client:
+                        hangup = await client.post(f"{first.url}/v2/calls/{answered['id']}/hangup")
+                    assert hangup.status_code == 202, hangup.text
+                    await asyncio.wait_for(caller.closed.wait(), 10)
+                ended = await call_of(first, token, "ended")
+                events = [await watcher.next() for _ in range(3)]
+            deliveries = await receiver.wait_for(3)
+            await asyncio.sleep(0.5)  # a second delivery of anything would arrive by now
+        finally:
+            await asyncio.gather(asyncio.to_thread(first.stop), asyncio.to_thread(second.stop))
+    assert ended["endReason"] == "api-hangup"
+    hangups = [r for r in fake_provider_api.requests if r.path.startswith("/2010-04-01/")]
+    assert len(hangups) == 1, "the replica holding the call hung it up at Twilio"
+    assert "Status=completed" in hangups[0].body.decode()
+    # the event socket on A saw what B did
+    assert [(e["event_type"], e["data"].get("status")) for e in events] == [
+        ("call.created", "started"),
+        ("call.status", "answered"),
+        ("call.status", "hangup"),
+    ]
+    delivered = [json.loads(request.body)["webhookType"] for request in receiver.received]
+    assert sorted(delivered) == ["call-answered", "call-hangup", "call-started"], (
+        "each event delivered once, with workers on both replicas"
+    )
+    assert len(deliveries) == 3
+    assert "call hung up for another replica" in second.logs()
