@@ -1,6 +1,7 @@
-"""Two replicas as separate processes sharing the local PostgreSQL and Redis: a webhook
-answered by A and its media socket on B; an API hang-up sent to A ends the call B holds (at the
-provider too); B's events reach an event-socket client on A; each webhook delivered once."""
+"""Replicas as separate processes sharing the local PostgreSQL and Redis: a webhook answered by
+A, its media socket on B and the room's member on C hear each other (the room homed on C, B
+relaying); an API hang-up sent to A ends the call B holds (at the provider too); B's events
+reach an event-socket client on A; each webhook delivered once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import base64
 import json
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from tests import twilio_wire as tw
 from tests.fake_provider_api import FakeProviderApi
-from tests.live_calls import twilio_caller
+from tests.live_calls import assert_both_ways_after, tone_participant, twilio_caller
 from tests.servers import (
     TEST_KEYS,
     ServerProcess,
@@ -130,3 +132,39 @@ async def test_a_call_across_replicas_is_hung_up_from_the_other_one(
     )
     assert len(deliveries) == 3
     assert "call hung up for another replica" in second.logs()
+
+
+async def test_webhook_on_a_socket_on_b_member_on_c_hear_each_other(
+    tmp_path: Path, fake_provider_api: FakeProviderApi
+) -> None:
+    redis = await redis_url()
+    async with postgres_database_url() as database:
+        config = shared_config(database, redis, fake_provider_api.base_url)
+        replicas = []
+        for folder in ("a", "b", "c"):
+            (tmp_path / folder).mkdir()
+            replicas.append(start_process(tmp_path / folder, config))
+        first, second, third = replicas
+        try:
+            token = issue_token(KEY, TEST_KEYS[KEY])
+            connector = create_connector(
+                first.url, token, provider="twilio", defaultRoomId="across", credentials=CREDENTIALS
+            )
+            room = f"ws://127.0.0.1:{third.port}/v2/rooms/across/participants?token={token}"
+            async with tone_participant(room) as participant:
+                form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
+                answer = await tw.post_webhook(connector.webhook_url, form)
+                assert answer.stream_url is not None
+                on_second = answer.stream_url.replace(f":{first.port}/", f":{second.port}/")
+                async with twilio_caller(on_second, form["CallSid"]) as caller:
+                    joined = await participant.wait_for("participant-joined")
+                    assert joined["kind"] == "caller"
+                    moment = time.monotonic()
+                    await assert_both_ways_after(caller, participant, moment)
+            ended = await call_of(first, token, "ended")
+        finally:
+            await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
+    assert ended["endReason"] == "caller-hangup"
+    assert "room member relayed to its home" in second.logs()
+    assert "relayed member joined" in third.logs()
+    assert ended["media"]["frames_in"] > 0 and "playout_frames_in" in ended["media"]

@@ -27,6 +27,7 @@ from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, vo
 from callbridge.api.json_request import JsonRequest
 from callbridge.api.openapi import document_api
 from callbridge.api.raw_socket import keep_server_send
+from callbridge.api.relay import relayed_member
 from callbridge.api.rooms import room_participant
 from callbridge.api.routing_rules import RoutingExplainController, RoutingRuleController
 from callbridge.api.webhooks import SipWebhookController, WebhookController
@@ -153,6 +154,7 @@ def create_app(
             ingest_with_path_ref,
             ingest_with_query_ref,
             room_participant,
+            relayed_member,
             event_socket,
             rsa_public_key,
             prometheus_metrics,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Callable
@@ -14,10 +15,14 @@ import pluggy
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Tracer
+from redis.asyncio import Redis
 
 from callbridge.calls.state import CallLifecycle, EndReason
 from callbridge.cluster.bus import ClusterBus
 from callbridge.cluster.commands import command_handlers
+from callbridge.cluster.homes import Home, RoomHomes
+from callbridge.cluster.relay import HomedRooms
+from callbridge.cluster.tokens import relay_key
 from callbridge.crypto import CredentialBox, load_credentials_key
 from callbridge.media.clock import MediaClock
 from callbridge.metrics import Metrics
@@ -155,6 +160,8 @@ class Runtime:
     active_calls: dict[str, ActiveCall] = field(default_factory=dict)
     call_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     bus: ClusterBus | None = None
+    homes: RoomHomes | None = None
+    """Room home leases (``cluster.redis_url``): each room lives on one replica."""
     """Commands to and from other replicas (``cluster.redis_url``); ``None``: one replica."""
     draining: bool = False
     """Set once on SIGTERM (:mod:`callbridge.drain`): not ready, no new calls or claims."""
@@ -255,6 +262,8 @@ class Runtime:
         await self.ref_store.aclose()
         if self.bus is not None:
             await self.bus.aclose()
+        if self.homes is not None:
+            await self.homes.aclose()
         await self.db.dispose()
         self.tracer_provider.shutdown()
         self.metrics.shutdown()
@@ -337,7 +346,26 @@ def build_runtime(
         metrics=metrics,
     )
     if settings.cluster.redis_url is not None:
-        url = settings.cluster.redis_url.get_secret_value()
-        remember_secrets([urlsplit(url).password or ""])
-        runtime.bus = ClusterBus(url, instance_id, command_handlers(runtime))
+        _join_cluster(runtime, settings.cluster.redis_url.get_secret_value())
     return runtime
+
+
+def _join_cluster(runtime: Runtime, url: str) -> None:
+    """Commands from other replicas, and rooms homed across replicas (relay mode)."""
+    settings = runtime.settings
+    remember_secrets([urlsplit(url).password or ""])
+    runtime.bus = ClusterBus(url, runtime.instance_id, command_handlers(runtime))
+    internal_url = (
+        settings.cluster.internal_url or f"http://{settings.server.host}:{settings.server.port}"
+    )
+    lease = settings.cluster.room_lease_seconds
+    runtime.homes = RoomHomes(
+        Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2),
+        Home(runtime.instance_id, internal_url),
+        lease,
+    )
+    token_key = functools.cache(lambda: relay_key(load_credentials_key(settings)))
+    runtime.room_transports = {
+        name: HomedRooms(transport, name, runtime.homes, token_key, lease)
+        for name, transport in runtime.room_transports.items()
+    }
