@@ -168,3 +168,38 @@ async def test_webhook_on_a_socket_on_b_member_on_c_hear_each_other(
     assert "room member relayed to its home" in second.logs()
     assert "relayed member joined" in third.logs()
     assert ended["media"]["frames_in"] > 0 and "playout_frames_in" in ended["media"]
+
+
+async def test_direct_mode_sends_the_call_to_its_rooms_home(
+    tmp_path: Path, fake_provider_api: FakeProviderApi
+) -> None:
+    redis = await redis_url()
+    async with postgres_database_url() as database:
+        config = shared_config(database, redis, fake_provider_api.base_url)
+        config["cluster"]["room_mode"] = "direct"
+        replicas = []
+        for folder in ("a", "b", "c"):
+            (tmp_path / folder).mkdir()
+            replicas.append(start_process(tmp_path / folder, config))
+        first, second, third = replicas
+        try:
+            token = issue_token(KEY, TEST_KEYS[KEY])
+            connector = create_connector(
+                first.url, token, provider="twilio", defaultRoomId="direct", credentials=CREDENTIALS
+            )
+            room = "/v2/rooms/direct/participants"
+            async with tone_participant(f"ws://127.0.0.1:{third.port}{room}?token={token}") as home:
+                # a member reaching another replica is relayed, and told where the home is
+                async with connect(f"ws://127.0.0.1:{second.port}{room}?token={token}") as other:
+                    joined = json.loads(await other.recv())
+                assert joined["homeUrl"] == f"ws://127.0.0.1:{third.port}{room}"
+                form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
+                answer = await tw.post_webhook(connector.webhook_url, form)
+                assert answer.stream_url is not None
+                assert answer.stream_url.startswith(f"ws://127.0.0.1:{third.port}/ingest/")
+                async with twilio_caller(answer.stream_url, form["CallSid"]) as caller:
+                    await home.wait_for("participant-joined")
+                    await assert_both_ways_after(caller, home, time.monotonic())
+        finally:
+            await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
+    assert "room member relayed to its home" not in third.logs(), "the call reached its home"

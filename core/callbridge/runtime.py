@@ -361,7 +361,12 @@ def _join_cluster(runtime: Runtime, url: str) -> None:
     lease = settings.cluster.room_lease_seconds
     runtime.homes = RoomHomes(
         Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2),
-        Home(runtime.instance_id, internal_url),
+        Home(
+            runtime.instance_id,
+            internal_url,
+            settings.server.api_url,
+            settings.server.ingest_url,
+        ),
         lease,
     )
     token_key = functools.cache(lambda: relay_key(load_credentials_key(settings)))

@@ -112,18 +112,18 @@ async def room_participant(scope: Scope, receive: Receive, send: Send) -> None:
             if not await accept(receive, send):
                 return
             log.info("participant joined")
-            channel.send_text(
-                json.dumps(
-                    {
-                        "event": "joined",
-                        "roomId": room_id,
-                        "participantId": participant_id,
-                        "sampleRate": leg.sample_rate,
-                        "frameMs": 20,
-                        "encoding": "pcm_s16le",
-                    }
-                )
-            )
+            joined = {
+                "event": "joined",
+                "roomId": room_id,
+                "participantId": participant_id,
+                "sampleRate": leg.sample_rate,
+                "frameMs": 20,
+                "encoding": "pcm_s16le",
+            }
+            home_url = _home_url(runtime, leg, room_id)
+            if home_url is not None:
+                joined["homeUrl"] = home_url
+            channel.send_text(json.dumps(joined))
             sink.live = True
             await _client_to_room(channel, leg, counters)
         finally:
@@ -155,6 +155,16 @@ async def _client_to_room(channel: AsgiSocketChannel, leg: RoomLeg, counters: _C
             counters.malformed += 1
         else:
             leg.send_event(command)
+
+
+def _home_url(runtime: Runtime, leg: RoomLeg, room_id: str) -> str | None:
+    """``direct`` room mode, a member relayed to its room's home: the home replica's own
+    participant URL (without the token), so the client may reconnect there and save the hop."""
+    home = getattr(leg, "home", None)
+    if runtime.settings.cluster.room_mode != "direct" or home is None or not home.api_url:
+        return None
+    base = "ws" + home.api_url.removeprefix("http")
+    return f"{base}/v2/rooms/{room_id}/participants"
 
 
 def _playout_mode(value: str | None) -> Literal["adaptive", "queue"] | None:

@@ -14,9 +14,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from callbridge.calls.state import CallStatus, DuplicateCallError, EndReason
+from callbridge.cluster.relay import HomedRooms
 from callbridge.protocols import (
     CallInfo,
     ConnectorView,
+    PluginError,
     Provider,
     RefRecord,
     RefStoreFull,
@@ -243,7 +245,7 @@ async def _route(
         trace_parent=current_trace_parent(),
         metadata=dict(route.metadata),
         region=region.name,
-        ingest_url=region.ingest_url,
+        ingest_url=await _home_ingest_url(runtime, connector.apikey, route) or region.ingest_url,
     )
     key = _ref_key(offered.connector_id, offered.provider_call_id)
     try:
@@ -297,6 +299,22 @@ async def _route(
         codec=record.options.codec.name,
     )
     return _connect(runtime, provider, record, ref)
+
+
+async def _home_ingest_url(runtime: Runtime, tenant: str, route: Route) -> str | None:
+    """``direct`` room mode: the public media-socket URL of the room's home replica, when
+    another replica is home (this one takes the home when nobody holds it); else ``None``."""
+    if runtime.settings.cluster.room_mode != "direct":
+        return None
+    transport = runtime.room_transports.get(route.transport or runtime.settings.rooms.default)
+    if not isinstance(transport, HomedRooms):
+        return None
+    try:
+        home = await transport.home_of(tenant, route.room_id)
+    except PluginError as exc:
+        log.warning("room home unknown: the call connects here", reason=str(exc))
+        return None
+    return None if transport.is_me(home) or not home.ingest_url else home.ingest_url
 
 
 async def _existing_call(runtime: Runtime, connector_id: str, provider_call_id: str) -> Any:

@@ -1,10 +1,10 @@
 """Room homes: each room lives on one replica, named by a lease in Redis.
 
 The lease ``callbridge:cluster:room:<tenant>:<transport>:<room id>`` holds the home replica's
-id and internal URL. The first replica a member of an unhomed room reaches takes the lease
-(``SET NX PX``) and becomes its home; it renews the lease while the room has members there and
-gives it up when the last one leaves. A home that dies stops renewing: once the lease lapses
-(``cluster.room_lease_seconds``), the next member re-homes the room wherever it arrives.
+id, internal URL and public URLs. The first replica a member of an unhomed room reaches takes
+the lease (``SET NX PX``) and becomes its home; it renews the lease while the room has members
+there and gives it up when the last one leaves. A home that dies stops renewing: once the lease
+lapses (``cluster.room_lease_seconds``), the next member re-homes the room wherever it arrives.
 """
 
 from __future__ import annotations
@@ -39,10 +39,13 @@ return 0
 
 @dataclass(frozen=True)
 class Home:
-    """A room's home replica."""
+    """A room's home replica: its id, how replicas reach it, and (``direct`` room mode) its
+    own public API and media-socket URLs."""
 
     instance_id: str
     internal_url: str
+    api_url: str = ""
+    ingest_url: str = ""
 
 
 class RoomHomes:
@@ -51,7 +54,14 @@ class RoomHomes:
     def __init__(self, redis: Redis, me: Home, lease_seconds: float) -> None:
         self.me = me
         self._redis = redis
-        self._value = json.dumps({"instance": me.instance_id, "internal": me.internal_url})
+        self._value = json.dumps(
+            {
+                "instance": me.instance_id,
+                "internal": me.internal_url,
+                "api": me.api_url,
+                "ingest": me.ingest_url,
+            }
+        )
         self._ttl_ms = max(1, round(lease_seconds * 1000))
         self._take = redis.register_script(_TAKE)
         self._renew = redis.register_script(_RENEW)
@@ -65,7 +75,12 @@ class RoomHomes:
         """The room's home: the replica holding its lease, or this one, which takes it."""
         value: Any = await self._take(keys=[key], args=[self._value, self._ttl_ms])
         data = json.loads(value)
-        return Home(str(data["instance"]), str(data["internal"]))
+        return Home(
+            str(data["instance"]),
+            str(data["internal"]),
+            str(data.get("api", "")),
+            str(data.get("ingest", "")),
+        )
 
     async def renew(self, key: str) -> bool:
         """Extend this replica's lease; ``False`` when another replica holds it now."""

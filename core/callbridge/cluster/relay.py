@@ -120,7 +120,7 @@ class HomedRooms:
         base = home.internal_url.replace("http", "ws", 1)
         url = f"{base}{RELAY_PATH}/{quote(self.name)}/{quote(room_id)}?token={token}"
         log.info("room member relayed to its home", room_id=room_id, home=home.instance_id)
-        return await RelayLeg.open(url, participant.participant_id, sink)
+        return await RelayLeg.open(url, participant.participant_id, sink, home)
 
     async def join_here(
         self, tenant: str, room_id: str, participant: Participant, sink: LegSink
@@ -191,8 +191,15 @@ class RelayLeg:
     """A member's leg in a room homed on another replica, over the relay socket."""
 
     def __init__(
-        self, socket: ClientConnection, participant_id: str, sample_rate: int, sink: LegSink
+        self,
+        socket: ClientConnection,
+        participant_id: str,
+        sample_rate: int,
+        sink: LegSink,
+        home: Home,
     ) -> None:
+        self.home = home
+        """The replica the member is relayed to."""
         self.participant_id = participant_id
         self.sample_rate = sample_rate
         self.closed_reason: str | None = None
@@ -208,7 +215,7 @@ class RelayLeg:
         ]
 
     @classmethod
-    async def open(cls, url: str, participant_id: str, sink: LegSink) -> RelayLeg:
+    async def open(cls, url: str, participant_id: str, sink: LegSink, home: Home) -> RelayLeg:
         """Connect to the home replica and wait for ``joined``.
 
         Raises:
@@ -229,7 +236,7 @@ class RelayLeg:
         if not isinstance(first, dict) or first.get("type") != "joined":
             await socket.close()
             raise PluginError("the room's home replica refused the member")
-        return cls(socket, participant_id, int(first.get("sampleRate", 16000)), sink)
+        return cls(socket, participant_id, int(first.get("sampleRate", 16000)), sink, home)
 
     def send_audio(self, frame: Pcm) -> None:
         self._post(frame.astype(_PCM, copy=False).tobytes())
