@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests import twilio_wire as tw
 from tests.fake_provider_api import FakeProviderApi
@@ -203,3 +204,96 @@ async def test_direct_mode_sends_the_call_to_its_rooms_home(
         finally:
             await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
     assert "room member relayed to its home" not in third.logs(), "the call reached its home"
+
+
+async def test_a_killed_home_closes_its_calls_and_the_room_rehomes(
+    tmp_path: Path, fake_provider_api: FakeProviderApi
+) -> None:
+    redis = await redis_url()
+    async with postgres_database_url() as database:
+        config = shared_config(database, redis, fake_provider_api.base_url)
+        config["cluster"]["room_lease_seconds"] = 1.5
+        config["calls"] = {
+            "sweep_interval_seconds": 0.2,
+            "heartbeat_seconds": 0.3,
+            "owner_timeout_seconds": 1.5,
+        }
+        replicas = []
+        for folder in ("a", "b", "c"):
+            (tmp_path / folder).mkdir()
+            replicas.append(start_process(tmp_path / folder, config))
+        first, second, third = replicas
+        try:
+            token = issue_token(KEY, TEST_KEYS[KEY])
+            connector = create_connector(
+                first.url,
+                token,
+                provider="twilio",
+                defaultRoomId="phoenix",
+                credentials=CREDENTIALS,
+            )
+            room = "/v2/rooms/phoenix/participants"
+            async with tone_participant(f"ws://127.0.0.1:{third.port}{room}?token={token}") as gone:
+                form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
+                answer = await tw.post_webhook(connector.webhook_url, form)
+                assert answer.stream_url is not None
+                on_home = answer.stream_url.replace(f":{first.port}/", f":{third.port}/")
+                async with twilio_caller(on_home, form["CallSid"]) as lost:
+                    await gone.wait_for("participant-joined")
+                    doomed = await call_of(first, token, "answered")
+                    third.process.kill()  # SIGKILL: no drain, no goodbye
+                    await asyncio.wait_for(lost.closed.wait(), 10)
+            interrupted = await call_of(first, token, "failed")
+            assert (interrupted["id"], interrupted["endReason"]) == (doomed["id"], "interrupted")
+
+            # the lease lapses; the next member re-homes the room, and a new call works
+            await asyncio.sleep(1.6)
+            async with tone_participant(
+                f"ws://127.0.0.1:{second.port}{room}?token={token}"
+            ) as member:
+                form = tw.voice_webhook_form(AccountSid=ACCOUNT_SID)
+                answer = await tw.post_webhook(connector.webhook_url, form)
+                assert answer.stream_url is not None
+                async with twilio_caller(answer.stream_url, form["CallSid"]) as caller:
+                    await member.wait_for("participant-joined")
+                    await assert_both_ways_after(caller, member, time.monotonic())
+        finally:
+            await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
+    assert "room member relayed to its home" in first.logs(), (
+        "A relayed the call to B, the new home"
+    )
+
+
+async def test_one_ref_raced_by_fifty_sockets_across_replicas_is_claimed_once(
+    tmp_path: Path, fake_provider_api: FakeProviderApi
+) -> None:
+    redis = await redis_url()
+    async with postgres_database_url() as database:
+        config = shared_config(database, redis, fake_provider_api.base_url)
+        replicas = []
+        for folder in ("a", "b", "c"):
+            (tmp_path / folder).mkdir()
+            replicas.append(start_process(tmp_path / folder, config))
+        first = replicas[0]
+        try:
+            token = issue_token(KEY, TEST_KEYS[KEY])
+            connector = create_connector(first.url, token, defaultRoomId="race")
+            answer = await tw.post_webhook(connector.webhook_url, tw.voice_webhook_form())
+            assert answer.stream_url is not None
+            urls = [
+                answer.stream_url.replace(f":{first.port}/", f":{replicas[n % 3].port}/")
+                for n in range(50)
+            ]
+
+            async def attempt(url: str) -> bool:
+                try:
+                    async with connect(url, open_timeout=10):
+                        return True
+                except InvalidStatus as refused:
+                    assert refused.response.status_code == 403
+                    return False
+
+            accepted = await asyncio.gather(*(attempt(url) for url in urls))
+        finally:
+            await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
+    assert sum(accepted) == 1

@@ -371,6 +371,6 @@ def _join_cluster(runtime: Runtime, url: str) -> None:
     )
     token_key = functools.cache(lambda: relay_key(load_credentials_key(settings)))
     runtime.room_transports = {
-        name: HomedRooms(transport, name, runtime.homes, token_key, lease)
+        name: HomedRooms(transport, name, runtime.homes, token_key, lease, lambda: runtime.draining)
         for name, transport in runtime.room_transports.items()
     }

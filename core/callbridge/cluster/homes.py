@@ -74,13 +74,12 @@ class RoomHomes:
     async def home_of(self, key: str) -> Home:
         """The room's home: the replica holding its lease, or this one, which takes it."""
         value: Any = await self._take(keys=[key], args=[self._value, self._ttl_ms])
-        data = json.loads(value)
-        return Home(
-            str(data["instance"]),
-            str(data["internal"]),
-            str(data.get("api", "")),
-            str(data.get("ingest", "")),
-        )
+        return _home(value)
+
+    async def find(self, key: str) -> Home | None:
+        """The room's home, without taking it; ``None`` when nobody holds it."""
+        value: Any = await self._redis.get(key)
+        return None if value is None else _home(value)
 
     async def renew(self, key: str) -> bool:
         """Extend this replica's lease; ``False`` when another replica holds it now."""
@@ -92,3 +91,13 @@ class RoomHomes:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+def _home(value: str | bytes) -> Home:
+    data = json.loads(value)
+    return Home(
+        str(data["instance"]),
+        str(data["internal"]),
+        str(data.get("api", "")),
+        str(data.get("ingest", "")),
+    )

@@ -54,6 +54,7 @@ class HomedRooms:
         homes: the room leases.
         token_key: signs relay tokens (every replica derives the same one).
         lease_seconds: the lease's length; it is renewed every third of it.
+        draining: whether this replica drains (it then homes no new room).
     """
 
     def __init__(
@@ -63,8 +64,10 @@ class HomedRooms:
         homes: RoomHomes,
         token_key: Callable[[], bytes],
         lease_seconds: float,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.inner = inner
+        self._draining = draining
         self.name = name
         self.sample_rate = inner.sample_rate
         self._homes = homes
@@ -91,15 +94,22 @@ class HomedRooms:
         await self.inner.aclose()
 
     async def home_of(self, tenant: str, room_id: str) -> Home:
-        """The room's home (this replica takes the lease when nobody holds it).
+        """The room's home (this replica takes the lease when nobody holds it, unless it
+        drains).
 
         Raises:
-            PluginError: Redis is unavailable.
+            PluginError: Redis is unavailable, or the room has no home and this replica drains.
         """
+        key = RoomHomes.key(tenant, self.name, room_id)
         try:
-            return await self._homes.home_of(RoomHomes.key(tenant, self.name, room_id))
+            if not self._draining():
+                return await self._homes.home_of(key)
+            home = await self._homes.find(key)
         except RedisError as exc:
             raise PluginError("the room's home is unknown: Redis is unavailable") from exc
+        if home is None:
+            raise PluginError("this replica is draining: it homes no new room")
+        return home
 
     def is_me(self, home: Home) -> bool:
         return home.instance_id == self._homes.me.instance_id
