@@ -1,5 +1,5 @@
-"""The ``callbridge`` command: serve, token, config check, call (provider simulator), room join,
-routes explain, webhooks verify."""
+"""The ``callbridge`` command: serve, token, config check and schema, call (provider simulator),
+room join, routes explain, webhooks verify."""
 
 from __future__ import annotations
 
@@ -99,6 +99,36 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         record = selection.record
         source = f"[{record.distribution}]"
         print(f"  {selection.kind:<17} {selection.name:<14} {record.description} {source}")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from callbridge.config_schema import (
+        chart_values_schema,
+        dumps,
+        standalone_config_schema,
+        write_chart_schema,
+    )
+
+    if args.chart is None:
+        print(dumps(standalone_config_schema()), end="")
+        return 0
+    path = Path(args.chart) / "values.schema.json"
+    try:
+        if args.check:
+            if path.read_text(encoding="utf-8") != dumps(chart_values_schema(path.parent)):
+                print(
+                    f"{path} is stale: run callbridge config schema --chart {args.chart}",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"{path} is up to date")
+            return 0
+        changed = write_chart_schema(path.parent)
+    except (OSError, ValueError) as exc:
+        print(f"callbridge: cannot update {path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path} {'updated' if changed else 'already up to date'}")
     return 0
 
 
@@ -251,6 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser("check", help="validate a YAML file, list its plugins")
     check.add_argument("file")
     check.set_defaults(handler=cmd_config_check)
+    schema = config_commands.add_parser(
+        "schema", help="print the config file's JSON schema, or write it into the Helm chart"
+    )
+    schema.add_argument(
+        "--chart",
+        metavar="DIR",
+        help="update the config part of DIR/values.schema.json (e.g. deploy/helm/callbridge)",
+    )
+    schema.add_argument(
+        "--check", action="store_true", help="with --chart: fail if it is stale, write nothing"
+    )
+    schema.set_defaults(handler=cmd_config_schema)
 
     call = commands.add_parser("call", help="simulate a provider call against a webhook URL")
     call.add_argument("--webhook-url", required=True)

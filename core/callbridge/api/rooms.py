@@ -159,11 +159,13 @@ async def _client_to_room(channel: AsgiSocketChannel, leg: RoomLeg, counters: _C
 
 def _home_url(runtime: Runtime, leg: RoomLeg, room_id: str) -> str | None:
     """``direct`` room mode, a member relayed to its room's home: the home replica's own
-    participant URL (without the token), so the client may reconnect there and save the hop."""
+    participant URL (without the token), so the client may reconnect there and save the hop.
+    It is served beside the home's own public media sockets (``server.public_ingest_url``,
+    per replica in direct mode)."""
     home = getattr(leg, "home", None)
-    if runtime.settings.cluster.room_mode != "direct" or home is None or not home.api_url:
+    if runtime.settings.cluster.room_mode != "direct" or home is None or not home.ingest_url:
         return None
-    base = "ws" + home.api_url.removeprefix("http")
+    base = home.ingest_url.removesuffix("/ingest")
     return f"{base}/v2/rooms/{room_id}/participants"
 
 
