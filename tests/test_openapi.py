@@ -76,7 +76,7 @@ async def test_schemathesis_finds_no_disagreement(tmp_path: Path) -> None:
             str(MAX_EXAMPLES),
             "--generation-deterministic",
             "--workers",
-            "1",
+            "2",
             "--no-color",
             cwd=tmp_path,
             stdout=asyncio.subprocess.PIPE,
