@@ -466,6 +466,58 @@ class TelemetrySettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Level.")
 
 
+class SipSettings(_Section):
+    """SIP Connect: trunks and softphones dial ``sip:<roomId>@<domain>`` (the README's "SIP
+    Connect")."""
+
+    enabled: bool = Field(False, description="Run the SIP endpoint (UDP and TCP).")
+    host: str = Field("127.0.0.1", description="Interface the SIP endpoint listens on.")
+    port: int = Field(5060, ge=1, le=65535, description="SIP port (UDP and TCP).")
+    domain: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        max_length=253,
+        description="The SIP domain of room addresses (sip:<roomId>@<domain>), also the digest "
+        "realm.",
+    )
+    public_address: str | None = Field(
+        None,
+        description="The address put in SDP and Contact headers (behind NAT: the public IP). "
+        "Default: host.",
+    )
+    rtp_ports: str = Field(
+        "40000-40999",
+        pattern=r"^[0-9]{1,5}-[0-9]{1,5}$",
+        description="The UDP port range of RTP (each call takes one even port; open it on the "
+        "firewall).",
+    )
+    digest_algorithm: Literal["MD5", "SHA-256"] = Field(
+        "MD5",
+        description="Digest auth algorithm offered in challenges (common clients fail on SHA-256).",
+    )
+    nonce_seconds: float = Field(
+        30.0, gt=0, le=600, description="A digest nonce is good for this long, and once."
+    )
+    tls_certificate: Path | None = Field(
+        None, description="PEM certificate chain: also listen for SIP over TLS (port + 1)."
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_certificate.")
+
+    @model_validator(mode="after")
+    def _ports_in_order(self) -> SipSettings:
+        low, high = (int(part) for part in self.rtp_ports.split("-"))
+        if not 1024 <= low < high <= 65535:
+            raise ValueError("sip.rtp_ports must be LOW-HIGH with 1024 <= LOW < HIGH <= 65535")
+        if (self.tls_certificate is None) != (self.tls_key is None):
+            raise ValueError("sip.tls_certificate and sip.tls_key go together")
+        return self
+
+    @property
+    def rtp_port_range(self) -> tuple[int, int]:
+        low, high = (int(part) for part in self.rtp_ports.split("-"))
+        return low, high
+
+
 class ClusterSettings(_Section):
     """Several replicas behind one load balancer (the README's "Running at scale")."""
 
@@ -549,6 +601,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    sip: SipSettings = Field(default_factory=SipSettings)
     plugins: PluginLoadSettings = Field(default_factory=PluginLoadSettings)
     routing_rules: list[dict[str, Any]] = Field(
         default_factory=list,
