@@ -15,6 +15,7 @@ serve: $(STAMP)
 	$(BIN)/callbridge serve $(ARGS)
 
 test: $(STAMP)
+	scripts/install-test-packages.sh
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)

@@ -40,6 +40,7 @@ from callbridge.redaction import install_redaction, remember_secrets
 from callbridge.runtime import SHUTDOWN_GRACE_SECONDS, Runtime, build_runtime
 from callbridge.safe_json import BODY_LIMITS
 from callbridge.settings import Settings
+from callbridge.sip.endpoint import SipEndpoint
 from callbridge.store.repository import transaction
 from callbridge.webhooks.service import WebhookService
 from callbridge.webhooks.ssrf import Resolver
@@ -114,6 +115,7 @@ def create_app(
         lambda: {"ws": event_feed.subscriber_count},
         "transport",
     )
+    sip = SipEndpoint(settings.sip) if settings.sip.enabled else None
     config_connectors = check_config_connectors(
         settings, runtime.providers, runtime.rules.config_rules
     )
@@ -127,6 +129,8 @@ def create_app(
         await sweeper.start()
         await webhooks.start()
         await event_feed.start()
+        if sip is not None:
+            await sip.start()
         log.info(
             "callbridge ready",
             api_url=settings.server.api_url,
@@ -137,6 +141,8 @@ def create_app(
             yield
         finally:
             await runtime.end_calls(EndReason.SHUTDOWN, SHUTDOWN_GRACE_SECONDS)
+            if sip is not None:
+                await sip.stop()
             await sweeper.stop()
             await event_feed.stop()
             await webhooks.stop()
@@ -173,6 +179,7 @@ def create_app(
                 "webhooks": webhooks,
                 "event_feed": event_feed,
                 "drain": Drain(runtime, webhooks),
+                "sip": sip,
                 "db": runtime.db,
                 "public_api_url": settings.server.api_url,
                 "provider_names": list(settings.providers.enabled),

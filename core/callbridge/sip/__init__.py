@@ -1,0 +1,1 @@
+"""SIP Connect: digest authentication and the SIP credentials of API keys."""
