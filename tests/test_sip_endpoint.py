@@ -233,3 +233,19 @@ Content-Length: 0
         env={**os.environ, "TERM": "dumb"},
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_baresip_reaches_the_endpoint_and_hears_why_it_is_refused(
+    sip_server: tuple[InProcessServer, int], tmp_path: Path, transport: str
+) -> None:
+    """Interop with a real softphone over both transports (the call path itself is to come:
+    until then the endpoint refuses calls with 480 and a reason)."""
+    from tests.baresip import baresip
+
+    _, port = sip_server
+    async with baresip(tmp_path / "baresip") as phone:
+        reply = await phone.command("dial", f"sip:room1@127.0.0.1:{port};transport={transport}")
+        assert reply["ok"], reply
+        closed = await phone.wait_event("CALL_CLOSED")
+    assert "480" in closed.get("param", ""), closed
