@@ -22,12 +22,11 @@ import msgspec
 import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
-from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from callbridge.api.auth import SECURITY_REQUIREMENT, Principal, auth_guard, authenticate
-from callbridge.api.errors import ApiError, error_response, validation_message
+from callbridge.api.errors import ApiError
 from callbridge.api.shapes import (
     UNAUTHORIZED,
     DateTime,
@@ -139,10 +138,6 @@ def call_data(call: Call) -> CallData:
     )
 
 
-def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-    return error_response(400, validation_message(exc))
-
-
 _BAD_REQUEST = error_spec("Invalid request; the message names the offending parameter.")
 _NOT_FOUND = error_spec("No such call for this API key.")
 _CONFLICT = error_spec("The call has already ended.")
@@ -162,7 +157,6 @@ class CallController(Controller):
     guards = [auth_guard]
     dependencies = {"principal": Provide(authenticate)}
     security = SECURITY_REQUIREMENT
-    exception_handlers = {ValidationException: _validation_error}
 
     @get(
         "/",
