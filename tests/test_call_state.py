@@ -172,7 +172,10 @@ async def test_listeners_run_inside_the_transition(db: Database, clock: StepCloc
         if transition.reason is not None:
             raise RuntimeError("the outbox is down")
 
-    lifecycle = CallLifecycle(db, clock, instance_id="inst_a", listeners=[record])
+    committed: list[Transition] = []
+    lifecycle = CallLifecycle(
+        db, clock, instance_id="inst_a", listeners=[record], committed=[committed.append]
+    )
     call_id = await _routed(lifecycle, apikey, connector_id, "CA-listen")
     await lifecycle.answer(call_id)
     lifecycle.listeners.append(explode_on_end)
@@ -181,6 +184,9 @@ async def test_listeners_run_inside_the_transition(db: Database, clock: StepCloc
     async with transaction(db, clock) as repo:
         stored = await repo.get_call(apikey, call_id)
     assert stored is not None and stored.status == "answered", "rolled back with its listener"
+    assert [t.after for t in committed] == [CallStatus.ROUTED, CallStatus.ANSWERED], (
+        "a transition that rolled back is never announced as committed"
+    )
     assert [(t.before, t.after, t.reason) for t in seen] == [
         (None, CallStatus.ROUTED, None),
         (CallStatus.ROUTED, CallStatus.ANSWERED, None),

@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from callbridge.calls.state import CallStatus, EndReason, Transition
-from callbridge.store.repository import Repository
 
 PROMETHEUS_CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
@@ -175,8 +174,8 @@ class Metrics:
     def shutdown(self) -> None:
         self.provider.shutdown()
 
-    async def on_transition(self, repo: Repository, transition: Transition) -> None:
-        """A call-state listener: counts transitions."""
+    def on_transition(self, transition: Transition) -> None:
+        """A committed-transition listener: counts transitions."""
         provider = transition.call.provider
         after = transition.after
         if transition.before is None and after is CallStatus.ROUTED:

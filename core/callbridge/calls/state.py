@@ -179,6 +179,8 @@ class CallLifecycle:
         instance_id: this server process (it becomes the owner of the calls it routes and
             claims).
         listeners: run inside each transition's transaction, in order.
+        committed: told of each transition once its transaction committed (counters that must
+            not count a transition that rolled back); they must not block or raise.
         recorder: writes the events of a call that are not status changes (DTMF, members
             joining and leaving), through :meth:`record_event`.
     """
@@ -190,12 +192,14 @@ class CallLifecycle:
         *,
         instance_id: str,
         listeners: Sequence[TransitionListener] = (),
+        committed: Sequence[Callable[[Transition], None]] = (),
         recorder: EventRecorder | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.instance_id = instance_id
         self.listeners = list(listeners)
+        self.committed = list(committed)
         self.recorder = recorder
 
     def _now(self) -> datetime:
@@ -204,6 +208,15 @@ class CallLifecycle:
     async def _notify(self, repo: Repository, transition: Transition) -> None:
         for listener in self.listeners:
             await listener(repo, transition)
+
+    def _announce(self, transition: Transition) -> Call:
+        """Tell the ``committed`` listeners (after the commit); returns the call."""
+        for listener in self.committed:
+            try:
+                listener(transition)
+            except Exception:
+                log.exception("a committed-transition listener failed")
+        return transition.call
 
     async def route(
         self,
@@ -294,8 +307,9 @@ class CallLifecycle:
                 end_detail=_clipped(detail),
                 **fields,
             )
-            await self._notify(repo, Transition(call, None, status, reason, detail))
-        return call
+            transition = Transition(call, None, status, reason, detail)
+            await self._notify(repo, transition)
+        return self._announce(transition)
 
     async def claim(self, call_id: str) -> Call | None:
         """Record that this process's media socket claimed the call's ref (it stays
@@ -326,8 +340,9 @@ class CallLifecycle:
             if call is None:
                 await self._refused(repo, call_id, "answer")
                 return None
-            await self._notify(repo, Transition(call, CallStatus.ROUTED, CallStatus.ANSWERED))
-        return call
+            transition = Transition(call, CallStatus.ROUTED, CallStatus.ANSWERED)
+            await self._notify(repo, transition)
+        return self._announce(transition)
 
     async def record_event(
         self, call_id: str, event_type: str, data: Mapping[str, Any]
@@ -402,10 +417,9 @@ class CallLifecycle:
             if call is None:
                 await self._refused(repo, call_id, f"end ({reason})")
                 return None
-            await self._notify(
-                repo, Transition(call, previous, reason.status, reason, detail, media)
-            )
-        return call
+            transition = Transition(call, previous, reason.status, reason, detail, media)
+            await self._notify(repo, transition)
+        return self._announce(transition)
 
     async def _refused(self, repo: Repository, call_id: str, attempted: str) -> None:
         current = await repo.get_call_by_id(call_id)
