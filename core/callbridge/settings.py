@@ -486,7 +486,7 @@ class SipSettings(_Section):
         "Default: host.",
     )
     rtp_ports: str = Field(
-        "40000-40999",
+        "20000-20999",
         pattern=r"^[0-9]{1,5}-[0-9]{1,5}$",
         description="The UDP port range of RTP (each call takes one even port; open it on the "
         "firewall).",
