@@ -303,6 +303,7 @@ async def test_deeply_nested_tokens_are_refused_on_the_room_socket(
         ("/v2/connectors/cn_0000000000000000", "DELETE, GET, OPTIONS, PATCH"),
         ("/v2/connectors/cn_0000000000000000/rotate-key", "OPTIONS, POST"),
         ("/v2/calls", "GET, OPTIONS"),
+        ("/v2/sip/credentials", "GET, OPTIONS, POST"),
         ("/v2/hooks/twilio/whk_x", "GET, OPTIONS, POST"),
     ],
 )

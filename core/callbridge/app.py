@@ -30,6 +30,7 @@ from callbridge.api.raw_socket import keep_server_send
 from callbridge.api.relay import relayed_member
 from callbridge.api.rooms import room_participant
 from callbridge.api.routing_rules import RoutingExplainController, RoutingRuleController
+from callbridge.api.sip_credentials import SipCredentialController
 from callbridge.api.webhooks import SipWebhookController, WebhookController
 from callbridge.calls.state import EndReason
 from callbridge.calls.sweeper import CallSweeper
@@ -156,6 +157,7 @@ def create_app(
             RoutingExplainController,
             WebhookController,
             SipWebhookController,
+            SipCredentialController,
             voice_webhook,
             ingest_with_path_ref,
             ingest_with_query_ref,

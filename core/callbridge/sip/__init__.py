@@ -1,1 +1,1 @@
-"""SIP Connect: digest authentication and the SIP credentials of API keys."""
+"""SIP Connect: trunks and softphones call rooms at ``sip:<roomId>@<domain>``."""

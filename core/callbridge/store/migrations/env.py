@@ -14,6 +14,7 @@ from alembic import context
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
+import callbridge.sip.store  # noqa: F401  (registers sip_credentials on Base.metadata)
 from callbridge.store.models import Base
 
 config = context.config
