@@ -13,7 +13,9 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.servers import InProcessServer, free_port, running_in_process
@@ -129,7 +131,7 @@ async def test_malformed_input_is_dropped_and_the_endpoint_keeps_serving(
     assert server.app.state.sip.counters.malformed >= 5
 
 
-async def test_a_refused_invite_is_retransmitted_until_its_ack(
+async def test_a_challenged_invite_is_retransmitted_until_its_ack(
     sip_server: tuple[InProcessServer, int], udp: UdpPeer
 ) -> None:
     _, port = sip_server
@@ -140,7 +142,7 @@ async def test_a_refused_invite_is_retransmitted_until_its_ack(
     )
     assert status(await udp.receive()) == 100
     final = await udp.receive()
-    assert status(final) == 480 and b"Reason: SIP;text=" in final
+    assert status(final) == 401 and b'WWW-Authenticate: Digest realm="127.0.0.1"' in final
     assert await udp.receive(within=1.0) == final, "timer G: the final response again after T1"
     ack = request("ACK", port, branch=branch, call_id=call_id, local_port=udp.port)
     await udp.send(ack, port)
@@ -156,8 +158,7 @@ async def test_other_methods_and_calls_that_do_not_exist(
         await udp.send(request(method, port, local_port=udp.port), port)
         answers[method] = await udp.receive()
     assert status(answers["BYE"]) == 481 and status(answers["CANCEL"]) == 481
-    assert status(answers["REGISTER"]) == 403
-    assert b"no registration: call sip:<roomId>@" in answers["REGISTER"]
+    assert status(answers["REGISTER"]) == 401, "registration is challenged too"
     assert status(answers["SUBSCRIBE"]) == 405 and b"Allow: INVITE" in answers["SUBSCRIBE"]
 
 
@@ -235,17 +236,94 @@ Content-Length: 0
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
+def sip_credential(server: InProcessServer) -> dict[str, Any]:
+    answer = httpx.post(
+        f"{server.url}/v2/sip/credentials",
+        json={"name": "softphone"},
+        headers={"Authorization": f"Bearer {server.token()}"},
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()["data"]  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-async def test_baresip_reaches_the_endpoint_and_hears_why_it_is_refused(
+async def test_baresip_authenticates_and_hears_why_the_call_is_refused(
     sip_server: tuple[InProcessServer, int], tmp_path: Path, transport: str
 ) -> None:
-    """Interop with a real softphone over both transports (the call path itself is to come:
-    until then the endpoint refuses calls with 480 and a reason)."""
+    """Interop with a real softphone over both transports: challenged, it answers with digest
+    credentials and passes (the call path itself is to come: until then 480 with a reason)."""
     from tests.baresip import baresip
 
-    _, port = sip_server
-    async with baresip(tmp_path / "baresip") as phone:
+    server, port = sip_server
+    credential = sip_credential(server)
+    async with baresip(
+        tmp_path / "baresip", user=credential["username"], password=credential["password"]
+    ) as phone:
         reply = await phone.command("dial", f"sip:room1@127.0.0.1:{port};transport={transport}")
         assert reply["ok"], reply
         closed = await phone.wait_event("CALL_CLOSED")
     assert "480" in closed.get("param", ""), closed
+
+
+async def test_a_wrong_password_is_refused_without_a_401_loop(
+    sip_server: tuple[InProcessServer, int], tmp_path: Path
+) -> None:
+    from tests.baresip import baresip
+
+    server, port = sip_server
+    credential = sip_credential(server)
+    async with baresip(
+        tmp_path / "baresip", user=credential["username"], password="not-the-password"
+    ) as phone:
+        await phone.command("dial", f"sip:room1@127.0.0.1:{port}")
+        closed = await phone.wait_event("CALL_CLOSED")
+    assert "403" in closed.get("param", ""), closed
+    # INVITE → 401, ACK, INVITE with credentials → 403, ACK: no second challenge
+    assert server.app.state.sip.counters.requests == 4
+
+
+async def test_an_authenticated_register_is_accepted_and_stored_nowhere(
+    sip_server: tuple[InProcessServer, int], udp: UdpPeer
+) -> None:
+    from callbridge.sip.digest import digest_response, parse_auth_params
+
+    server, port = sip_server
+    credential = sip_credential(server)
+    contact = f"Contact: <sip:{credential['username']}@127.0.0.1:{udp.port}>;expires=7200\r\n"
+    call_id = secrets.token_hex(8)
+    await udp.send(
+        request("REGISTER", port, local_port=udp.port, call_id=call_id, extra=contact), port
+    )
+    challenge = await udp.receive()
+    assert status(challenge) == 401
+    header = next(
+        line for line in challenge.decode().split("\r\n") if line.startswith("WWW-Authenticate:")
+    )
+    params = parse_auth_params(header.split("Digest", 1)[1])
+    uri = f"sip:room1@127.0.0.1:{port}"
+    response = digest_response(
+        algorithm="MD5",
+        username=credential["username"],
+        realm=params["realm"],
+        password=credential["password"],
+        method="REGISTER",
+        uri=uri,
+        nonce=params["nonce"],
+        qop="auth",
+        nc="00000001",
+        cnonce="abc123",
+    )
+    authorization = (
+        f'Authorization: Digest username="{credential["username"]}", realm="{params["realm"]}", '
+        f'nonce="{params["nonce"]}", uri="{uri}", response="{response}", algorithm=MD5, '
+        f'qop=auth, nc=00000001, cnonce="abc123", opaque="{params["opaque"]}"\r\n'
+    )
+    await udp.send(
+        request(
+            "REGISTER", port, local_port=udp.port, call_id=call_id, extra=contact + authorization
+        ),
+        port,
+    )
+    accepted = await udp.receive()
+    assert status(accepted) == 200, accepted
+    assert b"Expires: 3600" in accepted and b";expires=3600" in accepted, "capped at an hour"

@@ -41,7 +41,7 @@ from callbridge.redaction import install_redaction, remember_secrets
 from callbridge.runtime import SHUTDOWN_GRACE_SECONDS, Runtime, build_runtime
 from callbridge.safe_json import BODY_LIMITS
 from callbridge.settings import Settings
-from callbridge.sip.endpoint import SipEndpoint
+from callbridge.sip.service import SipService
 from callbridge.store.repository import transaction
 from callbridge.webhooks.service import WebhookService
 from callbridge.webhooks.ssrf import Resolver
@@ -116,7 +116,7 @@ def create_app(
         lambda: {"ws": event_feed.subscriber_count},
         "transport",
     )
-    sip = SipEndpoint(settings.sip) if settings.sip.enabled else None
+    sip = SipService(runtime) if settings.sip.enabled else None
     config_connectors = check_config_connectors(
         settings, runtime.providers, runtime.rules.config_rules
     )

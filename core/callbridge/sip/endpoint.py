@@ -196,7 +196,6 @@ class SipEndpoint:
                 headers=[("Allow", ALLOW), ("Accept", "application/sdp")],
             )
         elif method == "INVITE":
-            answer(100, "Trying")
             if self._on_invite is None:
                 answer(
                     480,
@@ -204,6 +203,7 @@ class SipEndpoint:
                     headers=[("Reason", _reason("calls are not connected yet"))],
                 )
             else:
+                answer(100, "Trying")
                 self._spawn(self._on_invite(incoming))
         elif method == "REGISTER":
             if self._on_register is None:
