@@ -414,6 +414,14 @@ class EventSocketSettings(_Section):
         description="How far back a subscription's `since` may reach; an older event id is "
         "refused and the subscription goes live without a replay.",
     )
+    keep_days: float = Field(
+        30.0,
+        ge=14,
+        le=3650,
+        description="Lifecycle events, their deliveries and attempts are deleted this long after "
+        "they were written, once none of their deliveries is still pending (never sooner than "
+        "the 14 days redelivery reaches back).",
+    )
     buffer_events: int = Field(
         1000,
         ge=1,

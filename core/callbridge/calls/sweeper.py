@@ -1,5 +1,6 @@
 """Keeping call records true while the server runs: this process's heartbeat, calls whose ref
-expired unclaimed, and calls of processes that died.
+expired unclaimed, and calls of processes that died; and, once an hour, lifecycle events older
+than ``events.keep_days`` (with their finished deliveries) are deleted.
 
 Every replica runs one sweeper. Each finding is closed through the state machine, whose
 transitions are atomic, so a call found by two sweepers is closed once, and only the sweeper
@@ -12,12 +13,15 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import structlog
 
 from callbridge.calls.hangup import hang_up_at_provider
 from callbridge.calls.state import EndReason
+from callbridge.store.repository import transaction
+from callbridge.webhooks.store import prune_events
 
 if TYPE_CHECKING:
     from callbridge.runtime import Runtime
@@ -28,6 +32,10 @@ EXPIRY_GRACE_SECONDS = 2.0
 """A ref that expired this recently is left alone: a claim that won the race for it at the
 last moment is still recording itself."""
 INTERRUPTED_DETAIL = "the server process holding the call stopped"
+PRUNE_INTERVAL_SECONDS = 3600.0
+"""How often old lifecycle events are looked for."""
+PRUNE_BATCHES = 20
+"""At most this many batches (of 1000 events) are deleted per pass; the next pass goes on."""
 
 
 @dataclass
@@ -36,6 +44,7 @@ class SweepReport:
 
     expired: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
+    pruned_events: int = 0
 
 
 class CallSweeper:
@@ -45,6 +54,7 @@ class CallSweeper:
         self._runtime = runtime
         self._settings = runtime.settings.calls
         self._task: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
         self.failures = 0
 
     async def start(self) -> None:
@@ -79,7 +89,25 @@ class CallSweeper:
             if await lifecycle.end(call_id, EndReason.INTERRUPTED, INTERRUPTED_DETAIL):
                 report.interrupted.append(call_id)
                 log.warning("call interrupted: its server stopped", call_id=call_id)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
+            report.pruned_events = await self.prune_events()
         return report
+
+    async def prune_events(self) -> int:
+        """Delete the events older than ``events.keep_days`` whose deliveries are finished."""
+        runtime = self._runtime
+        pruned = 0
+        for _ in range(PRUNE_BATCHES):
+            async with transaction(runtime.db, runtime.clock, write=True) as repo:
+                before = repo.now() - timedelta(days=runtime.settings.events.keep_days)
+                batch = await prune_events(repo.session, before)
+            pruned += batch
+            if batch < 1000:
+                break
+        if pruned:
+            log.info("old lifecycle events deleted", events=pruned)
+        return pruned
 
     async def _sweep_logged(self) -> None:
         try:

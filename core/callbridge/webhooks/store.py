@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import and_, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -263,3 +263,36 @@ async def requeue_failed(
         execution_options={"synchronize_session": False},
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+UNFINISHED: tuple[str, ...] = ("pending", "delivering")
+
+
+async def prune_events(session: AsyncSession, before: datetime, limit: int = 1000) -> int:
+    """Delete up to ``limit`` events written before ``before`` whose deliveries are all
+    finished (delivered or failed), with those deliveries and their attempts; returns how many
+    events went."""
+    unfinished = exists().where(Delivery.event_id == Event.id, Delivery.status.in_(UNFINISHED))
+    ids = list(
+        await session.scalars(
+            select(Event.id)
+            .where(Event.created_at < before, ~unfinished)
+            .order_by(Event.position)
+            .limit(limit)
+        )
+    )
+    if not ids:
+        return 0
+    deliveries = select(Delivery.id).where(Delivery.event_id.in_(ids))
+    await session.execute(
+        delete(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(deliveries)),
+        execution_options={"synchronize_session": False},
+    )
+    await session.execute(
+        delete(Delivery).where(Delivery.event_id.in_(ids)),
+        execution_options={"synchronize_session": False},
+    )
+    await session.execute(
+        delete(Event).where(Event.id.in_(ids)), execution_options={"synchronize_session": False}
+    )
+    return len(ids)
