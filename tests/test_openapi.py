@@ -17,7 +17,7 @@ import pytest
 
 from tests.api_app import new_tenant, serving_app
 
-MAX_EXAMPLES = 100
+MAX_EXAMPLES = 70
 TIME_LIMIT_SECONDS = 240
 # A connector's defaultRuleId must name an existing routing rule of its API key, and the
 # answer when it does not is 400 (the issue's contract); no schema can say which ids exist,
@@ -76,7 +76,7 @@ async def test_schemathesis_finds_no_disagreement(tmp_path: Path) -> None:
             str(MAX_EXAMPLES),
             "--generation-deterministic",
             "--workers",
-            "2",
+            "1",  # two workers hit CPython 3.11's thread-unsafe ast.parse inside hypothesis
             "--no-color",
             cwd=tmp_path,
             stdout=asyncio.subprocess.PIPE,
