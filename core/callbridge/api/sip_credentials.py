@@ -42,7 +42,7 @@ from callbridge.api.shapes import (
 from callbridge.runtime import Runtime
 from callbridge.sip import store
 from callbridge.sip.store import MAX_NETWORKS, Network, SipCredential, parse_network
-from callbridge.store.repository import transaction
+from callbridge.store.repository import Repository, transaction
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}(?:/(?:3[0-2]|[12]?[0-9]))?"
@@ -202,11 +202,9 @@ def _networks(texts: list[str] | None) -> list[Network] | None:
     return networks
 
 
-async def _credential(
-    request: Request[Any, Any, Any], apikey: str, credential_id: str
-) -> SipCredential:
-    async with transaction(request.app.state.db) as repo:
-        row = await store.get_credential(repo.session, apikey, credential_id)
+async def _credential(repo: Repository, apikey: str, credential_id: str) -> SipCredential:
+    """The key's credential ``credential_id``; 404 when it has none of that id."""
+    row = await store.get_credential(repo.session, apikey, credential_id)
     if row is None:
         raise ApiError(404, "Not found")
     return row
@@ -307,7 +305,8 @@ class SipCredentialController(Controller):
     async def get_sip_credential(
         self, request: Request[Any, Any, Any], principal: Principal, credential_id: str
     ) -> SipCredentialResponse:
-        row = await _credential(request, principal.apikey, credential_id)
+        async with transaction(request.app.state.db) as repo:
+            row = await _credential(repo, principal.apikey, credential_id)
         return SipCredentialResponse(
             "SIP credential fetched successfully", SipCredentialData(**_data(request, row))
         )
@@ -325,9 +324,7 @@ class SipCredentialController(Controller):
     ) -> SipCredentialPasswordResponse:
         box = _runtime(request).credential_box
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
-            row = await store.get_credential(repo.session, principal.apikey, credential_id)
-            if row is None:
-                raise ApiError(404, "Not found")
+            row = await _credential(repo, principal.apikey, credential_id)
             password = store.new_password()
             store.set_password(row, store.seal_password(box, password, row.id), repo.now())
         return SipCredentialPasswordResponse(
