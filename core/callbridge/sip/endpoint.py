@@ -200,7 +200,7 @@ class SipEndpoint:
                 answer(
                     480,
                     "Temporarily Unavailable",
-                    headers=[("Reason", _reason("calls are not connected yet"))],
+                    headers=[("Reason", reason_header("calls are not connected yet"))],
                 )
             else:
                 answer(100, "Trying")
@@ -213,7 +213,9 @@ class SipEndpoint:
                     headers=[
                         (
                             "Reason",
-                            _reason("no registration: call sip:<roomId>@" + self.settings.domain),
+                            reason_header(
+                                "no registration: call sip:<roomId>@" + self.settings.domain
+                            ),
                         )
                     ],
                 )
@@ -236,7 +238,7 @@ class SipEndpoint:
         task.add_done_callback(self._tasks.discard)
 
 
-def _reason(text: str) -> str:
+def reason_header(text: str) -> str:
     """A ``Reason`` header value (RFC 3326) carrying ``text``."""
     return 'SIP;text="' + text.replace('"', "'") + '"'
 

@@ -20,7 +20,7 @@ import structlog
 from callbridge.runtime import Runtime
 from callbridge.sip.auth import SipPrincipal, authenticate, load_digest_auth
 from callbridge.sip.digest import DigestAuth
-from callbridge.sip.endpoint import Incoming, SipCounters, SipEndpoint
+from callbridge.sip.endpoint import Incoming, SipCounters, SipEndpoint, reason_header
 from callbridge.webhooks.keys import StoredKeys
 
 log = structlog.get_logger("callbridge.sip")
@@ -58,8 +58,8 @@ class SipService:
         assert self._digest is not None, "start() first"
         settings, request = self._settings, incoming.parsed.request
         authorization = request.headers.get("Authorization")
-        challenge = self._digest.challenge(settings.domain, settings.digest_algorithm)
         if not authorization:
+            challenge = self._digest.challenge(settings.domain, settings.digest_algorithm)
             incoming.answer(401, "Unauthorized", headers=[("WWW-Authenticate", challenge)])
             return None
         runtime = self._runtime
@@ -105,7 +105,7 @@ class SipService:
         incoming.answer(
             480,
             "Temporarily Unavailable",
-            headers=[("Reason", 'SIP;text="calls are not connected yet"')],
+            headers=[("Reason", reason_header("calls are not connected yet"))],
         )
 
 
