@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,23 @@ def shared_config(database: str, redis: str, provider_api: str) -> dict[str, Any
     }
 
 
+@contextlib.asynccontextmanager
+async def running_replicas(
+    tmp_path: Path, config: dict[str, Any], count: int
+) -> AsyncIterator[list[ServerProcess]]:
+    """``count`` replica processes on ``config`` (folders a, b, c… under ``tmp_path``), all
+    stopped on exit (also those started before one failed to start)."""
+    replicas: list[ServerProcess] = []
+    try:
+        for name in "abcdefgh"[:count]:
+            folder = tmp_path / name
+            folder.mkdir()
+            replicas.append(start_process(folder, config))
+        yield replicas
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(replica.stop) for replica in replicas))
+
+
 async def call_of(server: ServerProcess, token: str, status: str) -> dict[str, Any]:
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
         for _ in range(200):
@@ -71,11 +90,7 @@ async def test_a_call_across_replicas_is_hung_up_from_the_other_one(
     redis = await redis_url()
     async with postgres_database_url() as database, receiving() as receiver:
         config = shared_config(database, redis, fake_provider_api.base_url)
-        for folder in ("a", "b"):
-            (tmp_path / folder).mkdir()
-        first = start_process(tmp_path / "a", config)
-        second = start_process(tmp_path / "b", config)
-        try:
+        async with running_replicas(tmp_path, config, 2) as (first, second):
             token = issue_token(KEY, TEST_KEYS[KEY])
             headers = {"Authorization": f"Bearer {token}"}
             async with httpx.AsyncClient(headers=headers) as client:
@@ -115,8 +130,6 @@ async def test_a_call_across_replicas_is_hung_up_from_the_other_one(
                 events = [await watcher.next() for _ in range(3)]
             deliveries = await receiver.wait_for(3)
             await asyncio.sleep(0.5)  # a second delivery of anything would arrive by now
-        finally:
-            await asyncio.gather(asyncio.to_thread(first.stop), asyncio.to_thread(second.stop))
     assert ended["endReason"] == "api-hangup"
     hangups = [r for r in fake_provider_api.requests if r.path.startswith("/2010-04-01/")]
     assert len(hangups) == 1, "the replica holding the call hung it up at Twilio"
@@ -141,12 +154,7 @@ async def test_webhook_on_a_socket_on_b_member_on_c_hear_each_other(
     redis = await redis_url()
     async with postgres_database_url() as database:
         config = shared_config(database, redis, fake_provider_api.base_url)
-        replicas = []
-        for folder in ("a", "b", "c"):
-            (tmp_path / folder).mkdir()
-            replicas.append(start_process(tmp_path / folder, config))
-        first, second, third = replicas
-        try:
+        async with running_replicas(tmp_path, config, 3) as (first, second, third):
             token = issue_token(KEY, TEST_KEYS[KEY])
             connector = create_connector(
                 first.url, token, provider="twilio", defaultRoomId="across", credentials=CREDENTIALS
@@ -163,8 +171,6 @@ async def test_webhook_on_a_socket_on_b_member_on_c_hear_each_other(
                     moment = time.monotonic()
                     await assert_both_ways_after(caller, participant, moment)
             ended = await call_of(first, token, "ended")
-        finally:
-            await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
     assert ended["endReason"] == "caller-hangup"
     assert "room member relayed to its home" in second.logs()
     assert "relayed member joined" in third.logs()
@@ -178,12 +184,7 @@ async def test_direct_mode_sends_the_call_to_its_rooms_home(
     async with postgres_database_url() as database:
         config = shared_config(database, redis, fake_provider_api.base_url)
         config["cluster"]["room_mode"] = "direct"
-        replicas = []
-        for folder in ("a", "b", "c"):
-            (tmp_path / folder).mkdir()
-            replicas.append(start_process(tmp_path / folder, config))
-        first, second, third = replicas
-        try:
+        async with running_replicas(tmp_path, config, 3) as (first, second, third):
             token = issue_token(KEY, TEST_KEYS[KEY])
             connector = create_connector(
                 first.url, token, provider="twilio", defaultRoomId="direct", credentials=CREDENTIALS
@@ -201,8 +202,6 @@ async def test_direct_mode_sends_the_call_to_its_rooms_home(
                 async with twilio_caller(answer.stream_url, form["CallSid"]) as caller:
                     await home.wait_for("participant-joined")
                     await assert_both_ways_after(caller, home, time.monotonic())
-        finally:
-            await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
     assert "room member relayed to its home" not in third.logs(), "the call reached its home"
 
 
@@ -218,12 +217,7 @@ async def test_a_killed_home_closes_its_calls_and_the_room_rehomes(
             "heartbeat_seconds": 0.3,
             "owner_timeout_seconds": 1.5,
         }
-        replicas = []
-        for folder in ("a", "b", "c"):
-            (tmp_path / folder).mkdir()
-            replicas.append(start_process(tmp_path / folder, config))
-        first, second, third = replicas
-        try:
+        async with running_replicas(tmp_path, config, 3) as (first, second, third):
             token = issue_token(KEY, TEST_KEYS[KEY])
             connector = create_connector(
                 first.url,
@@ -257,8 +251,6 @@ async def test_a_killed_home_closes_its_calls_and_the_room_rehomes(
                 async with twilio_caller(answer.stream_url, form["CallSid"]) as caller:
                     await member.wait_for("participant-joined")
                     await assert_both_ways_after(caller, member, time.monotonic())
-        finally:
-            await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
     assert "room member relayed to its home" in first.logs(), (
         "A relayed the call to B, the new home"
     )
@@ -270,12 +262,8 @@ async def test_one_ref_raced_by_fifty_sockets_across_replicas_is_claimed_once(
     redis = await redis_url()
     async with postgres_database_url() as database:
         config = shared_config(database, redis, fake_provider_api.base_url)
-        replicas = []
-        for folder in ("a", "b", "c"):
-            (tmp_path / folder).mkdir()
-            replicas.append(start_process(tmp_path / folder, config))
-        first = replicas[0]
-        try:
+        async with running_replicas(tmp_path, config, 3) as replicas:
+            first = replicas[0]
             token = issue_token(KEY, TEST_KEYS[KEY])
             connector = create_connector(first.url, token, defaultRoomId="race")
             answer = await tw.post_webhook(connector.webhook_url, tw.voice_webhook_form())
@@ -294,6 +282,4 @@ async def test_one_ref_raced_by_fifty_sockets_across_replicas_is_claimed_once(
                     return False
 
             accepted = await asyncio.gather(*(attempt(url) for url in urls))
-        finally:
-            await asyncio.gather(*(asyncio.to_thread(r.stop) for r in replicas))
     assert sum(accepted) == 1
