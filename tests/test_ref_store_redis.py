@@ -80,37 +80,43 @@ async def test_replicas_share_refs_and_a_raced_ref_is_claimed_once(
             await store.aclose()
 
 
-async def test_redis_reclaims_a_record_after_its_ref_expires(tmp_path: Path, prefix: str) -> None:
+@pytest.fixture
+async def store_and_redis(
+    tmp_path: Path, prefix: str
+) -> AsyncIterator[tuple[RedisRefStore, Redis]]:
+    """One started store and a plain client to look at what it wrote."""
     url = await redis_url()
     store = replica(tmp_path, url, prefix, FakeClock(1_000_000.0))
     await store.start()
     client = Redis.from_url(url)
     try:
-        ref = await store.issue(full_record(), 90, "cn_1:v3:abc")
-        keys = [key async for key in client.scan_iter(match=prefix + "*")]
-        assert len(keys) == 2
-        for key in keys:
-            assert 90_000 < await client.pttl(key) <= 120_000
-        assert ref.encode() not in b"".join(keys), "the ref itself is not a key name"
+        yield store, client
     finally:
         await client.aclose()
         await store.aclose()
 
 
-async def test_a_record_of_another_schema_version_is_refused(tmp_path: Path, prefix: str) -> None:
-    url = await redis_url()
-    store = replica(tmp_path, url, prefix, FakeClock(1_000_000.0))
-    await store.start()
-    client = Redis.from_url(url)
-    try:
-        ref = await store.issue(full_record(), 90, "cn_1:v3:abc")
-        (hash_key,) = [key async for key in client.scan_iter(match=prefix + "ref:*")]
-        await client.hset(hash_key, "record", b'{"v":2,"record":{"call_id":"x"}}')
-        assert await store.find("cn_1:v3:abc") is None
-        assert await store.claim(ref, "telnyx") is None
-    finally:
-        await client.aclose()
-        await store.aclose()
+async def test_redis_reclaims_a_record_after_its_ref_expires(
+    store_and_redis: tuple[RedisRefStore, Redis], prefix: str
+) -> None:
+    store, client = store_and_redis
+    ref = await store.issue(full_record(), 90, "cn_1:v3:abc")
+    keys = [key async for key in client.scan_iter(match=prefix + "*")]
+    assert len(keys) == 2
+    for key in keys:
+        assert 90_000 < await client.pttl(key) <= 120_000
+    assert ref.encode() not in b"".join(keys), "the ref itself is not a key name"
+
+
+async def test_a_record_of_another_schema_version_is_refused(
+    store_and_redis: tuple[RedisRefStore, Redis], prefix: str
+) -> None:
+    store, client = store_and_redis
+    ref = await store.issue(full_record(), 90, "cn_1:v3:abc")
+    (hash_key,) = [key async for key in client.scan_iter(match=prefix + "ref:*")]
+    await client.hset(hash_key, "record", b'{"v":2,"record":{"call_id":"x"}}')
+    assert await store.find("cn_1:v3:abc") is None
+    assert await store.claim(ref, "telnyx") is None
 
 
 async def test_an_unreachable_redis_refuses_new_calls_and_claims_cleanly(
