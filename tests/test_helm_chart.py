@@ -41,6 +41,7 @@ POD_IP = "10.1.2.3"
 POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 CREDENTIALS_KEY = base64.b64encode(bytes(range(32))).decode()
 API_SECRET = "s" * 40
+SIP_ADDRESS = "203.0.113.7"
 
 # What Secrets the chart does not render (a user's existingSecret) would hold.
 OUTSIDE_SECRETS: dict[str, dict[str, str]] = {
@@ -101,6 +102,33 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "podDisruptionBudget": {"minAvailable": 1},
     },
+    "sip-relay": {
+        "replicaCount": 1,
+        "config": {"sip": {"enabled": True, "domain": "sip.cb.example.com"}},
+        "sip": {"service": {"loadBalancerIP": SIP_ADDRESS, "annotations": {"x": "y"}}},
+    },
+    "sip-tls-node-port": {
+        "replicaCount": 1,
+        "config": {
+            "sip": {
+                "enabled": True,
+                "port": 30060,
+                "rtp_ports": "30100-30119",
+                "public_address": SIP_ADDRESS,
+                "tls_certificate": "/etc/sip-tls/tls.crt",
+                "tls_key": "/etc/sip-tls/tls.key",
+            }
+        },
+        "sip": {"service": {"type": "NodePort", "externalTrafficPolicy": "Cluster"}},
+        "networkPolicy": {"sipAllowedFrom": [{"ipBlock": {"cidr": "198.51.100.0/24"}}]},
+    },
+    "sip-direct": {
+        "config": {"cluster": {"room_mode": "direct"}, "sip": {"enabled": True}},
+        "perPodUrls": {"domain": "pods.cb.example.com"},
+        "sip": {"perPodDomain": "sip.cb.example.com"},
+        "replicaCount": 3,
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    },
     "one-replica-no-services": {
         "replicaCount": 1,
         "config": {
@@ -117,6 +145,22 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "spreadAcrossNodes": False,
     },
 }
+
+
+def sip_on(**sip: Any) -> dict[str, Any]:
+    """Values turning SIP on with these settings (relay room mode)."""
+    return {"config": {"sip": {"enabled": True, **sip}}}
+
+
+def direct_sip(**sip: Any) -> dict[str, Any]:
+    """Values turning SIP on with these settings in direct room mode."""
+    return {
+        "config": {"cluster": {"room_mode": "direct"}, "sip": {"enabled": True, **sip}},
+        "perPodUrls": {"domain": "pods.cb.example.com"},
+    }
+
+
+SIP_RELAY: dict[str, Any] = {"replicaCount": 1, "sip": {"service": {"loadBalancerIP": SIP_ADDRESS}}}
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +198,10 @@ def workload(objects: list[dict[str, Any]]) -> dict[str, Any]:
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     (found,) = workload(objects)["spec"]["template"]["spec"]["containers"]
     return found
+
+
+def container_ports(objects: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    return {(p["protocol"], p["containerPort"]) for p in container(objects)["ports"]}
 
 
 def secret_data(secret: dict[str, Any]) -> dict[str, str]:
@@ -243,8 +291,15 @@ def test_the_config_map_loads_with_the_pods_environment(
     assert settings.server.host == "0.0.0.0"
     assert settings.cluster.internal_url == f"http://{POD_IP}:{port}"
     assert str(settings.data_dir) in {m["mountPath"] for m in container(objects)["volumeMounts"]}
-    (http,) = container(objects)["ports"]
+    (http,) = [p for p in container(objects)["ports"] if p.get("name") == "http"]
     assert http == {"name": "http", "containerPort": port, "protocol": "TCP"}
+    if settings.sip.enabled:
+        assert settings.sip.host == "0.0.0.0"
+        low, high = settings.sip.rtp_port_range
+        assert container_ports(objects) >= {("UDP", settings.sip.port), ("TCP", settings.sip.port)}
+        assert {("UDP", p) for p in range(low, high + 1)} <= container_ports(objects)
+    else:
+        assert container_ports(objects) == {("TCP", port)}
     if scenario == "one-replica-no-services":
         assert settings.storage.url is None and settings.refs.store == "memory" and port == 9000
         assert settings.cluster.redis_url is None
@@ -414,6 +469,168 @@ def test_relay_mode_is_a_deployment_with_one_public_address(chart: helm.Chart) -
         assert path["backend"]["service"] == {"name": FULLNAME, "port": {"name": "http"}}
 
 
+def sip_services(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        o["metadata"]["name"]: o
+        for o in objects
+        if o["kind"] == "Service" and o["metadata"]["labels"].get("callbridge/service") == "sip"
+    }
+
+
+def named_ports(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in container(objects)["ports"] if "name" in p}
+
+
+def port_triples(ports: list[dict[str, Any]], prefix: str) -> list[tuple[str, int, int | str]]:
+    """(protocol, port, targetPort) of a Service's ports whose names start with ``prefix``."""
+    return [
+        (p["protocol"], p["port"], p["targetPort"]) for p in ports if p["name"].startswith(prefix)
+    ]
+
+
+def test_sip_off_renders_no_sip_ports_or_services(chart: helm.Chart) -> None:
+    """Without config.sip.enabled (the default, in either room mode) the pod declares only its
+    HTTP port, no SIP Service is rendered, the NetworkPolicy admits only that port and the pod
+    gets no SIP address."""
+    for scenario in ("defaults", "direct-statefulset"):
+        objects = render(chart, SCENARIOS[scenario])
+        assert [p["name"] for p in container(objects)["ports"]] == ["http"], scenario
+        assert not sip_services(objects)
+        assert not [o for o in objects if o["metadata"]["name"].endswith("-sip")]
+        (rule,) = one(objects, "NetworkPolicy")["spec"]["ingress"]
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+        assert "CALLBRIDGE_SIP__PUBLIC_ADDRESS" not in pod_environment(objects)
+
+
+@pytest.mark.parametrize("rtp_ports", ["20000-20199", "20001-20010", "40000-40001"])
+def test_the_sip_service_carries_sip_and_every_rtp_port(
+    chart: helm.Chart, rtp_ports: str, tmp_path: Path
+) -> None:
+    """SIP on in relay mode: the container declares SIP on UDP and TCP and every RTP port on
+    UDP; one LoadBalancer Service `<fullname>-sip` (externalTrafficPolicy Local, the given
+    loadBalancerIP) carries SIP on UDP and TCP and exactly HIGH - LOW + 1 RTP ports, each on
+    the number the pod uses; the pod listens on every interface and advertises that IP."""
+    objects = render(chart, SCENARIOS["sip-relay"] | sip_on(rtp_ports=rtp_ports))
+    settings = load_pod_settings(objects, tmp_path)
+    low, high = settings.sip.rtp_port_range
+    assert f"{low}-{high}" == rtp_ports
+    assert settings.sip.host == "0.0.0.0" and settings.sip.public_address == SIP_ADDRESS
+    named = named_ports(objects)
+    assert named["sip-udp"] == {"name": "sip-udp", "containerPort": 5060, "protocol": "UDP"}
+    assert named["sip-tcp"] == {"name": "sip-tcp", "containerPort": 5060, "protocol": "TCP"}
+    assert "sip-tls" not in named
+    unnamed = [p for p in container(objects)["ports"] if "name" not in p]
+    assert [(p["protocol"], p["containerPort"]) for p in unnamed] == [
+        ("UDP", n) for n in range(low, high + 1)
+    ]
+    (service,) = sip_services(objects).values()
+    assert service["metadata"]["name"] == f"{FULLNAME}-sip"
+    assert service["metadata"]["annotations"] == {"x": "y"}
+    spec = service["spec"]
+    assert spec["type"] == "LoadBalancer" and spec["loadBalancerIP"] == SIP_ADDRESS
+    assert spec["externalTrafficPolicy"] == "Local"
+    assert spec["selector"] == workload(objects)["spec"]["selector"]["matchLabels"]
+    assert port_triples(spec["ports"], "sip-") == [
+        ("UDP", 5060, "sip-udp"),
+        ("TCP", 5060, "sip-tcp"),
+    ]
+    rtp = port_triples(spec["ports"], "rtp-")
+    assert len(rtp) == high - low + 1
+    assert rtp == [("UDP", n, n) for n in range(low, high + 1)]
+    assert not [p for p in spec["ports"] if "nodePort" in p]
+
+
+def test_a_wider_rtp_range_needs_max_rtp_ports_raised(chart: helm.Chart) -> None:
+    """A range wider than sip.maxRtpPorts renders once sip.maxRtpPorts allows it, a Service
+    port for each of its ports."""
+    values = sip_on(rtp_ports="20000-20999") | {
+        "replicaCount": 1,
+        "sip": {"service": {"loadBalancerIP": SIP_ADDRESS}, "maxRtpPorts": 1000},
+    }
+    service = one(render(chart, values), "Service", f"{FULLNAME}-sip")
+    assert len(port_triples(service["spec"]["ports"], "rtp-")) == 1000
+
+
+def test_sip_over_tls_and_node_ports(chart: helm.Chart, tmp_path: Path) -> None:
+    """TLS configured: sip-tls (TCP, port + 1) on the container and the Service. A NodePort
+    Service pins every node port to the pod's own number (SDP and Contact carry it), has no
+    loadBalancerIP, and the pod advertises config.sip.public_address as given."""
+    objects = render(chart, SCENARIOS["sip-tls-node-port"])
+    settings = load_pod_settings(objects, tmp_path)
+    assert settings.sip.tls_certificate is not None and settings.sip.port == 30060
+    assert settings.sip.public_address == SIP_ADDRESS
+    assert "CALLBRIDGE_SIP__PUBLIC_ADDRESS" not in pod_environment(objects)
+    assert named_ports(objects)["sip-tls"] == {
+        "name": "sip-tls",
+        "containerPort": 30061,
+        "protocol": "TCP",
+    }
+    spec = one(objects, "Service", f"{FULLNAME}-sip")["spec"]
+    assert spec["type"] == "NodePort" and "loadBalancerIP" not in spec
+    assert spec["externalTrafficPolicy"] == "Cluster"
+    assert port_triples(spec["ports"], "sip-") == [
+        ("UDP", 30060, "sip-udp"),
+        ("TCP", 30060, "sip-tcp"),
+        ("TCP", 30061, "sip-tls"),
+    ]
+    assert len(port_triples(spec["ports"], "rtp-")) == 20
+    assert all(p["nodePort"] == p["port"] for p in spec["ports"])
+
+
+@pytest.mark.parametrize("scenario", ["sip-relay", "sip-tls-node-port", "sip-direct"])
+def test_the_network_policy_admits_sip_and_rtp(chart: helm.Chart, scenario: str) -> None:
+    """With SIP on, the server's NetworkPolicy keeps its HTTP rule and adds one admitting exactly
+    the container's SIP ports (by name, with their protocols) and its RTP ports (one UDP span),
+    from everyone or from networkPolicy.sipAllowedFrom."""
+    objects = render(chart, SCENARIOS[scenario])
+    http_rule, sip_rule = one(objects, "NetworkPolicy")["spec"]["ingress"]
+    assert http_rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    named = named_ports(objects)
+    admitted: set[tuple[str, int]] = set()
+    for rule in sip_rule["ports"]:
+        if isinstance(rule["port"], str):
+            assert named[rule["port"]]["protocol"] == rule["protocol"]
+            admitted.add((rule["protocol"], named[rule["port"]]["containerPort"]))
+        else:
+            span = range(rule["port"], rule.get("endPort", rule["port"]) + 1)
+            admitted |= {(rule["protocol"], n) for n in span}
+    assert admitted == container_ports(objects) - {("TCP", named["http"]["containerPort"])}
+    allowed = SCENARIOS[scenario].get("networkPolicy", {}).get("sipAllowedFrom")
+    assert sip_rule.get("from") == allowed
+
+
+def test_direct_mode_gives_every_pod_its_own_sip_service(chart: helm.Chart, tmp_path: Path) -> None:
+    """SIP on in direct mode: no shared SIP Service; pod N gets `<fullname>-N-sip`, a
+    LoadBalancer selecting only it with SIP on UDP and TCP and every RTP port of the chart's
+    default range, annotated with the external-dns hostname <pod>.<sip.perPodDomain>, which is
+    the address that pod advertises."""
+    annotations = {"external-dns.alpha.kubernetes.io/ttl": "60"}
+    values = SCENARIOS["sip-direct"] | {
+        "sip": {"perPodDomain": "sip.cb.example.com", "service": {"annotations": annotations}}
+    }
+    objects = render(chart, values)
+    pods = [f"{FULLNAME}-{i}" for i in range(3)]
+    assert sorted(sip_services(objects)) == [f"{pod}-sip" for pod in pods]
+    settings = load_pod_settings(objects, tmp_path)
+    assert settings.sip.public_address == f"{FULLNAME}-0.sip.cb.example.com"
+    low, high = settings.sip.rtp_port_range
+    assert (low, high) == (20000, 20199)
+    for pod in pods:
+        service = one(objects, "Service", f"{pod}-sip")
+        assert service["spec"]["selector"][POD_NAME_LABEL] == pod
+        assert service["spec"]["type"] == "LoadBalancer"
+        assert service["metadata"]["annotations"] == {
+            "external-dns.alpha.kubernetes.io/hostname": f"{pod}.sip.cb.example.com",
+            "external-dns.alpha.kubernetes.io/ttl": "60",
+        }
+        ports = service["spec"]["ports"]
+        assert port_triples(ports, "sip-") == [
+            ("UDP", 5060, "sip-udp"),
+            ("TCP", 5060, "sip-tcp"),
+        ]
+        assert port_triples(ports, "rtp-") == [("UDP", n, n) for n in range(low, high + 1)]
+
+
 def test_autoscaling_on_cpu_or_active_calls(chart: helm.Chart) -> None:
     cpu = one(render(chart, SCENARIOS["hpa-cpu"]), "HorizontalPodAutoscaler")
     (metric,) = cpu["spec"]["metrics"]
@@ -470,6 +687,38 @@ def test_the_charts_secret_holds_a_credentials_key(chart: helm.Chart) -> None:
         ({"externalRedis": {"url": "redis://r:6379/0"}}, "choose one"),
         ({"autoscaling": {"enabled": True, "cpu": {"enabled": False}}}, "autoscaling"),
         ({"config": {"data_dir": "data"}}, "absolute path"),
+        ({"replicaCount": 1, **sip_on()}, "config.sip.public_address"),
+        (
+            {
+                "replicaCount": 1,
+                **sip_on(),
+                "sip": {"service": {"type": "NodePort", "loadBalancerIP": SIP_ADDRESS}},
+            },
+            "config.sip.public_address",
+        ),
+        (
+            SIP_RELAY | sip_on(rtp_ports="20000-20999"),
+            "config.sip.rtp_ports 20000-20999 is 1000 ports, more than sip.maxRtpPorts (200)",
+        ),
+        (SIP_RELAY | sip_on(rtp_ports="20001-20000"), "config.sip.rtp_ports must be LOW-HIGH"),
+        (SIP_RELAY | sip_on(port={"$env": "SIP_PORT"}), "config.sip.port"),
+        (direct_sip(), "sip.perPodDomain"),
+        (
+            direct_sip(public_address=SIP_ADDRESS) | {"sip": {"perPodDomain": "sip.example.com"}},
+            "unset config.sip.public_address",
+        ),
+        (
+            direct_sip()
+            | {"sip": {"perPodDomain": "sip.example.com", "service": {"type": "NodePort"}}},
+            "sip.service.type: NodePort",
+        ),
+        (
+            direct_sip()
+            | {
+                "sip": {"perPodDomain": "sip.example.com", "service": {"loadBalancerIP": "1.2.3.4"}}
+            },
+            "sip.service.loadBalancerIP",
+        ),
     ],
 )
 def test_values_that_cannot_work_fail_with_the_key_to_change(
@@ -488,6 +737,11 @@ def test_values_that_cannot_work_fail_with_the_key_to_change(
         {"replicas": 3},  # a typo in the chart's values
         {"secret": {"credentialsKey": "too short"}},
         {"autoscaling": {"activeCalls": {"metricName": ""}}},
+        {"sip": {"service": {"type": "ClusterIP"}}},
+        {"sip": {"maxRtpPorts": 1}},
+        {"sip": {"perPodDomain": "Not A Domain"}},
+        {"sip": {"servce": {}}},
+        {"networkPolicy": {"sipAllowedFrom": "everyone"}},
     ],
 )
 def test_the_values_schema_refuses_bad_values(chart: helm.Chart, values: dict[str, Any]) -> None:

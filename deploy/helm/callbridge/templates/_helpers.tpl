@@ -66,6 +66,55 @@ app.kubernetes.io/part-of: callbridge
 {{- add (int .Values.shutdown.preStopSleepSeconds) $drain (int .Values.shutdown.extraGraceSeconds) }}
 {{- end }}
 
+{{/* SIP Connect (config.sip.enabled): its ports, read from .Values.config.sip. */}}
+{{- define "callbridge.sip" -}}
+{{- if dig "sip" "enabled" false .Values.config }}true{{ end }}
+{{- end }}
+
+{{- define "callbridge.sip.port" -}}
+{{- dig "sip" "port" 5060 .Values.config | int }}
+{{- end }}
+
+{{/* SIP over TLS listens on port + 1 when a certificate is configured. */}}
+{{- define "callbridge.sip.tls" -}}
+{{- if and (dig "sip" "tls_certificate" "" .Values.config) (dig "sip" "tls_key" "" .Values.config) }}true{{ end }}
+{{- end }}
+
+{{/* The RTP range "LOW-HIGH" as a JSON list [LOW, HIGH] (read it with fromJsonArray). */}}
+{{- define "callbridge.sip.rtpRange" -}}
+{{- $parts := splitList "-" (dig "sip" "rtp_ports" "20000-20999" .Values.config | toString) }}
+{{- list (first $parts | int) (last $parts | int) | toJson }}
+{{- end }}
+
+{{- define "callbridge.sip.containerPorts" -}}
+{{- $port := include "callbridge.sip.port" . | int }}
+{{- $range := include "callbridge.sip.rtpRange" . | fromJsonArray -}}
+- {name: sip-udp, containerPort: {{ $port }}, protocol: UDP}
+- {name: sip-tcp, containerPort: {{ $port }}, protocol: TCP}
+{{- if include "callbridge.sip.tls" . }}
+- {name: sip-tls, containerPort: {{ add1 $port }}, protocol: TCP}
+{{- end }}
+{{- range $rtp := untilStep (index $range 0 | int) (index $range 1 | int | add1 | int) 1 }}
+- {containerPort: {{ $rtp }}, protocol: UDP}
+{{- end }}
+{{- end }}
+
+{{/* A SIP Service's ports: SIP over UDP and TCP (and TLS), then every RTP port, each on the
+number the pod advertises in SDP (a NodePort Service pins its node ports to the same numbers). */}}
+{{- define "callbridge.sip.servicePorts" -}}
+{{- $port := include "callbridge.sip.port" . | int }}
+{{- $range := include "callbridge.sip.rtpRange" . | fromJsonArray }}
+{{- $node := eq .Values.sip.service.type "NodePort" -}}
+- {name: sip-udp, port: {{ $port }}, targetPort: sip-udp, protocol: UDP{{ if $node }}, nodePort: {{ $port }}{{ end }}}
+- {name: sip-tcp, port: {{ $port }}, targetPort: sip-tcp, protocol: TCP{{ if $node }}, nodePort: {{ $port }}{{ end }}}
+{{- if include "callbridge.sip.tls" . }}
+- {name: sip-tls, port: {{ add1 $port }}, targetPort: sip-tls, protocol: TCP{{ if $node }}, nodePort: {{ add1 $port }}{{ end }}}
+{{- end }}
+{{- range $rtp := untilStep (index $range 0 | int) (index $range 1 | int | add1 | int) 1 }}
+- {name: rtp-{{ $rtp }}, port: {{ $rtp }}, targetPort: {{ $rtp }}, protocol: UDP{{ if $node }}, nodePort: {{ $rtp }}{{ end }}}
+{{- end }}
+{{- end }}
+
 {{/* The most replicas there can be (per-pod Services and Ingress rules are made for each). */}}
 {{- define "callbridge.maxReplicas" -}}
 {{- if .Values.autoscaling.enabled }}
@@ -154,6 +203,37 @@ app.kubernetes.io/part-of: callbridge
 {{- if include "callbridge.direct" . }}
 {{- if not .Values.perPodUrls.domain }}
 {{- fail "config.cluster.room_mode: direct needs perPodUrls.domain (each pod is reached at <pod>.<domain>)" }}
+{{- end }}
+{{- end }}
+{{- if include "callbridge.sip" . }}
+{{- $sip := .Values.config.sip }}
+{{- if or (kindIs "map" (get $sip "port")) (kindIs "map" (get $sip "rtp_ports")) }}
+{{- fail "config.sip.port and config.sip.rtp_ports must be written out, not secret references (the chart renders a port for each)" }}
+{{- end }}
+{{- $range := include "callbridge.sip.rtpRange" . | fromJsonArray }}
+{{- $low := index $range 0 | int }}
+{{- $high := index $range 1 | int }}
+{{- if not (lt $low $high) }}
+{{- fail "config.sip.rtp_ports must be LOW-HIGH with LOW < HIGH" }}
+{{- end }}
+{{- if gt (add1 (sub $high $low) | int) (int .Values.sip.maxRtpPorts) }}
+{{- fail (printf "config.sip.rtp_ports %d-%d is %d ports, more than sip.maxRtpPorts (%d): Services have no port ranges, the chart lists every port; choose a smaller config.sip.rtp_ports (two ports a call) or raise sip.maxRtpPorts" $low $high (add1 (sub $high $low) | int) (int .Values.sip.maxRtpPorts)) }}
+{{- end }}
+{{- if include "callbridge.direct" . }}
+{{- if not .Values.sip.perPodDomain }}
+{{- fail "config.sip.enabled in direct room mode needs sip.perPodDomain (each pod advertises <pod>.<sip.perPodDomain>, the address of its own SIP Service)" }}
+{{- end }}
+{{- if dig "sip" "public_address" "" .Values.config }}
+{{- fail "config.sip.public_address would be one address for every pod: in direct room mode each pod advertises <pod>.<sip.perPodDomain>; unset config.sip.public_address" }}
+{{- end }}
+{{- if eq .Values.sip.service.type "NodePort" }}
+{{- fail "sip.service.type: NodePort cannot give every pod (direct room mode) the same ports, node ports are cluster-wide: use LoadBalancer" }}
+{{- end }}
+{{- if .Values.sip.service.loadBalancerIP }}
+{{- fail "sip.service.loadBalancerIP is one address: in direct room mode every pod has a SIP Service of its own; unset it (pods advertise <pod>.<sip.perPodDomain>, the names of their Services' addresses)" }}
+{{- end }}
+{{- else if not (or (dig "sip" "public_address" "" .Values.config) (and (eq .Values.sip.service.type "LoadBalancer") .Values.sip.service.loadBalancerIP)) }}
+{{- fail "config.sip.enabled needs config.sip.public_address (the SIP Service's external address, put in SDP and Contact) or, with a LoadBalancer, sip.service.loadBalancerIP" }}
 {{- end }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (not (or .Values.autoscaling.cpu.enabled .Values.autoscaling.activeCalls.enabled)) }}
