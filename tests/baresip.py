@@ -101,7 +101,8 @@ def _start(
     (folder / "rec").mkdir(exist_ok=True)
     control = free_port()
     rtp_low = min(free_port(), 65000) & ~1  # a range that is very likely free
-    audio = f"aufile,{source}" if source is not None else "ausine,0"
+    if source is None:  # ausine needs 48 kHz stereo settings that aufile cannot take
+        source = tone_wav(folder / "silence.wav", 0.0, 60)
     (folder / "config").write_text(
         "\n".join(
             [
@@ -111,7 +112,7 @@ def _start(
                 "call_local_timeout 30",
                 "call_max_calls 4",
                 "audio_buffer 20-160",
-                f"audio_source {audio}",
+                f"audio_source aufile,{source}",
                 "audio_player aubridge,nullsink",
                 f"rtp_ports {rtp_low}-{rtp_low + 200}",
                 "rtcp_mux no",
@@ -159,7 +160,8 @@ async def baresip(
     codecs: str = "pcmu,pcma",
 ) -> AsyncIterator[Baresip]:
     """baresip with an account ``user``/``password`` (no registration), ``source`` as its
-    microphone (silence when ``None``), started in ``folder`` and quit on exit."""
+    microphone (a minute of silence when ``None``; baresip hangs up when the file ends),
+    started in ``folder`` and quit on exit."""
     process, control, log = _start(folder, user, password, source, codecs)
     try:
         for _ in range(100):

@@ -506,6 +506,13 @@ class SipSettings(_Section):
     nonce_seconds: float = Field(
         30.0, gt=0, le=600, description="A digest nonce is good for this long, and once."
     )
+    rtp_timeout_seconds: float = Field(
+        30.0,
+        ge=5,
+        le=3600,
+        description="A call whose caller sends no RTP for this long (and is not on hold) is "
+        "ended with BYE.",
+    )
     tls_certificate: Path | None = Field(
         None, description="PEM certificate chain: also listen for SIP over TLS (port + 1)."
     )

@@ -103,6 +103,9 @@ class CallSession:
         far_end: ends the call at its far side (a provider's REST hang-up, a SIP BYE) when
             the bridge ended it; given the end reason, it decides whether anything is needed.
         echoes_marks_on_clear: the stream echoes every pending mark when it clears.
+        on_joined: called once the call is in its room, before it is recorded answered (a
+            SIP dialog sends its 200 OK then, so a room that refuses the call is a refusal,
+            not an answered call that hangs up).
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class CallSession:
         far_end: Callable[[EndReason], Awaitable[object]],
         *,
         echoes_marks_on_clear: bool = True,
+        on_joined: Callable[[], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.record = record
@@ -122,6 +126,7 @@ class CallSession:
         self.stream: MediaStream | None = None
         self.far_end = far_end
         self.echoes_marks_on_clear = echoes_marks_on_clear
+        self._on_joined = on_joined
         self.leg: RoomLeg | None = None
         self.bridge: CallBridge | None = None
         self.ended_elsewhere = False
@@ -160,6 +165,8 @@ class CallSession:
         self.bridge.on_transfer = self._request_transfer
         self.bridge.on_event = self._queue_event
         self._event_writer = asyncio.create_task(self._write_events())
+        if self._on_joined is not None:
+            self._on_joined()
         if await runtime.lifecycle.answer(record.call_id) is None:
             log.info("call was ended before its media arrived")
             self.ended_elsewhere = True
@@ -243,6 +250,9 @@ class CallSession:
             stats = bridge.stats.as_dict(stream.malformed, bridge.far_end.dropped)
             if leg is not None:
                 stats.update({f"playout_{k}": v for k, v in leg.media_stats().items()})
+            stream_figures = getattr(stream, "media_figures", None)
+            if stream_figures is not None:
+                stats.update(stream_figures())
             span = trace.get_current_span()
             for key, value in stats.items():
                 span.set_attribute(f"callbridge.media.{key}", value)

@@ -6,8 +6,8 @@ challenge; an expired or used nonce with the right password → a challenge with
 a wrong password, a forged nonce or an address outside the credential's allow-list → 403 (no
 endless 401 loop). An authenticated ``REGISTER`` is answered 200 and stored nowhere: callbridge
 never calls a registered client, rooms are dialled at ``sip:<roomId>@<domain>``; it only keeps
-softphones that insist on registering happy. An authenticated ``INVITE`` is refused with 480
-until the call path lands.
+softphones that insist on registering happy. An authenticated ``INVITE`` becomes a call
+(:mod:`callbridge.sip.calls`); requests inside its dialog are never challenged again.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import structlog
 
 from callbridge.runtime import Runtime
 from callbridge.sip.auth import SipPrincipal, authenticate, load_digest_auth
+from callbridge.sip.calls import SipCalls
 from callbridge.sip.digest import DigestAuth
-from callbridge.sip.endpoint import Incoming, SipCounters, SipEndpoint, reason_header
+from callbridge.sip.endpoint import Incoming, SipCounters, SipEndpoint
+from callbridge.sip.transactions import Key
 from callbridge.webhooks.keys import StoredKeys
 
 log = structlog.get_logger("callbridge.sip")
@@ -37,8 +39,13 @@ class SipService:
         self._settings = runtime.settings.sip
         self._digest: DigestAuth | None = None
         self.endpoint = SipEndpoint(
-            self._settings, on_invite=self._invite, on_register=self._register
+            self._settings,
+            on_invite=self._invite,
+            on_register=self._register,
+            on_dialog=self._in_dialog,
+            on_cancel=self._cancel,
         )
+        self.calls = SipCalls(runtime, self.endpoint)
 
     @property
     def counters(self) -> SipCounters:
@@ -51,6 +58,7 @@ class SipService:
         await self.endpoint.start()
 
     async def stop(self) -> None:
+        await self.calls.stop()
         await self.endpoint.stop()
 
     async def _authenticated(self, incoming: Incoming) -> SipPrincipal | None:
@@ -102,11 +110,13 @@ class SipService:
         principal = await self._authenticated(incoming)
         if principal is None:
             return
-        incoming.answer(
-            480,
-            "Temporarily Unavailable",
-            headers=[("Reason", reason_header("calls are not connected yet"))],
-        )
+        await self.calls.invite(incoming, principal)
+
+    async def _in_dialog(self, incoming: Incoming) -> None:
+        await self.calls.in_dialog(incoming)
+
+    def _cancel(self, key: Key) -> None:
+        self.calls.cancel(key)
 
 
 def _requested_expiry(contact: str | None, expires: str | None) -> int:

@@ -21,6 +21,8 @@ T1: Final = 0.5
 T2: Final = 4.0
 TIMER_H: Final = 64 * T1
 """How long a final response to INVITE waits for its ACK."""
+TIMER_L: Final = 64 * T1
+"""How long an INVITE transaction answered 2xx absorbs retransmissions (RFC 6026)."""
 TIMER_J: Final = 64 * T1
 """How long a finished transaction absorbs retransmissions over UDP."""
 MAGIC_COOKIE: Final = "z9hG4bK"
@@ -95,8 +97,10 @@ class TransactionTable:
             started = loop.time()
             self._retransmit(transaction, T1, started)
         elif transaction.method == "INVITE":
-            # a 2xx ends the INVITE transaction at once: its retransmission is the dialog's
-            self._forget_later(transaction, 0 if 200 <= code < 300 else TIMER_H)
+            # After a 2xx the transaction is "accepted" (RFC 6026) for timer L: a retransmitted
+            # INVITE gets the 2xx again instead of becoming a new call; the dialog retransmits
+            # the 2xx until its ACK.
+            self._forget_later(transaction, TIMER_L if 200 <= code < 300 else TIMER_H)
         else:
             self._forget_later(transaction, 0 if transaction.reliable else TIMER_J)
 
@@ -143,3 +147,70 @@ class TransactionTable:
                 del self._open[transaction.key]
 
         transaction.timer = asyncio.get_running_loop().call_later(delay, forget)
+
+
+TIMER_F: Final = 64 * T1
+"""How long a request of ours waits for its final response."""
+
+
+@dataclass
+class ClientTransaction:
+    """One request of ours (non-INVITE: BYE) waiting for its final response."""
+
+    branch: str
+    method: str
+    answer: asyncio.Future[int]
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class ClientTransactions:
+    """The requests a SIP endpoint sent (RFC 3261 §17.1.2, non-INVITE): retransmitted over UDP
+    (timer E: from T1, doubling up to T2) until a final response arrives or timer F (32 s)
+    gives up; a response is matched by its top Via branch and CSeq method."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str], ClientTransaction] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def send(
+        self, branch: str, method: str, data: bytes, send: Callable[[bytes], None], reliable: bool
+    ) -> asyncio.Future[int]:
+        """Send a request; the future gets its final status code (408 when timer F fires)."""
+        loop = asyncio.get_running_loop()
+        transaction = ClientTransaction(branch, method, loop.create_future())
+        self._open[(branch, method)] = transaction
+        started = loop.time()
+
+        def again(interval: float) -> None:
+            if loop.time() - started >= TIMER_F:
+                self._finish(transaction, 408)
+                return
+            if not reliable:
+                send(data)
+            transaction.timer = loop.call_later(min(interval, T2), again, interval * 2)
+
+        send(data)
+        transaction.timer = loop.call_later(T1 if not reliable else TIMER_F, again, 2 * T1)
+        return transaction.answer
+
+    def received(self, branch: str, method: str, code: int) -> bool:
+        """A response arrived; ``False`` when no request of ours matches it."""
+        transaction = self._open.get((branch, method))
+        if transaction is None:
+            return False
+        if code >= 200:
+            self._finish(transaction, code)
+        return True
+
+    def close(self) -> None:
+        for transaction in list(self._open.values()):
+            self._finish(transaction, 408)
+
+    def _finish(self, transaction: ClientTransaction, code: int) -> None:
+        if transaction.timer is not None:
+            transaction.timer.cancel()
+        self._open.pop((transaction.branch, transaction.method), None)
+        if not transaction.answer.done():
+            transaction.answer.set_result(code)

@@ -1,0 +1,213 @@
+"""SIP calls end to end: a real softphone (Debian's baresip, driven over its control socket)
+dials ``sip:<roomId>@…`` with the credentials of an API key and talks with a room participant;
+the tones both ways are checked for frequency and level, and the call's record, events and
+hang-ups for what a provider call would have."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.baresip import Baresip, baresip, tone_wav
+from tests.calls import assert_heard
+from tests.live_calls import CALLER_HZ, ROOM_HZ, tone_participant
+from tests.servers import InProcessServer, free_port, running_in_process
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def sip_server(tmp_path: Path) -> Iterator[InProcessServer]:
+    overrides = {"sip": {"enabled": True, "host": "127.0.0.1", "port": free_port()}}
+    with running_in_process(tmp_path, overrides) as server:
+        yield server
+
+
+def sip_port(server: InProcessServer) -> int:
+    return int(server.app.state.sip.endpoint.udp_port)
+
+
+def sip_credential(server: InProcessServer) -> dict[str, Any]:
+    answer = httpx.post(
+        f"{server.url}/v2/sip/credentials",
+        json={"name": "softphone"},
+        headers={"Authorization": f"Bearer {server.token()}"},
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()["data"]  # type: ignore[no-any-return]
+
+
+def room_url(server: InProcessServer, room: str) -> str:
+    return f"ws://127.0.0.1:{server.port}/v2/rooms/{room}/participants?token={server.token()}"
+
+
+async def calls(server: InProcessServer) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(
+            f"{server.url}/v2/calls", headers={"Authorization": f"Bearer {server.token()}"}
+        )
+    assert answer.status_code == 200, answer.text
+    return answer.json()["data"]  # type: ignore[no-any-return]
+
+
+async def ended(server: InProcessServer, within: float = 10.0) -> dict[str, Any]:
+    async with asyncio.timeout(within):
+        while True:
+            rows = await calls(server)
+            if rows and rows[0]["status"] in ("ended", "failed"):
+                return rows[0]
+            await asyncio.sleep(0.1)
+
+
+async def dial(phone: Baresip, server: InProcessServer, user: str, transport: str) -> None:
+    reply = await phone.command(
+        "dial", f"sip:{user}@127.0.0.1:{sip_port(server)};transport={transport}"
+    )
+    assert reply["ok"], reply
+    await phone.wait_event("CALL_ESTABLISHED")
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_a_softphone_and_a_room_participant_hear_each_other(
+    sip_server: InProcessServer, tmp_path: Path, transport: str
+) -> None:
+    """baresip sends 440 Hz, the participant 1000 Hz: each hears the other's tone at its
+    level; baresip hangs up and the call ends ``caller-hangup`` with provider ``sip`` and the
+    media figures of both RTP directions."""
+    server = sip_server
+    credential = sip_credential(server)
+    source = tone_wav(tmp_path / "tone.wav", CALLER_HZ, 10)
+    async with (
+        tone_participant(room_url(server, "sip-desk")) as participant,
+        baresip(
+            tmp_path / "phone",
+            user=credential["username"],
+            password=credential["password"],
+            source=source,
+        ) as phone,
+    ):
+        await dial(phone, server, "sip-desk", transport)
+        joined = await participant.wait_for("participant-joined")
+        started = time.monotonic()
+        await asyncio.sleep(2.5)
+        participant.heard.assert_tone_since(started + 0.3, CALLER_HZ, min_seconds=1.5)
+        await phone.command("hangup")
+        await phone.wait_event("CALL_CLOSED")
+        left = await participant.wait_for("participant-left")
+    assert left["participantId"] == joined["participantId"]
+    recordings = phone.recordings()
+    assert recordings, "baresip recorded what it heard"
+    assert_heard(recordings[-1], ROOM_HZ, rate=8000, min_seconds=1.5)
+    row = await ended(server)
+    assert (row["provider"], row["status"], row["endReason"]) == ("sip", "ended", "caller-hangup")
+    assert row["roomId"] == "sip-desk"
+    assert (row["from"], row["to"]) == (credential["username"], "sip-desk")
+    media = row["media"]
+    assert media["rtp_packets_in"] > 100 and media["rtp_packets_out"] > 100, media
+    assert media["frames_in"] > 100 and media["frames_out"] > 100, media
+
+
+async def test_dtmf_both_ways(sip_server: InProcessServer, tmp_path: Path) -> None:
+    """Keys pressed on the softphone (RFC 4733) reach the room once each, in order, and a
+    participant's ``dtmf`` command reaches the softphone as telephone-events."""
+    server = sip_server
+    credential = sip_credential(server)
+    async with (
+        tone_participant(room_url(server, "sip-keys")) as participant,
+        baresip(
+            tmp_path / "phone", user=credential["username"], password=credential["password"]
+        ) as phone,
+    ):
+        await dial(phone, server, "sip-keys", "udp")
+        joined = await participant.wait_for("participant-joined")
+        await phone.command("sndcode", "42#")
+        await asyncio.sleep(2.0)  # three presses of 180 ms each, with gaps
+        await participant.send({"event": "dtmf", "digits": "7", "callId": joined["participantId"]})
+        pressed = await phone.wait_event("CALL_DTMF_START")
+        await asyncio.sleep(0.5)
+        await phone.command("hangup")
+        await phone.wait_event("CALL_CLOSED")
+    digits = [e["digit"] for e in participant.events if e.get("event") == "dtmf"]
+    assert digits == ["4", "2", "#"]
+    assert pressed["param"] == "7"
+    received = [e["param"] for e in phone.events if e.get("type") == "CALL_DTMF_START"]
+    assert received == ["7"], "one press, reported once"
+    row = await ended(server)
+    assert row["media"]["dtmf"] == 3 and row["media"]["dtmf_out"] == 1, row["media"]
+
+
+@pytest.mark.parametrize("who", ["room", "api"])
+async def test_a_hang_up_from_our_side_sends_bye(
+    sip_server: InProcessServer, tmp_path: Path, who: str
+) -> None:
+    """A participant's ``hangup`` or ``POST /v2/calls/{id}/hangup`` ends the call at the
+    softphone with a BYE (baresip sees the call closed by the remote)."""
+    server = sip_server
+    credential = sip_credential(server)
+    async with (
+        tone_participant(room_url(server, "sip-bye")) as participant,
+        baresip(
+            tmp_path / "phone", user=credential["username"], password=credential["password"]
+        ) as phone,
+    ):
+        await dial(phone, server, "sip-bye", "udp")
+        joined = await participant.wait_for("participant-joined")
+        await asyncio.sleep(0.5)
+        if who == "room":
+            await participant.send({"event": "hangup", "callId": joined["participantId"]})
+        else:
+            async with httpx.AsyncClient() as client:
+                answer = await client.post(
+                    f"{server.url}/v2/calls/{joined['participantId']}/hangup",
+                    headers={"Authorization": f"Bearer {server.token()}"},
+                )
+            assert answer.status_code in (200, 202), answer.text
+        closed = await phone.wait_event("CALL_CLOSED")
+    assert closed["param"] == "Connection reset by peer", "baresip's words for a BYE it got"
+    row = await ended(server)
+    assert row["endReason"] == ("room-hangup" if who == "room" else "api-hangup")
+
+
+async def test_hold_silences_the_leg_and_resume_brings_it_back(
+    sip_server: InProcessServer, tmp_path: Path
+) -> None:
+    """The softphone holds (re-INVITE ``sendonly``): the room hears no more of its tone and
+    the call stays up; it resumes and the tone is back, both ways."""
+    server = sip_server
+    credential = sip_credential(server)
+    source = tone_wav(tmp_path / "tone.wav", CALLER_HZ, 15)
+    async with (
+        tone_participant(room_url(server, "sip-hold")) as participant,
+        baresip(
+            tmp_path / "phone",
+            user=credential["username"],
+            password=credential["password"],
+            source=source,
+        ) as phone,
+    ):
+        await dial(phone, server, "sip-hold", "udp")
+        await asyncio.sleep(1.5)
+        reply = await phone.command("hold")
+        assert reply["ok"], reply
+        await asyncio.sleep(0.5)
+        held_from = time.monotonic()
+        await asyncio.sleep(1.5)
+        held = participant.heard.since(held_from)
+        reply = await phone.command("resume")
+        assert reply["ok"], reply
+        resumed = time.monotonic()
+        await asyncio.sleep(2.0)
+        participant.heard.assert_tone_since(resumed + 0.3, CALLER_HZ, min_seconds=1.2)
+        assert not [e for e in phone.events if e.get("type") == "CALL_CLOSED"]
+        await phone.command("hangup")
+        await phone.wait_event("CALL_CLOSED")
+    assert len(held) > 8000, "the participant kept hearing frames (silence) while held"
+    assert float(abs(held.astype(float)).mean()) < 50, "nothing of the held caller's tone"
+    row = await ended(server)
+    assert row["endReason"] == "caller-hangup"
