@@ -11,7 +11,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,13 @@ from tests.servers import (
     TEST_KEYS,
     ServerProcess,
     create_connector,
+    free_port,
     issue_token,
     provider_api_overrides,
     start_process,
 )
 from tests.services import redis_url
+from tests.sip_client import UdpUac, header_of, status_of
 from tests.stores import postgres_database_url
 from tests.test_event_socket import EventClient
 from tests.webhook_receiver import receiving
@@ -59,16 +61,21 @@ def shared_config(database: str, redis: str, provider_api: str) -> dict[str, Any
 
 @contextlib.asynccontextmanager
 async def running_replicas(
-    tmp_path: Path, config: dict[str, Any], count: int
+    tmp_path: Path,
+    config: dict[str, Any],
+    count: int,
+    own: Callable[[int], dict[str, Any]] | None = None,
 ) -> AsyncIterator[list[ServerProcess]]:
     """``count`` replica processes on ``config`` (folders a, b, c… under ``tmp_path``), all
-    stopped on exit (also those started before one failed to start)."""
+    stopped on exit (also those started before one failed to start); ``own(i)`` adds replica
+    ``i``'s own settings."""
     replicas: list[ServerProcess] = []
     try:
-        for name in "abcdefgh"[:count]:
+        for index, name in enumerate("abcdefgh"[:count]):
             folder = tmp_path / name
             folder.mkdir()
-            replicas.append(start_process(folder, config))
+            extra = {**config, **own(index)} if own is not None else config
+            replicas.append(start_process(folder, extra))
         yield replicas
     finally:
         await asyncio.gather(*(asyncio.to_thread(replica.stop) for replica in replicas))
@@ -184,7 +191,12 @@ async def test_direct_mode_sends_the_call_to_its_rooms_home(
     async with postgres_database_url() as database:
         config = shared_config(database, redis, fake_provider_api.base_url)
         config["cluster"]["room_mode"] = "direct"
-        async with running_replicas(tmp_path, config, 3) as (first, second, third):
+        sip_ports = [free_port() for _ in range(3)]
+
+        def own_sip_port(index: int) -> dict[str, Any]:
+            return {"sip": {"enabled": True, "port": sip_ports[index]}}
+
+        async with running_replicas(tmp_path, config, 3, own_sip_port) as (first, second, third):
             token = issue_token(KEY, TEST_KEYS[KEY])
             connector = create_connector(
                 first.url, token, provider="twilio", defaultRoomId="direct", credentials=CREDENTIALS
@@ -202,6 +214,25 @@ async def test_direct_mode_sends_the_call_to_its_rooms_home(
                 async with twilio_caller(answer.stream_url, form["CallSid"]) as caller:
                     await home.wait_for("participant-joined")
                     await assert_both_ways_after(caller, home, time.monotonic())
+                # a SIP call reaching another replica is redirected to the home's SIP address
+                async with httpx.AsyncClient() as client:
+                    created = await client.post(
+                        f"{first.url}/v2/sip/credentials",
+                        json={"name": "trunk"},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                credential = created.json()["data"]
+                phone = UdpUac()
+                try:
+                    moved = await phone.authenticated_invite(
+                        "direct", sip_ports[1], credential["username"], credential["password"]
+                    )
+                finally:
+                    phone.close()
+                assert status_of(moved) == 302, moved
+                assert header_of(moved, "Contact") == (
+                    f"<sip:direct@127.0.0.1:{sip_ports[2]};transport=udp>"
+                )
     assert "room member relayed to its home" not in third.logs(), "the call reached its home"
 
 

@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import twilio_wire as tw
 from tests.baresip import Baresip, baresip, tone_wav
 from tests.calls import assert_heard
-from tests.live_calls import CALLER_HZ, ROOM_HZ, tone_participant
-from tests.servers import InProcessServer, free_port, running_in_process
+from tests.live_calls import CALLER_HZ, ROOM_HZ, tone_participant, twilio_caller
+from tests.servers import InProcessServer, create_connector, free_port, running_in_process
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -211,3 +212,108 @@ async def test_hold_silences_the_leg_and_resume_brings_it_back(
     assert float(abs(held.astype(float)).mean()) < 50, "nothing of the held caller's tone"
     row = await ended(server)
     assert row["endReason"] == "caller-hangup"
+
+
+async def test_a_phone_number_is_routed_by_a_rule(
+    sip_server: InProcessServer, tmp_path: Path
+) -> None:
+    """A trunk dials a phone number (``sip:+14155550100@…``): the routing rule for that number
+    sends the call to its room, recorded with the rule; explain says the same."""
+    server = sip_server
+    credential = sip_credential(server)
+    headers = {"Authorization": f"Bearer {server.token()}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers) as client:
+        created = await client.post(
+            "/v2/routing-rules",
+            json={
+                "priority": 10,
+                "match": {"to": ["+1 (415) 555-0100"]},
+                "dispatch": {"type": "room", "roomId": "sales-floor"},
+            },
+        )
+        assert created.status_code == 201, created.text
+        rule_id = created.json()["data"]["id"]
+    source = tone_wav(tmp_path / "tone.wav", CALLER_HZ, 10)
+    async with (
+        tone_participant(room_url(server, "sales-floor")) as participant,
+        baresip(
+            tmp_path / "phone",
+            user=credential["username"],
+            password=credential["password"],
+            source=source,
+        ) as phone,
+    ):
+        await dial(phone, server, "+14155550100", "udp")
+        started = time.monotonic()
+        await asyncio.sleep(2.0)
+        participant.heard.assert_tone_since(started + 0.3, CALLER_HZ, min_seconds=1.2)
+        await phone.command("hangup")
+        await phone.wait_event("CALL_CLOSED")
+    row = await ended(server)
+    assert (row["roomId"], row["to"]) == ("sales-floor", "+14155550100")
+    assert row["routeRuleId"] == rule_id, row
+
+
+async def test_a_softphone_and_a_twilio_caller_talk_in_one_room(
+    sip_server: InProcessServer, tmp_path: Path
+) -> None:
+    """The SIP caller (700 Hz) and a caller on Twilio's media stream (440 Hz) share a room:
+    each hears the other's tone, through one media clock."""
+    server = sip_server
+    credential = sip_credential(server)
+    connector = create_connector(server.url, server.token(), defaultRoomId="mixed")
+    form = tw.voice_webhook_form()
+    answer = await tw.post_webhook(connector.webhook_url, form)
+    assert answer.stream_url is not None
+    source = tone_wav(tmp_path / "tone.wav", 700.0, 10)
+    async with (
+        twilio_caller(answer.stream_url, form["CallSid"]) as caller,
+        baresip(
+            tmp_path / "phone",
+            user=credential["username"],
+            password=credential["password"],
+            source=source,
+        ) as phone,
+    ):
+        await dial(phone, server, "mixed", "udp")
+        started = time.monotonic()
+        await asyncio.sleep(2.5)
+        caller.heard.assert_tone_since(started + 0.3, 700.0, min_seconds=1.5)
+        await phone.command("hangup")
+        await phone.wait_event("CALL_CLOSED")
+    assert_heard(phone.recordings()[-1], CALLER_HZ, rate=8000, min_seconds=1.5)
+    providers = sorted(row["provider"] for row in await calls(server))
+    assert providers == ["sip", "twilio"]
+
+
+async def test_ten_concurrent_calls(sip_server: InProcessServer, tmp_path: Path) -> None:
+    """Ten softphones call ten rooms at once, each with its own participant: every room hears
+    its caller's own tone (different frequencies), every caller its room's."""
+    server = sip_server
+    credential = sip_credential(server)
+    frequencies = [400.0 + 60 * index for index in range(10)]
+
+    async def one(index: int, frequency: float) -> None:
+        room = f"desk-{index}"
+        source = tone_wav(tmp_path / f"tone-{index}.wav", frequency, 10)
+        async with (
+            tone_participant(room_url(server, room)) as participant,
+            baresip(
+                tmp_path / f"phone-{index}",
+                user=credential["username"],
+                password=credential["password"],
+                source=source,
+            ) as phone,
+        ):
+            await dial(phone, server, room, "udp" if index % 2 else "tcp")
+            started = time.monotonic()
+            await asyncio.sleep(3.0)
+            participant.heard.assert_tone_since(started + 0.5, frequency, min_seconds=1.5)
+            await phone.command("hangup")
+            await phone.wait_event("CALL_CLOSED")
+        assert_heard(phone.recordings()[-1], ROOM_HZ, rate=8000, min_seconds=1.5)
+
+    await asyncio.gather(*(one(index, hz) for index, hz in enumerate(frequencies)))
+    rows = await calls(server)
+    assert len(rows) == 10
+    assert {row["endReason"] for row in rows} == {"caller-hangup"}

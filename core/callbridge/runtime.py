@@ -367,6 +367,7 @@ def _join_cluster(runtime: Runtime, url: str) -> None:
             internal_url,
             settings.server.api_url,
             settings.server.ingest_url,
+            settings.sip.address if settings.sip.enabled else "",
         ),
         lease,
     )

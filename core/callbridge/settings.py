@@ -528,6 +528,12 @@ class SipSettings(_Section):
         return self
 
     @property
+    def address(self) -> str:
+        """``host:port`` where callers reach this replica's SIP endpoint (``public_address``,
+        else ``host``): Contact headers, and a direct-mode redirect to this replica."""
+        return f"{self.public_address or self.host}:{self.port}"
+
+    @property
     def rtp_port_range(self) -> tuple[int, int]:
         low, high = (int(part) for part in self.rtp_ports.split("-"))
         return low, high

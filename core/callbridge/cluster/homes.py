@@ -40,12 +40,13 @@ return 0
 @dataclass(frozen=True)
 class Home:
     """A room's home replica: its id, how replicas reach it, and (``direct`` room mode) its
-    own public API and media-socket URLs."""
+    own public API and media-socket URLs and SIP address (``host:port``, when it runs SIP)."""
 
     instance_id: str
     internal_url: str
     api_url: str = ""
     ingest_url: str = ""
+    sip_address: str = ""
 
 
 class RoomHomes:
@@ -60,6 +61,7 @@ class RoomHomes:
                 "internal": me.internal_url,
                 "api": me.api_url,
                 "ingest": me.ingest_url,
+                "sip": me.sip_address,
             }
         )
         self._ttl_ms = max(1, round(lease_seconds * 1000))
@@ -100,4 +102,5 @@ def _home(value: str | bytes) -> Home:
         str(data["internal"]),
         str(data.get("api", "")),
         str(data.get("ingest", "")),
+        str(data.get("sip", "")),
     )

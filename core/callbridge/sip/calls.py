@@ -15,6 +15,11 @@ hangs up. Late offer (no SDP): the 200 OK carries our offer at once, the answer 
 ACK, and the call joins its room then. The 2xx is retransmitted (UDP) from T1 doubling to T2
 until its ACK; without an ACK in 32 s the call ends with BYE (RFC 3261 §13.3.1.4).
 
+Several replicas (``cluster.redis_url``): in ``direct`` room mode an INVITE for a room homed on
+another replica is redirected there (302, Contact at that replica's ``sip.address``; trunks and
+softphones follow it); in ``relay`` mode the call is taken where it lands and its audio relayed
+to the room's home like any other member's.
+
 Refusals, each with a ``Reason`` text: 404 (no room in the Request-URI, no route for a number),
 480 (the room refused the call), 488 (an offer we cannot take, with ``Warning``), 422 (a session
 interval under 90 s), 503 (the server drains, no RTP ports), 487 (cancelled).
@@ -40,9 +45,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from callbridge.calls.intake import call_region, routing_context
 from callbridge.calls.session import CallSession, run_call
 from callbridge.calls.state import DuplicateCallError, EndReason
+from callbridge.cluster.relay import HomedRooms
 from callbridge.protocols import (
     CallInfo,
     CodecSpec,
+    PluginError,
     RefRecord,
     Route,
     RoutingContext,
@@ -168,6 +175,18 @@ class SipCalls:
         route = await self._route(call, principal, user)
         if route is None:
             return _refuse(incoming, 404, "Not Found", f"no room or route for {user[:64]!r}")
+        elsewhere = await self._home_elsewhere(principal.apikey, route.route)
+        if elsewhere is not None:
+            transport = incoming.transport.lower()
+            incoming.answer(
+                302,
+                "Moved Temporarily",
+                headers=[
+                    ("Contact", f"<sip:{request.uri.user}@{elsewhere};transport={transport}>")
+                ],
+            )
+            log.info("SIP call redirected to its room's home", room_id=route.route.room_id)
+            return 302
         sdp = SdpSession(
             self.settings.public_address or self.settings.host, self.settings.rtp_port_range[0]
         )
@@ -286,6 +305,23 @@ class SipCalls:
         if not is_room_id(user):
             return None
         return _Routed(Route(room_id=user, strategy="sip_uri"), context)
+
+    async def _home_elsewhere(self, tenant: str, route: Route) -> str | None:
+        """``direct`` room mode: the SIP address of the room's home replica when it is
+        another one (this one takes the home when nobody holds it); else ``None``: relay
+        mode joins the room here and the room transport relays the audio to its home."""
+        runtime = self.runtime
+        if runtime.settings.cluster.room_mode != "direct":
+            return None
+        transport = runtime.room_transports.get(route.transport or runtime.settings.rooms.default)
+        if not isinstance(transport, HomedRooms):
+            return None
+        try:
+            home = await transport.home_of(tenant, route.room_id)
+        except PluginError as exc:
+            log.warning("room home unknown: the call is taken here", reason=str(exc))
+            return None
+        return None if transport.is_me(home) or not home.sip_address else home.sip_address
 
     # ------------------------------------------------------------------ CANCEL and dialogs
 
