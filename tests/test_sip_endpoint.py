@@ -308,3 +308,74 @@ async def test_an_authenticated_register_is_accepted_and_stored_nowhere(
     accepted = await udp.receive()
     assert status(accepted) == 200, accepted
     assert b"Expires: 3600" in accepted and b";expires=3600" in accepted, "capped at an hour"
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path, str]:
+    """A certificate for 127.0.0.1 signed by itself: its file, its key's file, its PEM."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sip.test")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    cert_file, key_file = folder / "sip.pem", folder / "sip.key"
+    cert_file.write_bytes(pem)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file, pem.decode()
+
+
+async def test_sip_over_tls_with_a_configured_certificate(tmp_path: Path) -> None:
+    """With ``sip.tls_certificate`` and ``sip.tls_key`` the endpoint also listens for TLS on
+    the next port: a client that trusts the certificate gets OPTIONS answered there."""
+    import ssl
+
+    cert_file, key_file, pem = _self_signed(tmp_path)
+    port = free_port()
+    overrides = {
+        "sip": {
+            "enabled": True,
+            "host": "127.0.0.1",
+            "port": port,
+            "tls_certificate": str(cert_file),
+            "tls_key": str(key_file),
+        }
+    }
+    with running_in_process(tmp_path, overrides) as server:
+        tls_port = server.app.state.sip.endpoint.tls_port
+        assert tls_port == port + 1
+        trusting = ssl.create_default_context(cadata=pem)
+        reader, writer = await asyncio.open_connection("127.0.0.1", tls_port, ssl=trusting)
+        try:
+            writer.write(request("OPTIONS", tls_port, transport="TLS"))
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+        finally:
+            writer.close()
+    assert status(head) == 200
+    assert b"Via: SIP/2.0/TLS" in head
