@@ -19,6 +19,7 @@ from tests.baresip import Baresip, baresip, tone_wav
 from tests.calls import assert_heard
 from tests.live_calls import CALLER_HZ, ROOM_HZ, tone_participant, twilio_caller
 from tests.servers import InProcessServer, create_connector, free_port, running_in_process
+from tests.sip_client import UdpUac, header_of, status_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -317,3 +318,27 @@ async def test_ten_concurrent_calls(sip_server: InProcessServer, tmp_path: Path)
     rows = await calls(server)
     assert len(rows) == 10
     assert {row["endReason"] for row in rows} == {"caller-hangup"}
+
+
+async def test_calls_beyond_max_calls_are_busy(tmp_path: Path) -> None:
+    """With ``sip.max_calls: 1`` a second call while the first is up is answered 486 Busy Here
+    with a reason, and the first call is untouched."""
+    overrides = {"sip": {"enabled": True, "host": "127.0.0.1", "port": free_port(), "max_calls": 1}}
+    with running_in_process(tmp_path, overrides) as server:
+        credential = sip_credential(server)
+        first, second = UdpUac(), UdpUac()
+        try:
+            answered = await first.authenticated_invite(
+                "busy-room", sip_port(server), credential["username"], credential["password"]
+            )
+            assert status_of(answered) == 200, answered
+            busy = await second.authenticated_invite(
+                "busy-room", sip_port(server), credential["username"], credential["password"]
+            )
+        finally:
+            first.close()
+            second.close()
+        assert status_of(busy) == 486, busy
+        assert header_of(busy, "Reason") == 'SIP;text="this server takes 1 SIP calls"'
+        rows = await calls(server)
+    assert [row["status"] for row in rows] == ["answered"]

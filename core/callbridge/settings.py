@@ -506,6 +506,12 @@ class SipSettings(_Section):
     nonce_seconds: float = Field(
         30.0, gt=0, le=600, description="A digest nonce is good for this long, and once."
     )
+    max_calls: int | None = Field(
+        None,
+        ge=1,
+        description="SIP calls this replica takes at once; more get 486 Busy Here. Unset: as "
+        "many as the RTP port range holds (then 503).",
+    )
     rtp_timeout_seconds: float = Field(
         30.0,
         ge=5,

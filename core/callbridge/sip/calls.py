@@ -21,8 +21,9 @@ softphones follow it); in ``relay`` mode the call is taken where it lands and it
 to the room's home like any other member's.
 
 Refusals, each with a ``Reason`` text: 404 (no room in the Request-URI, no route for a number),
-480 (the room refused the call), 488 (an offer we cannot take, with ``Warning``), 422 (a session
-interval under 90 s), 503 (the server drains, no RTP ports), 487 (cancelled).
+480 (the room refused the call), 486 (``sip.max_calls`` calls are up), 488 (an offer we cannot
+take, with ``Warning``), 422 (a session interval under 90 s), 503 (the server drains, no RTP
+ports), 487 (cancelled).
 
 Session timers (RFC 4028): a ``Session-Expires`` is accepted and echoed with the caller as
 refresher; refreshes (re-INVITE or UPDATE) are answered. The interval is not enforced: an RTP
@@ -164,6 +165,9 @@ class SipCalls:
             return 422
         if not user:
             return _refuse(incoming, 404, "Not Found", "no room in the Request-URI")
+        limit = self.settings.max_calls
+        if limit is not None and len(self._dialogs) >= limit:
+            return _refuse(incoming, 486, "Busy Here", f"this server takes {limit} SIP calls")
         from_number = _user_of(request.from_address)
         call = CallInfo(
             provider=PROVIDER,
