@@ -144,12 +144,13 @@ async def test_dtmf_both_ways(sip_server: InProcessServer, tmp_path: Path) -> No
     assert row["media"]["dtmf"] == 3 and row["media"]["dtmf_out"] == 1, row["media"]
 
 
-@pytest.mark.parametrize("who", ["room", "api"])
+@pytest.mark.parametrize(("who", "transport"), [("room", "udp"), ("api", "udp"), ("api", "tcp")])
 async def test_a_hang_up_from_our_side_sends_bye(
-    sip_server: InProcessServer, tmp_path: Path, who: str
+    sip_server: InProcessServer, tmp_path: Path, who: str, transport: str
 ) -> None:
     """A participant's ``hangup`` or ``POST /v2/calls/{id}/hangup`` ends the call at the
-    softphone with a BYE (baresip sees the call closed by the remote)."""
+    softphone with a BYE (baresip sees the call closed by the remote); over TCP the BYE goes
+    over the connection the call came on."""
     server = sip_server
     credential = sip_credential(server)
     async with (
@@ -158,7 +159,7 @@ async def test_a_hang_up_from_our_side_sends_bye(
             tmp_path / "phone", user=credential["username"], password=credential["password"]
         ) as phone,
     ):
-        await dial(phone, server, "sip-bye", "udp")
+        await dial(phone, server, "sip-bye", transport)
         joined = await participant.wait_for("participant-joined")
         await asyncio.sleep(0.5)
         if who == "room":

@@ -207,84 +207,86 @@ class SipCalls:
             return _refuse(
                 incoming, 503, "Service Unavailable", "no media ports free", retry_after=True
             )
-        sdp.rtp_port = stream.ports.rtp
-        answer_sdp: str
-        if offer.strip():
+        handed_off = False  # until the call owns the stream, a refusal closes it
+        try:
+            sdp.rtp_port = stream.ports.rtp
+            answer_sdp: str
+            if offer.strip():
+                try:
+                    answer = sdp.answer(offer)
+                except SdpError as exc:
+                    incoming.answer(
+                        488,
+                        "Not Acceptable Here",
+                        headers=[("Warning", exc.warning(self.settings.domain))],
+                    )
+                    return 488
+                answer_sdp = answer.sdp
+                stream.negotiated(answer.negotiated)
+            else:
+                answer_sdp = sdp.offer()
             try:
-                answer = sdp.answer(offer)
-            except SdpError as exc:
-                await stream.close()
-                incoming.answer(
-                    488,
-                    "Not Acceptable Here",
-                    headers=[("Warning", exc.warning(self.settings.domain))],
-                )
-                return 488
-            answer_sdp = answer.sdp
-            stream.negotiated(answer.negotiated)
-        else:
-            answer_sdp = sdp.offer()
-        try:
-            dialog = Dialog.from_invite(parsed, incoming.to_tag, incoming.transport)
-        except ValueError as exc:
-            await stream.close()
-            return _refuse(incoming, 400, "Bad Request", str(exc))
-        region = call_region(runtime, route.route, route.context)
-        record = RefRecord(
-            call_id=new_call_id(),
-            apikey=principal.apikey,
-            connector_id=principal.credential_id,
-            provider=PROVIDER,
-            provider_call_id=call.provider_call_id,
-            room_id=route.route.room_id,
-            transport=route.route.transport,
-            options=StreamOptions(
-                codec=sdp.negotiated.codec_spec if sdp.negotiated else LATE_OFFER_CODEC
-            ),
-            from_number=from_number,
-            to_number=user,
-            trace_parent=current_trace_parent(),
-            metadata={**route.route.metadata, "sipUser": principal.username},
-            region=region.name,
-        )
-        try:
-            await runtime.lifecycle.route(
-                call_id=record.call_id,
-                apikey=record.apikey,
-                connector_id=record.connector_id,
+                dialog = Dialog.from_invite(parsed, incoming.to_tag, incoming.transport)
+            except ValueError as exc:
+                return _refuse(incoming, 400, "Bad Request", str(exc))
+            region = call_region(runtime, route.route, route.context)
+            record = RefRecord(
+                call_id=new_call_id(),
+                apikey=principal.apikey,
+                connector_id=principal.credential_id,
                 provider=PROVIDER,
-                provider_call_id=record.provider_call_id,
-                room_id=record.room_id,
-                ref_ttl_seconds=runtime.settings.refs.ttl_seconds,
+                provider_call_id=call.provider_call_id,
+                room_id=route.route.room_id,
+                transport=route.route.transport,
+                options=StreamOptions(
+                    codec=sdp.negotiated.codec_spec if sdp.negotiated else LATE_OFFER_CODEC
+                ),
                 from_number=from_number,
                 to_number=user,
+                trace_parent=current_trace_parent(),
+                metadata={**route.route.metadata, "sipUser": principal.username},
                 region=region.name,
-                route_strategy=route.route.strategy,
-                route_rule_id=route.route.rule_id,
-                metadata=route.route.metadata,
             )
-        except DuplicateCallError:
-            await stream.close()
-            return _refuse(incoming, 482, "Loop Detected", "this INVITE is already a call")
-        span = trace.get_current_span()
-        span.set_attribute("callbridge.call.id", record.call_id)
-        span.set_attribute("callbridge.room.id", record.room_id)
-        if await runtime.lifecycle.claim(record.call_id) is None:
-            await stream.close()
-            return _refuse(incoming, 480, "Temporarily Unavailable", "the call was ended")
-        sip_call = SipCall(self, incoming, dialog, stream, sdp, answer_sdp, record, expires)
-        self._dialogs[dialog.key] = sip_call
-        self._ringing[incoming.transaction.key] = sip_call
-        log.info(
-            "SIP call routed",
-            call_id=record.call_id,
-            room_id=record.room_id,
-            strategy=route.route.strategy,
-            rule_id=route.route.rule_id,
-            late_offer=not offer.strip(),
-        )
-        sip_call.start()
-        return None
+            try:
+                await runtime.lifecycle.route(
+                    call_id=record.call_id,
+                    apikey=record.apikey,
+                    connector_id=record.connector_id,
+                    provider=PROVIDER,
+                    provider_call_id=record.provider_call_id,
+                    room_id=record.room_id,
+                    ref_ttl_seconds=runtime.settings.refs.ttl_seconds,
+                    from_number=from_number,
+                    to_number=user,
+                    region=region.name,
+                    route_strategy=route.route.strategy,
+                    route_rule_id=route.route.rule_id,
+                    metadata=route.route.metadata,
+                )
+            except DuplicateCallError:
+                return _refuse(incoming, 482, "Loop Detected", "this INVITE is already a call")
+            span = trace.get_current_span()
+            span.set_attribute("callbridge.call.id", record.call_id)
+            span.set_attribute("callbridge.room.id", record.room_id)
+            if await runtime.lifecycle.claim(record.call_id) is None:
+                return _refuse(incoming, 480, "Temporarily Unavailable", "the call was ended")
+            sip_call = SipCall(self, incoming, dialog, stream, sdp, answer_sdp, record, expires)
+            self._dialogs[dialog.key] = sip_call
+            self._ringing[incoming.transaction.key] = sip_call
+            log.info(
+                "SIP call routed",
+                call_id=record.call_id,
+                room_id=record.room_id,
+                strategy=route.route.strategy,
+                rule_id=route.route.rule_id,
+                late_offer=not offer.strip(),
+            )
+            sip_call.start()
+            handed_off = True
+            return None
+        finally:
+            if not handed_off:
+                await stream.close()
 
     async def _route(self, call: CallInfo, principal: SipPrincipal, user: str) -> _Routed | None:
         runtime = self.runtime
