@@ -343,3 +343,38 @@ async def test_calls_beyond_max_calls_are_busy(tmp_path: Path) -> None:
         assert header_of(busy, "Reason") == 'SIP;text="this server takes 1 SIP calls"'
         rows = await calls(server)
     assert [row["status"] for row in rows] == ["answered"]
+
+
+async def test_a_sip_call_is_one_trace(tmp_path: Path) -> None:
+    """The INVITE's ``call.invite`` span is the root of the call's trace; its ``call.media``
+    span is its child with the call's attributes, and no span carries the password."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans = InMemorySpanExporter()
+    overrides = {"sip": {"enabled": True, "host": "127.0.0.1", "port": free_port()}}
+    with running_in_process(
+        tmp_path, overrides, span_processors=[SimpleSpanProcessor(spans)]
+    ) as server:
+        credential = sip_credential(server)
+        async with baresip(
+            tmp_path / "phone", user=credential["username"], password=credential["password"]
+        ) as phone:
+            await dial(phone, server, "traced-room", "udp")
+            await asyncio.sleep(0.5)
+            await phone.command("hangup")
+            await phone.wait_event("CALL_CLOSED")
+        row = await ended(server)
+    finished = spans.get_finished_spans()
+    (invite,) = [span for span in finished if span.name == "call.invite"]
+    (media,) = [span for span in finished if span.name == "call.media"]
+    assert invite.parent is None
+    assert media.parent is not None and media.parent.span_id == invite.context.span_id
+    assert media.context.trace_id == invite.context.trace_id
+    attributes = dict(media.attributes or {})
+    assert attributes["callbridge.provider"] == "sip"
+    assert attributes["callbridge.call.id"] == row["id"]
+    assert attributes["callbridge.room.id"] == "traced-room"
+    assert attributes["callbridge.end_reason"] == "caller-hangup"
+    everything = repr([dict(span.attributes or {}) for span in finished])
+    assert credential["password"] not in everything
