@@ -105,7 +105,8 @@ class CallSession:
         echoes_marks_on_clear: the stream echoes every pending mark when it clears.
         on_joined: called once the call is in its room, before it is recorded answered (a
             SIP dialog sends its 200 OK then, so a room that refuses the call is a refusal,
-            not an answered call that hangs up).
+            not an answered call that hangs up); ``False``: the caller gave up meanwhile (a
+            SIP CANCEL), the call ends ``cancelled`` without being answered.
     """
 
     def __init__(
@@ -117,7 +118,7 @@ class CallSession:
         far_end: Callable[[EndReason], Awaitable[object]],
         *,
         echoes_marks_on_clear: bool = True,
-        on_joined: Callable[[], None] | None = None,
+        on_joined: Callable[[], bool] | None = None,
     ) -> None:
         self.runtime = runtime
         self.record = record
@@ -165,8 +166,8 @@ class CallSession:
         self.bridge.on_transfer = self._request_transfer
         self.bridge.on_event = self._queue_event
         self._event_writer = asyncio.create_task(self._write_events())
-        if self._on_joined is not None:
-            self._on_joined()
+        if self._on_joined is not None and not self._on_joined():
+            return BridgeEnd(EndReason.CANCELLED)
         if await runtime.lifecycle.answer(record.call_id) is None:
             log.info("call was ended before its media arrived")
             self.ended_elsewhere = True

@@ -63,7 +63,9 @@ class EndReason(StrEnum):
     """Why a call ended or failed; each reason implies its end status."""
 
     CALLER_HANGUP = "caller-hangup"
-    """The provider said the caller hung up (its ``stop``)."""
+    """The provider said the caller hung up (its ``stop``), or a SIP caller sent BYE."""
+    CANCELLED = "cancelled"
+    """The caller gave up before the call was answered (a SIP CANCEL)."""
     STREAM_CLOSED = "stream-closed"
     """The provider closed the media socket without a ``stop``."""
     ROOM_HANGUP = "room-hangup"
@@ -109,6 +111,7 @@ MAX_END_DETAIL_CHARS: Final = 2000
 _ENDED_REASONS: Final = frozenset(
     {
         EndReason.CALLER_HANGUP,
+        EndReason.CANCELLED,
         EndReason.STREAM_CLOSED,
         EndReason.ROOM_HANGUP,
         EndReason.API_HANGUP,
@@ -123,6 +126,7 @@ _LIVE = frozenset({CallStatus.ROUTED, CallStatus.ANSWERED})
 
 ENDS_FROM: Final[dict[EndReason, frozenset[CallStatus]]] = {
     EndReason.CALLER_HANGUP: _ANSWERED,
+    EndReason.CANCELLED: _ROUTED,
     EndReason.STREAM_CLOSED: _ANSWERED,
     EndReason.ROOM_HANGUP: _ANSWERED,
     EndReason.MAX_DURATION: _ANSWERED,

@@ -83,7 +83,7 @@ _REFUSALS: Final = {
     EndReason.NO_ROOM: (480, "Temporarily Unavailable"),
     EndReason.AGENT_UNAVAILABLE: (480, "Temporarily Unavailable"),
     EndReason.SHUTDOWN: (503, "Service Unavailable"),
-    EndReason.CALLER_HANGUP: (487, "Request Terminated"),
+    EndReason.CANCELLED: (487, "Request Terminated"),
     EndReason.API_HANGUP: (480, "Temporarily Unavailable"),
     EndReason.ROOM_HANGUP: (480, "Temporarily Unavailable"),
 }
@@ -112,11 +112,24 @@ class SipCalls:
         self.ports = RtpPortAllocator(*self.settings.rtp_port_range)
         self._dialogs: dict[tuple[str, str, str], SipCall] = {}
         self._ringing: dict[Key, SipCall] = {}
+        self._starting: set[Key] = set()
+        """INVITEs being authenticated and routed, not ringing yet."""
+        self._cancelled_early: set[Key] = set()
+        """Those of them a CANCEL (answered 200) matched: refused 487 once they ring."""
 
     def __len__(self) -> int:
         return len(self._dialogs)
 
     # ------------------------------------------------------------------ new calls
+
+    def starting(self, key: Key) -> None:
+        """The INVITE transaction ``key`` is being handled (authentication first)."""
+        self._starting.add(key)
+
+    def started(self, key: Key) -> None:
+        """The INVITE transaction ``key`` is handled: ringing, answered or refused."""
+        self._starting.discard(key)
+        self._cancelled_early.discard(key)
 
     async def invite(self, incoming: Incoming, principal: SipPrincipal) -> None:
         """An authenticated INVITE outside a dialog."""
@@ -273,6 +286,8 @@ class SipCalls:
             sip_call = SipCall(self, incoming, dialog, stream, sdp, answer_sdp, record, expires)
             self._dialogs[dialog.key] = sip_call
             self._ringing[incoming.transaction.key] = sip_call
+            if incoming.transaction.key in self._cancelled_early:
+                sip_call.cancelled()
             log.info(
                 "SIP call routed",
                 call_id=record.call_id,
@@ -336,6 +351,8 @@ class SipCalls:
         call = self._ringing.get(key)
         if call is not None:
             call.cancelled()
+        elif key in self._starting:
+            self._cancelled_early.add(key)
 
     async def in_dialog(self, incoming: Incoming) -> None:
         """A request with a To tag: ACK, BYE, re-INVITE, UPDATE, OPTIONS…"""
@@ -402,6 +419,7 @@ class SipCall:
         self._acked = asyncio.Event()
         self._bye_received = False
         self._bye_sent = False
+        self._cancelled = False
         self._end_reason: EndReason | None = None
         self._pending_reoffer = False
         self.task: asyncio.Task[None] | None = None
@@ -430,9 +448,13 @@ class SipCall:
 
     # ------------------------------------------------------------------ answering
 
-    def _joined(self) -> None:
+    def _joined(self) -> bool:
+        """In the room: answer (early offer); ``False`` when the caller cancelled meanwhile."""
+        if self._cancelled:
+            return False
         if not self._late_offer:
             self._send_200(self._answer_sdp)
+        return True
 
     def _send_200(self, body: str) -> None:
         if self._final_sent:
@@ -488,6 +510,7 @@ class SipCall:
         if self._final_sent:
             return
         self._final_sent = True
+        self._cancelled = True
         _refuse(self.invite, 487, "Request Terminated", "cancelled by the caller")
         self._bye_received = True  # nothing left to end at the caller
         self.stream.stop("stop")

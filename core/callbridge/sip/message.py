@@ -2,7 +2,8 @@
 framing for TCP, and the responses a server builds from a request (RFC 3261 §8.2.6).
 
 Pitfalls handled here (see the research note on SIP): ``sipmessage`` rejects folded header
-lines (we unfold them first, RFC 3261 §7.3.1), raises from header *accessors* rather than from
+lines (we unfold them first, RFC 3261 §7.3.1) and keeps whitespace before a header's colon in
+its name (we drop it), raises from header *accessors* rather than from
 ``parse`` (every header a transaction needs is read once here, inside the guard), and does not
 add ``Content-Length`` (mandatory over TCP; we always set it).
 """
@@ -20,7 +21,12 @@ MAX_MESSAGE_BYTES: Final = 64 * 1024
 """A SIP message larger than this is dropped (UDP) or ends the connection (TCP)."""
 SERVER: Final = "callbridge"
 _FOLD = re.compile(rb"\r\n[ \t]+")
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([0-9]{1,9})[ \t]*$", re.I | re.M)
+_CONTENT_LENGTH = re.compile(
+    rb"^(?:content-length|l)[ \t]*:[ \t]*([0-9]{1,9})[ \t]*\r?$", re.I | re.M
+)
+_SPACE_BEFORE_COLON = re.compile(rb"(?m)^([^:\r\n \t]+)[ \t]+:")
+"""``Via  :`` (RFC 3261's HCOLON allows whitespace before the colon; sipmessage keeps it in the
+header's name)."""
 
 
 class SipParseError(ValueError):
@@ -53,7 +59,9 @@ def parse(data: bytes) -> Request | Response:
     if not separator:
         raise SipParseError("no end of headers")
     try:
-        message = Message.parse(_FOLD.sub(b" ", head) + b"\r\n\r\n" + body)
+        start, _, fields = _FOLD.sub(b" ", head).partition(b"\r\n")
+        fields = _SPACE_BEFORE_COLON.sub(rb"\1:", fields)
+        message = Message.parse(start + b"\r\n" + fields + b"\r\n\r\n" + body)
     except (ValueError, IndexError, KeyError) as exc:
         raise SipParseError(f"unparsable: {str(exc)[:80]}") from None
     return message

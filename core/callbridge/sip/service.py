@@ -107,10 +107,14 @@ class SipService:
         incoming.answer(200, "OK", headers=headers)
 
     async def _invite(self, incoming: Incoming) -> None:
-        principal = await self._authenticated(incoming)
-        if principal is None:
-            return
-        await self.calls.invite(incoming, principal)
+        key = incoming.transaction.key
+        self.calls.starting(key)
+        try:
+            principal = await self._authenticated(incoming)
+            if principal is not None:
+                await self.calls.invite(incoming, principal)
+        finally:
+            self.calls.started(key)
 
     async def _in_dialog(self, incoming: Incoming) -> None:
         await self.calls.in_dialog(incoming)
