@@ -30,9 +30,11 @@ def header_of(data: bytes, name: str) -> str | None:
 
 
 class UdpUac:
-    """One UDP socket playing a SIP phone at 127.0.0.1."""
+    """One UDP socket playing a SIP phone at 127.0.0.1 (``offer``: its SDP, ``{port}`` the RTP
+    port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, offer: str = SDP_OFFER) -> None:
+        self.offer = offer
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind(("127.0.0.1", 0))
         self.socket.setblocking(False)
@@ -61,7 +63,7 @@ class UdpUac:
     def invite(
         self, user: str, port: int, *, cseq: int, branch: str, authorization: str = ""
     ) -> bytes:
-        body = SDP_OFFER.format(port=self.port + 2).encode()
+        body = self.offer.format(port=self.port + 2).encode()
         return (
             f"INVITE sip:{user}@127.0.0.1:{port} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch};rport\r\n"

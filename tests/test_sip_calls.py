@@ -19,7 +19,7 @@ from tests.baresip import Baresip, baresip, tone_wav
 from tests.calls import assert_heard
 from tests.live_calls import CALLER_HZ, ROOM_HZ, tone_participant, twilio_caller
 from tests.servers import InProcessServer, create_connector, free_port, running_in_process
-from tests.sip_client import UdpUac, header_of, status_of
+from tests.sip_client import SDP_OFFER, UdpUac, header_of, status_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -387,3 +387,26 @@ async def test_a_sip_call_is_one_trace(tmp_path: Path) -> None:
     assert attributes["callbridge.end_reason"] == "caller-hangup"
     everything = repr([dict(span.attributes or {}) for span in finished])
     assert credential["password"] not in everything
+
+
+async def test_an_offer_without_g711_is_refused_488_with_a_warning(
+    sip_server: InProcessServer,
+) -> None:
+    """An INVITE offering only G.729 gets 488 with a Warning naming what was offered, and no
+    call is answered."""
+    server = sip_server
+    credential = sip_credential(server)
+    g729_only = SDP_OFFER.replace("RTP/AVP 0 101", "RTP/AVP 18").replace(
+        "a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000"
+    )
+    phone = UdpUac(g729_only)
+    try:
+        refused = await phone.authenticated_invite(
+            "codec-room", sip_port(server), credential["username"], credential["password"]
+        )
+    finally:
+        phone.close()
+    assert status_of(refused) == 488, refused
+    warning = header_of(refused, "Warning") or ""
+    assert warning.startswith("305 ") and "G729/8000" in warning, warning
+    assert [row["status"] for row in await calls(server)] == []
