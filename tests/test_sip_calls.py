@@ -245,6 +245,12 @@ async def test_a_phone_number_is_routed_by_a_rule(
         )
         assert created.status_code == 201, created.text
         rule_id = created.json()["data"]["id"]
+        explained = await client.post(
+            "/v2/routing/explain", json={"connectorId": credential["id"], "to": "+14155550100"}
+        )
+        assert explained.status_code == 200, explained.text
+        decision = explained.json()["data"]["decision"]
+        assert (decision["roomId"], decision["ruleId"]) == ("sales-floor", rule_id)
     source = tone_wav(tmp_path / "tone.wav", CALLER_HZ, 10)
     async with (
         tone_participant(room_url(server, "sales-floor")) as participant,

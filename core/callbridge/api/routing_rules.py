@@ -46,6 +46,8 @@ from callbridge.routing.config import rule_checks
 from callbridge.routing.rules import RoutingRule, precedence
 from callbridge.routing.shapes import RuleBody
 from callbridge.runtime import Runtime
+from callbridge.sip.calls import SipConnector
+from callbridge.sip.store import get_credential
 from callbridge.store.ids import new_rule_id
 from callbridge.store.repository import Repository, transaction
 
@@ -305,9 +307,15 @@ class RoutingExplainController(Controller):
             if at.tzinfo is None:
                 raise ApiError(400, "at: needs a time zone offset or Z")
         async with request.app.state.db.session() as session:
-            connector = await Repository(session).get_connector(principal.apikey, data.connector_id)
+            connector: Any = await Repository(session).get_connector(
+                principal.apikey, data.connector_id
+            )
+            if connector is None:  # a SIP call's "connector" is its SIP credential
+                credential = await get_credential(session, principal.apikey, data.connector_id)
+                if credential is not None:
+                    connector = SipConnector(id=credential.id, apikey=credential.apikey)
         if connector is None:
-            raise ApiError(404, "connectorId: no such connector for this API key")
+            raise ApiError(404, "connectorId: no such connector or SIP credential for this API key")
         call = CallInfo(
             provider=connector.provider,
             provider_call_id="explain",

@@ -62,7 +62,8 @@ class RuleListResponse(msgspec.Struct, rename="camel"):
 
 
 class ExplainRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
-    """Body of ``POST /v2/routing/explain``: a call as its webhook would describe it."""
+    """Body of ``POST /v2/routing/explain``: a call as its webhook would describe it
+    (``connectorId``: a connector, or the SIP credential a SIP call authenticates with)."""
 
     connector_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
     from_: Text | None = msgspec.field(default=None, name="from")

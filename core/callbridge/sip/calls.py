@@ -91,7 +91,7 @@ _REFUSALS: Final = {
 
 
 @dataclass(frozen=True)
-class _SipConnector:
+class SipConnector:
     """What the routing chain knows of a SIP call's "connector": the credential."""
 
     id: str
@@ -305,7 +305,7 @@ class SipCalls:
 
     async def _route(self, call: CallInfo, principal: SipPrincipal, user: str) -> _Routed | None:
         runtime = self.runtime
-        connector = _SipConnector(id=principal.credential_id, apikey=principal.apikey)
+        connector = SipConnector(id=principal.credential_id, apikey=principal.apikey)
         context = routing_context(runtime, call, connector, {})
         if _PHONE.match(user):
             with runtime.tracer.start_as_current_span("call.route") as route_span:
