@@ -38,6 +38,7 @@ from callbridge.drain import Drain
 from callbridge.feed.poller import EventFeed
 from callbridge.metrics import PROMETHEUS_CONTENT_TYPE
 from callbridge.redaction import install_redaction, remember_secrets
+from callbridge.rtc.signalling import room_rtc, use_host_addresses
 from callbridge.runtime import SHUTDOWN_GRACE_SECONDS, Runtime, build_runtime
 from callbridge.safe_json import BODY_LIMITS
 from callbridge.settings import Settings
@@ -117,6 +118,7 @@ def create_app(
         "transport",
     )
     sip = SipService(runtime) if settings.sip.enabled else None
+    use_host_addresses(settings.rtc.host_addresses)
     config_connectors = check_config_connectors(
         settings, runtime.providers, runtime.rules.config_rules
     )
@@ -162,6 +164,7 @@ def create_app(
             ingest_with_path_ref,
             ingest_with_query_ref,
             room_participant,
+            room_rtc,
             relayed_member,
             event_socket,
             rsa_public_key,

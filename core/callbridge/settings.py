@@ -545,6 +545,39 @@ class SipSettings(_Section):
         return low, high
 
 
+class IceServer(_Section):
+    """A STUN or TURN server browsers and the server use to find a path to each other."""
+
+    urls: list[str] = Field(
+        min_length=1, description="stun:host:port or turn:host:port?transport=udp URLs."
+    )
+    username: str | None = Field(None, description="TURN username.")
+    credential: SecretStr | None = Field(
+        None, description="TURN password ({$env} or {$file} recommended)."
+    )
+
+
+_RTC_CODECS: tuple[Literal["opus", "PCMU", "PCMA"], ...] = ("opus", "PCMU", "PCMA")
+
+
+class RtcSettings(_Section):
+    """Browser participants over WebRTC (the README's "Browser participants")."""
+
+    codecs: list[Literal["opus", "PCMU", "PCMA"]] = Field(
+        default_factory=lambda: list(_RTC_CODECS),
+        min_length=1,
+        description="Codecs offered to browsers, preferred first (PCMU/PCMA cost less CPU).",
+    )
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, description="STUN/TURN servers (none: host candidates only)."
+    )
+    host_addresses: list[str] = Field(
+        default_factory=list,
+        description="The addresses the server gathers ICE host candidates on (behind NAT: add "
+        "the public one). Empty: every interface but loopback.",
+    )
+
+
 class ClusterSettings(_Section):
     """Several replicas behind one load balancer (the README's "Running at scale")."""
 
@@ -629,6 +662,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     sip: SipSettings = Field(default_factory=SipSettings)
+    rtc: RtcSettings = Field(default_factory=RtcSettings)
     plugins: PluginLoadSettings = Field(default_factory=PluginLoadSettings)
     routing_rules: list[dict[str, Any]] = Field(
         default_factory=list,

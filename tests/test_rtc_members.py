@@ -1,0 +1,108 @@
+"""WebRTC room members over the ``/rtc`` signalling socket, with aiortc playing the browser:
+tones both ways with a room participant (frequency and level), mute, hold, DTMF into the room,
+custom headers in the member's metadata, and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.live_calls import ROOM_HZ, tone_participant
+from tests.rtc_client import rtc_member
+from tests.servers import InProcessServer, running_in_process
+
+pytestmark = pytest.mark.timeout(60)
+
+MEMBER_HZ = 700.0
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[InProcessServer]:
+    with running_in_process(tmp_path) as running:
+        yield running
+
+
+def rtc_url(server: InProcessServer, room: str) -> str:
+    return f"ws://127.0.0.1:{server.port}/v2/rooms/{room}/rtc"
+
+
+def room_url(server: InProcessServer, room: str) -> str:
+    return f"ws://127.0.0.1:{server.port}/v2/rooms/{room}/participants?token={server.token()}"
+
+
+async def test_a_webrtc_member_and_a_participant_hear_each_other(server: InProcessServer) -> None:
+    """The member sends 700 Hz, the participant 1000 Hz: each hears the other at its level;
+    the participant saw the member join with its display name and headers."""
+    async with (
+        tone_participant(room_url(server, "rtc-room")) as participant,
+        rtc_member(
+            rtc_url(server, "rtc-room"), server.token(), headers={"X-Team": "blue"}
+        ) as member,
+    ):
+        joined = await participant.wait_for("participant-joined")
+        started = time.monotonic()
+        await asyncio.sleep(2.5)
+        participant.heard.assert_tone_since(started + 0.5, MEMBER_HZ, min_seconds=1.5)
+        member.heard.assert_tone_since(started + 0.5, ROOM_HZ, min_seconds=1.5)
+    assert joined["participantId"] == member.joined["participantId"]
+    assert joined["displayName"] == "Ada"
+    assert joined["metadata"] == {"X-Team": "blue", "via": "webrtc"}
+    assert member.joined["codec"] == "opus"
+
+
+async def test_mute_hold_and_dtmf(server: InProcessServer) -> None:
+    """Muted, the member's tone no longer reaches the room (announced); unmuted it does
+    again; on hold it hears silence; its digits reach the room as ``dtmf``."""
+    async with (
+        tone_participant(room_url(server, "rtc-keys")) as participant,
+        rtc_member(rtc_url(server, "rtc-keys"), server.token()) as member,
+    ):
+        await asyncio.sleep(1.0)
+        await member.send({"type": "mute"})
+        await member.wait_for("muted")
+        muted_at = time.monotonic()
+        await asyncio.sleep(1.0)
+        muted = participant.heard.since(muted_at + 0.2)
+        await member.send({"type": "unmute"})
+        await member.wait_for("unmuted")
+        unmuted_at = time.monotonic()
+        await asyncio.sleep(1.5)
+        participant.heard.assert_tone_since(unmuted_at + 0.3, MEMBER_HZ, min_seconds=1.0)
+        await member.send({"type": "hold"})
+        await member.wait_for("held")
+        held_at = time.monotonic()
+        await asyncio.sleep(1.0)
+        held = member.heard.since(held_at + 0.3)
+        await member.send({"type": "dtmf", "digits": "42#"})
+        await asyncio.sleep(0.3)
+    events = [event.get("event") for event in participant.events]
+    assert "participant-muted" in events and "participant-unmuted" in events
+    assert "participant-held" in events
+    assert len(muted) > 8000 and float(abs(muted.astype(float)).mean()) < 50
+    assert len(held) > 10000 and float(abs(held.astype(float)).mean()) < 50
+    dtmf = [event for event in participant.events if event.get("event") == "dtmf"]
+    assert [event.get("digits") for event in dtmf] == ["42#"]
+
+
+async def test_a_bad_token_is_refused_and_messages_before_login_too(
+    server: InProcessServer,
+) -> None:
+    """No login → 401 error; a forged token → 401 and the socket closes with 4401-free close
+    after the error; nothing joined the room."""
+    async with connect(rtc_url(server, "rtc-closed"), open_timeout=5) as socket:
+        await socket.send(json.dumps({"type": "join"}))
+        refused = json.loads(await socket.recv())
+    assert (refused["type"], refused["code"]) == ("error", 401)
+    async with connect(rtc_url(server, "rtc-closed"), open_timeout=5) as socket:
+        await socket.send(json.dumps({"type": "login", "token": "not-a-token"}))
+        refused = json.loads(await socket.recv())
+        assert (refused["type"], refused["code"]) == ("error", 401)
+        with pytest.raises(Exception):  # noqa: B017 - the server closes the socket
+            async with asyncio.timeout(5):
+                await socket.recv()
