@@ -10,8 +10,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.live_calls import ROOM_HZ, tone_participant
 from tests.rtc_client import rtc_member
@@ -106,3 +108,72 @@ async def test_a_bad_token_is_refused_and_messages_before_login_too(
         with pytest.raises(Exception):  # noqa: B017 - the server closes the socket
             async with asyncio.timeout(5):
                 await socket.recv()
+
+
+async def test_room_tokens_join_only_their_room_and_never_the_api(
+    server: InProcessServer,
+) -> None:
+    """A room token from ``POST /v2/rooms/{roomId}/tokens`` joins its room over WebRTC; it is
+    refused (403) for another room, on the REST API and on the event socket; an API token
+    may not be minted for a bad room id."""
+    headers = {"Authorization": f"Bearer {server.token()}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers) as client:
+        minted = await client.post("/v2/rooms/desk-7/tokens", json={"ttlSeconds": 600})
+        assert minted.status_code == 201, minted.text
+        bad = await client.post("/v2/rooms/not%20a%20room/tokens", json={})
+        assert bad.status_code == 400, bad.text
+    data = minted.json()["data"]
+    assert (data["roomId"], data["permissions"]) == ("desk-7", ["allow_join"])
+    room_token = data["token"]
+    async with rtc_member(rtc_url(server, "desk-7"), room_token) as member:
+        assert member.joined["roomId"] == "desk-7"
+    async with connect(rtc_url(server, "desk-8"), open_timeout=5) as socket:
+        await socket.send(json.dumps({"type": "login", "token": room_token}))
+        refused = json.loads(await socket.recv())
+    assert (refused["type"], refused["code"]) == ("error", 403)
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        api = await client.get("/v2/calls", headers={"Authorization": f"Bearer {room_token}"})
+    assert api.status_code == 403, api.text
+    for refused_url in (
+        room_url_with(server, "desk-8", room_token),
+        f"ws://127.0.0.1:{server.port}/v2/ws?token={room_token}",
+    ):
+        with pytest.raises(InvalidStatus) as rejected:
+            async with connect(refused_url, open_timeout=5):
+                pass
+        assert rejected.value.response.status_code == 403
+
+
+def room_url_with(server: InProcessServer, room: str, token: str) -> str:
+    return f"ws://127.0.0.1:{server.port}/v2/rooms/{room}/participants?token={token}"
+
+
+def test_the_token_command_mints_room_tokens(tmp_path: Path) -> None:
+    """``callbridge token --room R --ttl 1h`` prints a token with only ``allow_join``, the
+    room, and an hour of life, which the server takes for that room; a bad room id or
+    duration is refused."""
+    import subprocess
+
+    import jwt
+
+    from tests.servers import cli_command, start_process
+
+    server = start_process(tmp_path)
+    try:
+        config = str(server.config_path)
+        made = subprocess.run(
+            cli_command("token", "--config", config, "--room", "demo", "--ttl", "1h"),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        claims = jwt.decode(made.stdout.strip(), options={"verify_signature": False})
+        assert (claims["roomId"], claims["permissions"]) == ("demo", ["allow_join"])
+        assert claims["exp"] - claims["iat"] == 3600
+        for bad in (["--room", "no room"], ["--ttl", "soon"]):
+            refused = subprocess.run(
+                cli_command("token", "--config", config, *bad), capture_output=True, text=True
+            )
+            assert refused.returncode != 0 and "callbridge" in refused.stderr
+    finally:
+        server.stop()

@@ -28,6 +28,7 @@ from callbridge.api.json_request import JsonRequest
 from callbridge.api.openapi import document_api
 from callbridge.api.raw_socket import keep_server_send
 from callbridge.api.relay import relayed_member
+from callbridge.api.room_tokens import RoomTokenController
 from callbridge.api.rooms import room_participant
 from callbridge.api.routing_rules import RoutingExplainController, RoutingRuleController
 from callbridge.api.sip_credentials import SipCredentialController
@@ -160,6 +161,7 @@ def create_app(
             WebhookController,
             SipWebhookController,
             SipCredentialController,
+            RoomTokenController,
             voice_webhook,
             ingest_with_path_ref,
             ingest_with_query_ref,

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _token(settings: Settings, apikey: str | None, ttl: int) -> str:
+async def _token(
+    settings: Settings, apikey: str | None, ttl: int, room_id: str | None = None
+) -> str:
     from callbridge.api.auth import issue_token
     from callbridge.store.db import Database
     from callbridge.store.repository import transaction
@@ -63,12 +66,29 @@ async def _token(settings: Settings, apikey: str | None, ttl: int) -> str:
             if apikey
             else "no API key yet: start the server once (`make serve`) to create a development key"
         )
-    return issue_token(key.apikey, key.secret, expires_in=ttl)
+    return issue_token(key.apikey, key.secret, expires_in=ttl, room_id=room_id)
+
+
+_DURATION = re.compile(r"^([0-9]{1,9})([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> int:
+    """Seconds from ``3600``, ``90s``, ``15m``, ``1h`` or ``7d`` (argparse type)."""
+    match = _DURATION.match(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 3600, 15m, 1h or 7d")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    from callbridge.store.ids import is_room_id
+
     settings = _settings(args.config)
-    print(asyncio.run(_token(settings, args.apikey, args.ttl or settings.auth.token_ttl_seconds)))
+    if args.room is not None and not is_room_id(args.room):
+        raise ConfigError(f"--room {args.room!r} is not a room id")
+    ttl = args.ttl or settings.auth.token_ttl_seconds
+    print(asyncio.run(_token(settings, args.apikey, ttl, args.room)))
     return 0
 
 
@@ -273,7 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print an API token the server accepts")
     token.add_argument("--config", metavar="FILE")
     token.add_argument("--apikey", help="API key id (default: the first key, e.g. the dev key)")
-    token.add_argument("--ttl", type=int, help="lifetime in seconds")
+    token.add_argument(
+        "--ttl", type=duration, help="lifetime: seconds, or with a unit (15m, 1h, 7d)"
+    )
+    token.add_argument(
+        "--room",
+        metavar="ROOM",
+        help="a room token: it may only join ROOM (participant and WebRTC sockets), no API",
+    )
     token.set_defaults(handler=cmd_token)
 
     config = commands.add_parser("config", help="configuration tools")

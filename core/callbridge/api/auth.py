@@ -1,6 +1,10 @@
 """API authentication: VideoSDK-style JWTs (HS256, signed with an API key's secret).
 
-A token carries the claims ``apikey``, ``permissions``, ``version`` (2), ``iat`` and ``exp``.
+A token carries the claims ``apikey``, ``permissions``, ``version`` (2), ``iat`` and ``exp``,
+and a room token also ``roomId``. Permissions are enforced: the REST API and the event socket
+need ``allow_mod`` (an API token: the default of ``callbridge token``); a room's sockets
+(participants, WebRTC) need ``allow_join``, and a token with a ``roomId`` opens only that room
+(a room token: ``callbridge token --room R``, or ``POST /v2/rooms/{roomId}/tokens``).
 It is accepted as ``Authorization: <jwt>`` (VideoSDK's form, no prefix) or
 ``Authorization: Bearer <jwt>``. Expiry is checked against the app's injected clock, not the
 system time. Failures raise :class:`~callbridge.api.errors.ApiError` 401 with a reason that
@@ -28,12 +32,16 @@ from callbridge.api.errors import ApiError
 from callbridge.redaction import remember_secrets
 from callbridge.safe_json import TOKEN_LIMITS
 from callbridge.store.db import Database
+from callbridge.store.ids import is_room_id
 from callbridge.store.repository import Repository
 
 logger = logging.getLogger(__name__)
 
 ALGORITHM: Final = "HS256"
-DEFAULT_PERMISSIONS: Final = ("allow_join", "allow_mod")
+ALLOW_JOIN: Final = "allow_join"
+ALLOW_MOD: Final = "allow_mod"
+DEFAULT_PERMISSIONS: Final = (ALLOW_JOIN, ALLOW_MOD)
+ROOM_PERMISSIONS: Final = (ALLOW_JOIN,)
 LEEWAY_SECONDS: Final = 10
 MAX_TOKEN_LENGTH: Final = 8192
 SECURITY_SCHEME_NAME: Final = "apiToken"
@@ -55,10 +63,21 @@ _DECODE_OPTIONS: Final[Any] = {
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the API key every resource is scoped to, and the token's permissions."""
+    """Who is calling: the API key every resource is scoped to, the token's permissions, and
+    the one room a room token may join (``None``: any)."""
 
     apikey: str
     permissions: tuple[str, ...]
+    room_id: str | None = None
+
+    @property
+    def may_moderate(self) -> bool:
+        """The REST API and the event socket: an API token (``allow_mod``)."""
+        return ALLOW_MOD in self.permissions
+
+    def may_join(self, room_id: str) -> bool:
+        """A room's sockets: ``allow_join``, and the token's room if it names one."""
+        return ALLOW_JOIN in self.permissions and self.room_id in (None, room_id)
 
 
 def security_components() -> Components:
@@ -86,16 +105,20 @@ def issue_token(
     permissions: Sequence[str] = DEFAULT_PERMISSIONS,
     expires_in: int = 86400,
     now: float | None = None,
+    room_id: str | None = None,
 ) -> str:
-    """Sign an API token (HS256) for ``apikey`` valid for ``expires_in`` seconds from ``now``."""
+    """Sign an API token (HS256) for ``apikey`` valid for ``expires_in`` seconds from ``now``;
+    with ``room_id``, a room token (only ``allow_join``, only that room)."""
     issued_at = int(time.time() if now is None else now)
-    claims = {
+    claims: dict[str, Any] = {
         "apikey": apikey,
-        "permissions": list(permissions),
+        "permissions": list(ROOM_PERMISSIONS if room_id is not None else permissions),
         "version": 2,
         "iat": issued_at,
         "exp": issued_at + int(expires_in),
     }
+    if room_id is not None:
+        claims["roomId"] = room_id
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -187,7 +210,10 @@ async def authenticate_token(token: str, db: Database, clock: Callable[[], float
     permissions = claims.get("permissions", [])
     if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
         raise _fail("Token permissions claim must be a list of strings")
-    return Principal(apikey=api_key.apikey, permissions=tuple(permissions))
+    room_id = claims.get("roomId")
+    if room_id is not None and not (isinstance(room_id, str) and is_room_id(room_id)):
+        raise _fail("Token roomId claim must be a room id")
+    return Principal(apikey=api_key.apikey, permissions=tuple(permissions), room_id=room_id)
 
 
 async def _principal_for(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
@@ -197,6 +223,9 @@ async def _principal_for(connection: ASGIConnection[Any, Any, Any, Any]) -> Prin
     token = token_from_header(connection.headers.get("authorization"))
     app_state = connection.app.state
     principal = await authenticate_token(token, app_state.db, app_state.get("clock", time.time))
+    if not principal.may_moderate:
+        logger.info("API request refused: the token lacks allow_mod (a room token?)")
+        raise ApiError(403, "This token may not use the API (it has no allow_mod permission)")
     connection.state[_STATE_KEY] = principal
     return principal
 

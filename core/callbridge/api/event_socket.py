@@ -52,6 +52,10 @@ async def event_socket(scope: Scope, receive: Receive, send: Send) -> None:
         log.info("event socket refused", reason=exc.message)
         await send({"type": "websocket.close", "code": 4401, "reason": ""})
         return
+    if not principal.may_moderate:
+        log.info("event socket refused", reason="the token has no allow_mod (a room token?)")
+        await send({"type": "websocket.close", "code": 4403, "reason": ""})
+        return
     if not await accept(receive, send):
         return
     session = FeedSession(principal.apikey, feed)

@@ -82,6 +82,10 @@ async def room_participant(scope: Scope, receive: Receive, send: Send) -> None:
         log.info("room join refused", reason=exc.message)
         await send({"type": "websocket.close", "code": 4401, "reason": ""})
         return
+    if not principal.may_join(room_id):
+        log.info("room join refused", reason="the token may not join this room")
+        await send({"type": "websocket.close", "code": 4403, "reason": ""})
+        return
     transport = runtime.room_transports.get(runtime.settings.participant_transport)
     if transport is None or not is_room_id(room_id):
         await send({"type": "websocket.close", "code": 4404, "reason": ""})

@@ -151,7 +151,7 @@ class RtcSession:
                     return
             except _Refused as refused:
                 self._send({"type": "error", "code": refused.code, "message": refused.message})
-                if refused.code == 401:
+                if refused.code in (401, 403):
                     return
 
     async def _handle(self, message: str | bytes) -> bool:
@@ -191,10 +191,14 @@ class RtcSession:
         if not isinstance(token, str):
             raise _Refused(401, "login needs a token")
         try:
-            self.principal = await authenticate_token(token, self.runtime.db, self.runtime.clock)
+            principal = await authenticate_token(token, self.runtime.db, self.runtime.clock)
         except ApiError as exc:
             log.info("rtc login refused", reason=exc.message)
             raise _Refused(401, exc.message) from None
+        if not principal.may_join(self.room_id):
+            log.info("rtc login refused", reason="the token may not join this room")
+            raise _Refused(403, "this token may not join this room")
+        self.principal = principal
         self._send({"type": "login-ok"})
 
     def _join(self, data: Mapping[str, Any]) -> None:
