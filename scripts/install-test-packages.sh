@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages the tests drive (SIP Connect): baresip (softphone), SIPp (scripted SIP),
-# Kamailio (a SIP trunk stand-in), sox (WAV tools). Installs only what is missing; on a machine
+# Debian packages the tests drive: baresip (softphone), SIPp (scripted SIP), Kamailio (a SIP
+# trunk stand-in), sox (WAV tools) for SIP Connect; Chromium (a real browser on the room page)
+# for WebRTC members. Installs only what is missing; on a machine
 # without apt-get (or without the right to use it) it says so and exits 0: the tests that need a
 # missing tool then skip, or fail when CALLBRIDGE_REQUIRE_SERVICES=1 (as CI sets).
 set -euo pipefail
 
-declare -A PACKAGES=([baresip]=baresip-core [sipp]=sip-tester [kamailio]=kamailio [sox]=sox)
+declare -A PACKAGES=(
+  [baresip]=baresip-core [sipp]=sip-tester [kamailio]=kamailio [sox]=sox [chromium]=chromium
+)
 missing=()
 for binary in "${!PACKAGES[@]}"; do
   command -v "$binary" >/dev/null 2>&1 || missing+=("${PACKAGES[$binary]}")

@@ -177,3 +177,37 @@ def test_the_token_command_mints_room_tokens(tmp_path: Path) -> None:
             assert refused.returncode != 0 and "callbridge" in refused.stderr
     finally:
         server.stop()
+
+
+async def test_a_member_whose_socket_drops_resumes_within_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    """The signalling socket closes without ``leave``: the member stays (its audio still
+    reaches the room); a new socket resumes it as the same member, and the room saw no
+    left/joined. A member that does not come back leaves once the grace period is over."""
+    with running_in_process(tmp_path, {"rtc": {"reconnect_grace_seconds": 1.5}}) as server:
+        async with (
+            tone_participant(room_url(server, "rtc-resume")) as participant,
+            rtc_member(rtc_url(server, "rtc-resume"), server.token()) as member,
+        ):
+            first = member.joined
+            await member.socket.close()
+            await asyncio.sleep(0.5)
+            async with connect(rtc_url(server, "rtc-resume"), open_timeout=5) as socket:
+                await socket.send(json.dumps({"type": "login", "token": server.token()}))
+                assert json.loads(await socket.recv())["type"] == "login-ok"
+                await socket.send(
+                    json.dumps({"type": "resume", "resumeToken": first["resumeToken"]})
+                )
+                resumed = json.loads(await socket.recv())
+                resumed_at = time.monotonic()
+                await asyncio.sleep(2.0)  # past the grace period: resumed, it stays
+                participant.heard.assert_tone_since(resumed_at, MEMBER_HZ, min_seconds=1.5)
+                kinds = [event.get("event") for event in participant.events]
+            await asyncio.sleep(2.0)  # this socket is lost too, and not resumed
+            gone = [event.get("event") for event in participant.events]
+    assert (resumed["type"], resumed["resumed"]) == ("joined", True)
+    assert resumed["participantId"] == first["participantId"]
+    assert resumed["resumeToken"] != first["resumeToken"]
+    assert kinds.count("participant-joined") == 1 and "participant-left" not in kinds
+    assert gone.count("participant-left") == 1

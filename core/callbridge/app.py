@@ -28,6 +28,7 @@ from callbridge.api.json_request import JsonRequest
 from callbridge.api.openapi import document_api
 from callbridge.api.raw_socket import keep_server_send
 from callbridge.api.relay import relayed_member
+from callbridge.api.room_page import room_page
 from callbridge.api.room_tokens import RoomTokenController
 from callbridge.api.rooms import room_participant
 from callbridge.api.routing_rules import RoutingExplainController, RoutingRuleController
@@ -167,6 +168,7 @@ def create_app(
             ingest_with_query_ref,
             room_participant,
             room_rtc,
+            room_page,
             relayed_member,
             event_socket,
             rsa_public_key,

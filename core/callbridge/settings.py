@@ -576,6 +576,13 @@ class RtcSettings(_Section):
         description="The addresses the server gathers ICE host candidates on (behind NAT: add "
         "the public one). Empty: every interface but loopback.",
     )
+    reconnect_grace_seconds: float = Field(
+        15.0,
+        ge=0,
+        le=300,
+        description="A browser whose signalling socket drops may resume as the same member "
+        "within this long (no left/joined in the room); 0: it leaves at once.",
+    )
 
 
 class ClusterSettings(_Section):

@@ -8,7 +8,7 @@ Client → server (``type``):
   :data:`MAX_HEADERS`) become the member's metadata, which the room's other members see.
 - ``offer`` ``{sdp}``: the browser offers (first, or to renegotiate); the server answers
   ``answer`` ``{sdp}`` with all its candidates (aiortc does not trickle). After the first
-  answer the member is in the room: ``joined`` ``{participantId, roomId, codec}``.
+  answer the member is in the room: ``joined`` ``{participantId, roomId, codec, resumeToken}``.
 - ``candidate`` ``{candidate: {candidate, sdpMid, sdpMLineIndex} | null}``: trickled ICE; mDNS
   (``.local``) names are skipped (the server learns the address from the browser's checks).
 - ``mute`` / ``unmute``: the member's audio stops / resumes reaching the room; announced to the
@@ -17,6 +17,11 @@ Client → server (``type``):
   ``sendrecv`` too); announced as ``participant-held`` / ``participant-unheld``.
 - ``dtmf`` ``{digits}``: keypad digits into the room (phone legs play them to their callers).
 - ``leave``: the member leaves; the socket closes.
+- ``resume`` ``{resumeToken}`` (after ``login``, on a new socket): a member whose socket was
+  lost (closed without ``leave``) stays in its room, media flowing, for
+  ``rtc.reconnect_grace_seconds``; resuming within it carries on as the same member (``joined``
+  with ``resumed: true`` and a new ``resumeToken``; the room sees no left/joined), else it
+  leaves.
 
 Server → client: ``login-ok``, ``answer``, ``joined``, ``event`` ``{event: …}`` for every room
 event (``participant-joined``/``-left`` with callers' numbers in ``metadata``, ``dtmf``,
@@ -101,10 +106,23 @@ async def room_rtc(scope: Scope, receive: Receive, send: Send) -> None:
     channel = AsgiSocketChannel(receive, server_send(scope, send))
     session = RtcSession(runtime, room_id, channel)
     with structlog.contextvars.bound_contextvars(room_id=room_id):
+        lost = False
         try:
-            await session.run()
+            lost = await session.run()
+            if session.resumed is not None:  # this socket took over a parked member
+                session = session.resumed
+                lost = await session.run()
         finally:
-            await session.close()
+            grace = runtime.settings.rtc.reconnect_grace_seconds
+            if lost and session.leg is not None and grace > 0:
+                session.park(grace)
+            else:
+                await session.close()
+
+
+_PARKED: dict[str, RtcSession] = {}
+"""Members whose socket was lost, by resume token, while their grace period runs."""
+_DETACHED: set[asyncio.Task[None]] = set()
 
 
 class _Refused(Exception):
@@ -132,8 +150,13 @@ class RtcSession:
         self._early_candidates: list[dict[str, Any] | None] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._ended = asyncio.Event()
+        self.resume_token = secrets.token_urlsafe(24)
+        self.resumed: RtcSession | None = None
+        """The parked session this socket resumed (it carries on as that member)."""
+        self._grace: asyncio.TimerHandle | None = None
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Serve the socket; ``True`` when it was lost (closed without ``leave``)."""
         while not self._ended.is_set():
             receiving = asyncio.ensure_future(self.channel.receive())
             ended = asyncio.ensure_future(self._ended.wait())
@@ -141,18 +164,56 @@ class RtcSession:
             if receiving not in done:
                 receiving.cancel()
                 ended.cancel()
-                return
+                return False
             ended.cancel()
             message = receiving.result()
             if message is None:
-                return
+                return True
             try:
                 if not await self._handle(message):
-                    return
+                    return False
             except _Refused as refused:
                 self._send({"type": "error", "code": refused.code, "message": refused.message})
                 if refused.code in (401, 403):
-                    return
+                    return False
+        return False
+
+    # ------------------------------------------------------------------ reconnection
+
+    def park(self, grace: float) -> None:
+        """The socket was lost: keep the member (in its room, its media flowing) for
+        ``grace`` seconds, for a new socket to ``resume`` it."""
+        _PARKED[self.resume_token] = self
+        log.info("rtc member parked", participant_id=self.participant_id, grace_s=grace)
+
+        def expire() -> None:
+            if _PARKED.pop(self.resume_token, None) is self:
+                log.info("rtc member not resumed in time", participant_id=self.participant_id)
+                self._spawn_detached(self.close())
+
+        self._grace = asyncio.get_running_loop().call_later(grace, expire)
+
+    def _resume(self, data: Mapping[str, Any]) -> bool:
+        token = data.get("resumeToken")
+        parked = _PARKED.get(token) if isinstance(token, str) else None
+        principal = self.principal
+        if (
+            parked is None
+            or principal is None
+            or parked.principal is None
+            or parked.principal.apikey != principal.apikey
+            or parked.room_id != self.room_id
+        ):
+            raise _Refused(404, "nothing to resume (too late, or another room)")
+        del _PARKED[parked.resume_token]
+        if parked._grace is not None:
+            parked._grace.cancel()
+        parked.channel = self.channel
+        parked.resume_token = secrets.token_urlsafe(24)
+        self.resumed = parked
+        log.info("rtc member resumed", participant_id=parked.participant_id)
+        parked._send_joined(resumed=True)
+        return False
 
     async def _handle(self, message: str | bytes) -> bool:
         """Handle one message; ``False`` ends the session."""
@@ -170,6 +231,8 @@ class RtcSession:
             raise _Refused(401, "login first")
         if kind == "leave":
             return False
+        if kind == "resume":
+            return self._resume(data)
         if kind == "join":
             self._join(data)
         elif kind == "offer":
@@ -300,17 +363,25 @@ class RtcSession:
             log.warning("rtc room join failed", reason=str(exc))
             raise _Refused(409, "the room refused the member") from None
         member.leg = self.leg
-        codec = self._codec()
-        log.info("rtc member joined", participant_id=self.participant_id, codec=codec)
+        log.info("rtc member joined", participant_id=self.participant_id, codec=self._codec())
+        self._send_joined(resumed=False)
+        others = getattr(self.leg, "others", None)  # a local room lists who is there already
+        if others is not None:
+            for event in others():
+                self._room_event(event)
+        self._spawn(self._report_levels())
+
+    def _send_joined(self, *, resumed: bool) -> None:
         self._send(
             {
                 "type": "joined",
                 "participantId": self.participant_id,
                 "roomId": self.room_id,
-                "codec": codec,
+                "codec": self._codec(),
+                "resumeToken": self.resume_token,
+                "resumed": resumed,
             }
         )
-        self._spawn(self._report_levels())
 
     def _codec(self) -> str | None:
         pc = self.pc
@@ -389,6 +460,12 @@ class RtcSession:
             self._send({"type": "speaking", **message})
             if self.leg is not None:
                 self.leg.send_event({"event": "speaking", **message})
+
+    @staticmethod
+    def _spawn_detached(work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        _DETACHED.add(task)
+        task.add_done_callback(_DETACHED.discard)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)

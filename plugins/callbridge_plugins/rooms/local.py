@@ -181,6 +181,11 @@ class LocalLeg:
             )
         self._room.audio_from(self, frame)
 
+    def others(self) -> list[dict[str, Any]]:
+        """A ``participant-joined`` event for each other member now in the room (what a member
+        that joined after them needs to show them)."""
+        return [_joined_event(leg.participant) for leg in self._room.legs() if leg is not self]
+
     def send_event(self, event: Mapping[str, Any]) -> None:
         """Deliver a copy of ``event`` to every other member; a no-op after leaving."""
         if not self._closed:
@@ -242,6 +247,9 @@ class _Room:
 
     def participant_ids(self) -> list[str]:
         return list(self._legs)
+
+    def legs(self) -> list[LocalLeg]:
+        return list(self._legs.values())
 
     def member_kinds(self) -> list[str]:
         return [leg.participant.kind for leg in self._legs.values()]
