@@ -201,6 +201,10 @@ async def run(workdir: Path) -> dict[str, Any]:
             await asyncio.sleep(2.5)
             result["caller_heard"] = heard(caller.heard.since(started + 0.5))
             result["browser_heard"] = await cdp.evaluate("window.callbridgeMeasure(1)")
+            result["caller_level"] = await cdp.evaluate(
+                "[...window.callbridge.members.values()].filter(m => m.kind === 'caller')"
+                ".map(m => m.level)[0]"
+            )
             result["members_text"] = await cdp.evaluate(
                 "document.getElementById('members').innerText"
             )

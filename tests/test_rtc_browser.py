@@ -86,11 +86,13 @@ def test_the_dial_pad_reaches_the_phone_leg(browser_run: dict[str, Any]) -> None
 
 
 def test_the_page_lists_the_members_and_the_callers_number(browser_run: dict[str, Any]) -> None:
-    """During the call the page lists the browser itself and the caller, and the room's calls
-    with the caller's number; the screenshot of that moment is a real PNG."""
+    """During the call the page lists the browser itself and the caller (with the caller's live
+    level), and the room's calls with the caller's number; the screenshot of that moment is a
+    real PNG."""
     assert "Browser (you)" in browser_run["members_text"], browser_run["members_text"]
     assert "14155550100" in browser_run["members_text"]
     assert "14155550100" in browser_run["calls_text"], browser_run["calls_text"]
+    assert -15 <= browser_run["caller_level"] <= 0, "the caller's live level (440 Hz at -6 dBFS)"
     png = Path(browser_run["screenshot"]).read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 

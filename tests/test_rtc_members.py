@@ -52,7 +52,11 @@ async def test_a_webrtc_member_and_a_participant_hear_each_other(server: InProce
         await asyncio.sleep(2.5)
         participant.heard.assert_tone_since(started + 0.5, MEMBER_HZ, min_seconds=1.5)
         member.heard.assert_tone_since(started + 0.5, ROOM_HZ, min_seconds=1.5)
+        levels = [m["levels"] for m in member.messages if m.get("type") == "levels"][-1]
     assert joined["participantId"] == member.joined["participantId"]
+    others = [pid for pid in levels if pid != member.joined["participantId"]]
+    assert len(others) == 1 and -12 <= levels[others[0]] <= 0, levels  # the 1000 Hz at -6 dBFS
+    assert -15 <= levels[member.joined["participantId"]] <= 0, levels
     assert joined["displayName"] == "Ada"
     assert joined["metadata"] == {"X-Team": "blue", "via": "webrtc"}
     assert member.joined["codec"] == "opus"
@@ -211,3 +215,34 @@ async def test_a_member_whose_socket_drops_resumes_within_the_grace_period(
     assert resumed["resumeToken"] != first["resumeToken"]
     assert kinds.count("participant-joined") == 1 and "participant-left" not in kinds
     assert gone.count("participant-left") == 1
+
+
+async def test_pcmu_preferred_saves_opus(tmp_path: Path) -> None:
+    """With ``rtc.codecs: [PCMU]`` the member talks G.711 μ-law, and the tones still cross."""
+    with running_in_process(tmp_path, {"rtc": {"codecs": ["PCMU"]}}) as server:
+        async with (
+            tone_participant(room_url(server, "rtc-g711")) as participant,
+            rtc_member(rtc_url(server, "rtc-g711"), server.token()) as member,
+        ):
+            started = time.monotonic()
+            await asyncio.sleep(2.0)
+            participant.heard.assert_tone_since(started + 0.5, MEMBER_HZ, min_seconds=1.2)
+            member.heard.assert_tone_since(started + 0.5, ROOM_HZ, min_seconds=1.2)
+    assert member.joined["codec"] == "PCMU"
+    assert member.heard.rate == 8000, "PCMU arrives at 8 kHz"
+
+
+def test_host_addresses_choose_where_candidates_are_gathered() -> None:
+    """``rtc.host_addresses`` replaces aioice's address finder (it has no option of its own)."""
+    import aioice.ice
+
+    from callbridge.rtc.signalling import use_host_addresses
+
+    original = aioice.ice.get_host_addresses
+    try:
+        use_host_addresses([])
+        assert aioice.ice.get_host_addresses is original, "nothing configured: untouched"
+        use_host_addresses(["203.0.113.7"])
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["203.0.113.7"]
+    finally:
+        aioice.ice.get_host_addresses = original

@@ -26,8 +26,9 @@ Client → server (``type``):
 Server → client: ``login-ok``, ``answer``, ``joined``, ``event`` ``{event: …}`` for every room
 event (``participant-joined``/``-left`` with callers' numbers in ``metadata``, ``dtmf``,
 ``speaking``…), ``speaking`` ``{participantId, level}`` (its own level, dBFS, every
-:data:`LEVEL_SECONDS`), and ``error`` ``{code, message}`` for a message it cannot take (the
-socket stays open unless the login failed).
+:data:`LEVEL_SECONDS`), ``levels`` ``{levels: {participantId: dBFS}}`` (every member's, callers
+included, at the same pace, where the room can tell), and ``error`` ``{code, message}`` for a
+message it cannot take (the socket stays open unless the login failed).
 """
 
 from __future__ import annotations
@@ -458,7 +459,10 @@ class RtcSession:
             level = round(member.level_dbfs, 1)
             message = {"participantId": self.participant_id, "level": level}
             self._send({"type": "speaking", **message})
-            if self.leg is not None:
+            levels = getattr(self.leg, "levels", None)  # a local room knows everyone's
+            if levels is not None:
+                self._send({"type": "levels", "levels": levels()})
+            elif self.leg is not None:
                 self.leg.send_event({"event": "speaking", **message})
 
     @staticmethod

@@ -29,6 +29,7 @@ reason ``room mixer failed`` rather than leaving its calls silent.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
@@ -44,6 +45,9 @@ from callbridge.media.playout import PlayoutBuffer
 from callbridge.plugin_types import RoomTransportPlugin
 from callbridge.protocols import LegSink, Participant, PluginContext, PluginError
 
+LEVEL_STALE_SECONDS = 0.25
+"""A member that said nothing for this long has no level (silent)."""
+SILENT_DBFS = -100.0
 MAX_FAILING_TICKS = 50
 """Consecutive failing ticks (one second) after which a room ends its legs."""
 MIXER_FAILED = "room mixer failed"
@@ -156,6 +160,10 @@ class LocalLeg:
         # frame arrived.
         self.due = 0.0
         self.spoke_at = float("-inf")
+        # The last frame this member said and when: kept (not copied, never changed), so the
+        # room can tell members' levels on demand at no per-frame cost.
+        self.last_frame: npt.NDArray[np.int16] | None = None
+        self.last_frame_at = float("-inf")
 
     @property
     def closed(self) -> bool:
@@ -179,7 +187,19 @@ class LocalLeg:
                 f"expected one 20 ms frame of {self.frame_samples} int16 samples, "
                 f"got shape {frame.shape} of {frame.dtype}"
             )
+        self.last_frame, self.last_frame_at = frame, time.monotonic()
         self._room.audio_from(self, frame)
+
+    def levels(self) -> dict[str, float]:
+        """Each member's level now (dBFS of the last frame it said, -100 when it said nothing
+        for :data:`LEVEL_STALE_SECONDS`), by participant id, for live level meters."""
+        now = time.monotonic()
+        levels = {}
+        for leg in self._room.legs():
+            frame = leg.last_frame
+            quiet = frame is None or now - leg.last_frame_at > LEVEL_STALE_SECONDS
+            levels[leg.participant_id] = SILENT_DBFS if quiet else _dbfs(frame)
+        return levels
 
     def others(self) -> list[dict[str, Any]]:
         """A ``participant-joined`` event for each other member now in the room (what a member
@@ -429,6 +449,16 @@ class _Room:
             return False
         log.error("room keeps failing; ending the room", room_id=self.key[1])
         return True
+
+
+def _dbfs(frame: npt.NDArray[np.int16] | None) -> float:
+    if frame is None or not len(frame):
+        return SILENT_DBFS
+    samples = frame.astype(np.float32)
+    power = float(np.dot(samples, samples)) / len(samples)
+    if power <= 0:
+        return SILENT_DBFS
+    return round(max(SILENT_DBFS, 10 * math.log10(power / 32768.0**2)), 1)
 
 
 def _joined_event(participant: Participant) -> dict[str, Any]:
