@@ -7,14 +7,29 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+from typing import Any
+
+import httpx
 
 from callbridge.sip.digest import digest_response, parse_auth_params
+from tests.servers import InProcessServer
 
 SDP_OFFER = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
     "m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
     "a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
 )
+
+
+def sip_credential(server: InProcessServer) -> dict[str, Any]:
+    """A new SIP credential of the server's test API key, with its password."""
+    answer = httpx.post(
+        f"{server.url}/v2/sip/credentials",
+        json={"name": "softphone"},
+        headers={"Authorization": f"Bearer {server.token()}"},
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()["data"]  # type: ignore[no-any-return]
 
 
 def status_of(data: bytes) -> int:

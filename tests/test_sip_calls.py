@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from tests.baresip import Baresip, baresip, tone_wav
 from tests.calls import assert_heard
 from tests.live_calls import CALLER_HZ, ROOM_HZ, tone_participant, twilio_caller
 from tests.servers import InProcessServer, create_connector, free_port, running_in_process
-from tests.sip_client import SDP_OFFER, UdpUac, header_of, status_of
+from tests.sip_client import SDP_OFFER, UdpUac, header_of, sip_credential, status_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,18 +32,17 @@ def sip_server(tmp_path: Path) -> Iterator[InProcessServer]:
         yield server
 
 
+def softphone(
+    folder: Path, credential: dict[str, Any], source: Path | None = None
+) -> AbstractAsyncContextManager[Baresip]:
+    """baresip with ``credential``'s username and password, ``source`` as its microphone."""
+    return baresip(
+        folder, user=credential["username"], password=credential["password"], source=source
+    )
+
+
 def sip_port(server: InProcessServer) -> int:
     return int(server.app.state.sip.endpoint.udp_port)
-
-
-def sip_credential(server: InProcessServer) -> dict[str, Any]:
-    answer = httpx.post(
-        f"{server.url}/v2/sip/credentials",
-        json={"name": "softphone"},
-        headers={"Authorization": f"Bearer {server.token()}"},
-    )
-    assert answer.status_code == 201, answer.text
-    return answer.json()["data"]  # type: ignore[no-any-return]
 
 
 def room_url(server: InProcessServer, room: str) -> str:
@@ -97,12 +97,7 @@ async def test_a_softphone_and_a_room_participant_hear_each_other(
     source = tone_wav(tmp_path / "tone.wav", CALLER_HZ, 10)
     async with (
         tone_participant(room_url(server, "sip-desk")) as participant,
-        baresip(
-            tmp_path / "phone",
-            user=credential["username"],
-            password=credential["password"],
-            source=source,
-        ) as phone,
+        softphone(tmp_path / "phone", credential, source) as phone,
     ):
         await dial(phone, server, "sip-desk", transport)
         joined = await participant.wait_for("participant-joined")
@@ -132,9 +127,7 @@ async def test_dtmf_both_ways(sip_server: InProcessServer, tmp_path: Path) -> No
     credential = sip_credential(server)
     async with (
         tone_participant(room_url(server, "sip-keys")) as participant,
-        baresip(
-            tmp_path / "phone", user=credential["username"], password=credential["password"]
-        ) as phone,
+        softphone(tmp_path / "phone", credential) as phone,
     ):
         await dial(phone, server, "sip-keys", "udp")
         joined = await participant.wait_for("participant-joined")
@@ -165,9 +158,7 @@ async def test_a_hang_up_from_our_side_sends_bye(
     credential = sip_credential(server)
     async with (
         tone_participant(room_url(server, "sip-bye")) as participant,
-        baresip(
-            tmp_path / "phone", user=credential["username"], password=credential["password"]
-        ) as phone,
+        softphone(tmp_path / "phone", credential) as phone,
     ):
         await dial(phone, server, "sip-bye", transport)
         joined = await participant.wait_for("participant-joined")
@@ -197,12 +188,7 @@ async def test_hold_silences_the_leg_and_resume_brings_it_back(
     source = tone_wav(tmp_path / "tone.wav", CALLER_HZ, 15)
     async with (
         tone_participant(room_url(server, "sip-hold")) as participant,
-        baresip(
-            tmp_path / "phone",
-            user=credential["username"],
-            password=credential["password"],
-            source=source,
-        ) as phone,
+        softphone(tmp_path / "phone", credential, source) as phone,
     ):
         await dial(phone, server, "sip-hold", "udp")
         await asyncio.sleep(1.5)
@@ -254,12 +240,7 @@ async def test_a_phone_number_is_routed_by_a_rule(
     source = tone_wav(tmp_path / "tone.wav", CALLER_HZ, 10)
     async with (
         tone_participant(room_url(server, "sales-floor")) as participant,
-        baresip(
-            tmp_path / "phone",
-            user=credential["username"],
-            password=credential["password"],
-            source=source,
-        ) as phone,
+        softphone(tmp_path / "phone", credential, source) as phone,
     ):
         await dial(phone, server, "+14155550100", "udp")
         started = time.monotonic()
@@ -286,12 +267,7 @@ async def test_a_softphone_and_a_twilio_caller_talk_in_one_room(
     source = tone_wav(tmp_path / "tone.wav", 700.0, 10)
     async with (
         twilio_caller(answer.stream_url, form["CallSid"]) as caller,
-        baresip(
-            tmp_path / "phone",
-            user=credential["username"],
-            password=credential["password"],
-            source=source,
-        ) as phone,
+        softphone(tmp_path / "phone", credential, source) as phone,
     ):
         await dial(phone, server, "mixed", "udp")
         started = time.monotonic()
@@ -316,12 +292,7 @@ async def test_ten_concurrent_calls(sip_server: InProcessServer, tmp_path: Path)
         source = tone_wav(tmp_path / f"tone-{index}.wav", frequency, 10)
         async with (
             tone_participant(room_url(server, room)) as participant,
-            baresip(
-                tmp_path / f"phone-{index}",
-                user=credential["username"],
-                password=credential["password"],
-                source=source,
-            ) as phone,
+            softphone(tmp_path / f"phone-{index}", credential, source) as phone,
         ):
             await dial(phone, server, room, "udp" if index % 2 else "tcp")
             started = time.monotonic()
@@ -372,9 +343,7 @@ async def test_a_sip_call_is_one_trace(tmp_path: Path) -> None:
         tmp_path, overrides, span_processors=[SimpleSpanProcessor(spans)]
     ) as server:
         credential = sip_credential(server)
-        async with baresip(
-            tmp_path / "phone", user=credential["username"], password=credential["password"]
-        ) as phone:
+        async with softphone(tmp_path / "phone", credential) as phone:
             await dial(phone, server, "traced-room", "udp")
             await asyncio.sleep(0.5)
             await phone.command("hangup")

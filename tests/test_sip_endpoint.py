@@ -13,13 +13,12 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from tests.servers import InProcessServer, free_port, running_in_process
 from tests.services import require_or_skip
+from tests.sip_client import sip_credential
 
 
 @pytest.fixture
@@ -234,16 +233,6 @@ Content-Length: 0
         env={**os.environ, "TERM": "dumb"},
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
-
-def sip_credential(server: InProcessServer) -> dict[str, Any]:
-    answer = httpx.post(
-        f"{server.url}/v2/sip/credentials",
-        json={"name": "softphone"},
-        headers={"Authorization": f"Bearer {server.token()}"},
-    )
-    assert answer.status_code == 201, answer.text
-    return answer.json()["data"]  # type: ignore[no-any-return]
 
 
 async def test_a_wrong_password_is_refused_without_a_401_loop(

@@ -18,6 +18,7 @@ from callbridge.api.raw_socket import (
     server_send,
     socket_headers,
 )
+from callbridge.api.shapes import runtime_of
 from callbridge.calls.claim import abandon_claimed_call, claim_ref, run_claimed_call
 from callbridge.calls.intake import handle_voice_webhook
 from callbridge.protocols import WebhookRequest
@@ -25,10 +26,6 @@ from callbridge.runtime import Runtime
 
 MAX_WEBHOOK_BYTES = 64 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
-
-
-def _runtime(connection: Request) -> Runtime:  # type: ignore[type-arg]
-    return connection.app.state.runtime  # type: ignore[no-any-return]
 
 
 @route(
@@ -45,7 +42,7 @@ def _runtime(connection: Request) -> Runtime:  # type: ignore[type-arg]
     tags=["hooks"],
 )
 async def voice_webhook(request: Request, provider: str, webhook_key: str) -> Response[str]:  # type: ignore[type-arg]
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     body = await request.body()
     params: dict[str, list[str]] = {}
     query = request.scope.get("query_string", b"").decode("latin-1")

@@ -37,6 +37,7 @@ from callbridge.api.shapes import (
     error_spec,
     format_timestamp,
     request_clock,
+    runtime_of,
 )
 from callbridge.calls.intake import call_region, routing_context
 from callbridge.protocols import CallInfo
@@ -45,7 +46,6 @@ from callbridge.routing.codec import RuleError, body_of, build_rule, match_key, 
 from callbridge.routing.config import rule_checks
 from callbridge.routing.rules import RoutingRule, precedence
 from callbridge.routing.shapes import RuleBody
-from callbridge.runtime import Runtime
 from callbridge.sip.calls import SipConnector
 from callbridge.sip.store import get_credential
 from callbridge.store.ids import new_rule_id
@@ -81,14 +81,9 @@ def rule_data(rule: RoutingRule) -> RuleData:
     )
 
 
-def _runtime(request: Request[Any, Any, Any]) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 def _build(request: Request[Any, Any, Any], body: RuleBody, **identity: Any) -> RoutingRule:
     try:
-        return build_rule(body, checks=rule_checks(_runtime(request).settings), **identity)
+        return build_rule(body, checks=rule_checks(runtime_of(request).settings), **identity)
     except RuleError as error:
         raise ApiError(400, str(error)) from None
 
@@ -96,7 +91,7 @@ def _build(request: Request[Any, Any, Any], body: RuleBody, **identity: Any) -> 
 async def _refuse_conflicts(
     request: Request[Any, Any, Any], repo: Repository, rule: RoutingRule
 ) -> None:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     for other in runtime.rules.config_rules_of(rule.apikey):
         if other.priority == rule.priority and other.match.identity() == rule.match.identity():
             raise ApiError(
@@ -159,7 +154,7 @@ class RoutingRuleController(Controller):
                 match_key(rule.match),
                 spec_json(rule),
             )
-        stored = _runtime(request).rules
+        stored = runtime_of(request).rules
         created = await stored.rule(principal.apikey, row.id)
         assert created is not None
         return RuleResponse(message="Routing rule created successfully", data=rule_data(created))
@@ -178,7 +173,7 @@ class RoutingRuleController(Controller):
         page: PageNumber = 1,
         perPage: PerPage = 20,
     ) -> RuleListResponse:
-        rules = precedence(await _runtime(request).rules.rules_for(principal.apikey))
+        rules = precedence(await runtime_of(request).rules.rules_for(principal.apikey))
         start = (page - 1) * perPage
         return RuleListResponse(
             message="Routing rules fetched successfully",
@@ -194,7 +189,7 @@ class RoutingRuleController(Controller):
     async def get_rule(
         self, request: Request[Any, Any, Any], principal: Principal, rule_id: str
     ) -> RuleResponse:
-        rule = await _runtime(request).rules.rule(principal.apikey, rule_id)
+        rule = await runtime_of(request).rules.rule(principal.apikey, rule_id)
         if rule is None:
             raise ApiError(404, "Not found")
         return RuleResponse(message="Routing rule fetched successfully", data=rule_data(rule))
@@ -213,7 +208,7 @@ class RoutingRuleController(Controller):
         rule_id: str,
         data: Annotated[RulePatch, Body(schema_extra=_NO_EXTRA_FIELDS)],
     ) -> RuleResponse:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         if any(rule.id == rule_id for rule in runtime.rules.config_rules_of(principal.apikey)):
             raise _read_only(rule_id)
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
@@ -255,7 +250,7 @@ class RoutingRuleController(Controller):
     async def delete_rule(
         self, request: Request[Any, Any, Any], principal: Principal, rule_id: str
     ) -> MessageResponse:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         if any(rule.id == rule_id for rule in runtime.rules.config_rules_of(principal.apikey)):
             raise _read_only(rule_id)
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
@@ -297,7 +292,7 @@ class RoutingExplainController(Controller):
         principal: Principal,
         data: Annotated[ExplainRequest, Body(schema_extra=_NO_EXTRA_FIELDS)],
     ) -> ExplainResponse:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         at = None
         if data.at is not None:
             try:

@@ -6,7 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
 from litestar import Request
@@ -14,6 +14,9 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from callbridge.api.errors import ErrorBody
+
+if TYPE_CHECKING:
+    from callbridge.runtime import Runtime
 
 MAX_PER_PAGE: Final = 100
 MAX_PAGE: Final = 1_000_000
@@ -61,6 +64,12 @@ def error_spec(description: str) -> ResponseSpec:
 
 
 UNAUTHORIZED = error_spec("Missing, malformed, expired or unverifiable API token.")
+
+
+def runtime_of(request: Request[Any, Any, Any]) -> Runtime:
+    """The server's :class:`~callbridge.runtime.Runtime` (``app.state.runtime``)."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 def request_clock(request: Request[Any, Any, Any]) -> Callable[[], float]:

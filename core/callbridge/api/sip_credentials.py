@@ -38,8 +38,8 @@ from callbridge.api.shapes import (
     error_spec,
     format_timestamp,
     request_clock,
+    runtime_of,
 )
-from callbridge.runtime import Runtime
 from callbridge.sip import store
 from callbridge.sip.store import MAX_NETWORKS, Network, SipCredential, parse_network
 from callbridge.store.repository import Repository, transaction
@@ -164,11 +164,6 @@ class _OptionalBodyOperation(Operation):
             self.request_body.required = False
 
 
-def _runtime(request: Request[Any, Any, Any]) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
 def sip_uri(domain: str) -> str:
     """The example address of a room at ``domain`` (an IPv6 literal goes in brackets)."""
     host = f"[{domain}]" if ":" in domain and not domain.startswith("[") else domain
@@ -176,7 +171,7 @@ def sip_uri(domain: str) -> str:
 
 
 def _data(request: Request[Any, Any, Any], row: SipCredential) -> dict[str, Any]:
-    domain = _runtime(request).settings.sip.domain
+    domain = runtime_of(request).settings.sip.domain
     return {
         "id": row.id,
         "name": row.name,
@@ -256,7 +251,7 @@ class SipCredentialController(Controller):
         networks = _networks(data.allowed_networks)
         credential_id = store.new_credential_id()
         password = store.new_password()
-        token = store.seal_password(_runtime(request).credential_box, password, credential_id)
+        token = store.seal_password(runtime_of(request).credential_box, password, credential_id)
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
             row = await store.create_credential(
                 repo.session,
@@ -322,7 +317,7 @@ class SipCredentialController(Controller):
     async def rotate_sip_credential(
         self, request: Request[Any, Any, Any], principal: Principal, credential_id: str
     ) -> SipCredentialPasswordResponse:
-        box = _runtime(request).credential_box
+        box = runtime_of(request).credential_box
         async with transaction(request.app.state.db, request_clock(request), write=True) as repo:
             row = await _credential(repo, principal.apikey, credential_id)
             password = store.new_password()

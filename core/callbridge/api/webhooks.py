@@ -30,6 +30,7 @@ from callbridge.api.shapes import (
     error_spec,
     format_timestamp,
     request_clock,
+    runtime_of,
 )
 from callbridge.api.webhook_shapes import (
     AttemptData,
@@ -49,7 +50,6 @@ from callbridge.api.webhook_shapes import (
     WebhookWithSecret,
 )
 from callbridge.redaction import remember_secrets
-from callbridge.runtime import Runtime
 from callbridge.store.ids import new_event_id, new_subscription_id
 from callbridge.store.models import Delivery, Event, WebhookSubscription
 from callbridge.store.repository import Repository, transaction
@@ -71,11 +71,6 @@ _NOT_FOUND = error_spec("No such webhook (or delivery) for this API key.")
 def _service(request: Request[Any, Any, Any]) -> WebhookService:
     service: WebhookService = request.app.state.webhooks
     return service
-
-
-def _runtime(request: Request[Any, Any, Any]) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
 
 
 def shown_url(url: str) -> str:
@@ -122,7 +117,7 @@ async def _check_url(request: Request[Any, Any, Any], url: str) -> None:
 
 
 def _signer_name(request: Request[Any, Any, Any], name: str | None) -> str:
-    settings = _runtime(request).settings.webhooks
+    settings = runtime_of(request).settings.webhooks
     chosen = name or settings.signer
     if chosen not in settings.signers:
         raise ApiError(400, f"signer: must be one of: {', '.join(settings.signers)}")
@@ -133,7 +128,7 @@ def _new_secret(request: Request[Any, Any, Any], signer: str, given: str | None)
     if given is not None:
         remember_secrets([given])
         return given
-    made = _runtime(request).signers[signer].new_endpoint_secret()
+    made = runtime_of(request).signers[signer].new_endpoint_secret()
     if made is not None:
         remember_secrets([made])
     return made
@@ -165,7 +160,7 @@ class WebhookController(Controller):
         await _check_url(request, data.url)
         secret = _new_secret(request, signer, data.secret)
         subscription_id = new_subscription_id()
-        box = _runtime(request).credential_box
+        box = runtime_of(request).credential_box
         clock = request_clock(request)
         async with transaction(request.app.state.db, clock, write=True) as repo:
             now = repo.now()
@@ -180,7 +175,7 @@ class WebhookController(Controller):
                 updated_at=now,
             )
             repo.session.add(row)
-        default = _runtime(request).settings.webhooks.signer
+        default = runtime_of(request).settings.webhooks.signer
         return WebhookSecretResponse(
             "Webhook created successfully", _with_secret(row, default, secret)
         )
@@ -197,7 +192,7 @@ class WebhookController(Controller):
             total, rows = await store.list_subscriptions(
                 repo.session, principal.apikey, limit=perPage, offset=(page - 1) * perPage
             )
-        default = _runtime(request).settings.webhooks.signer
+        default = runtime_of(request).settings.webhooks.signer
         return WebhookListResponse(
             "Webhooks fetched successfully",
             PageInfo.of(page, perPage, total),
@@ -214,7 +209,7 @@ class WebhookController(Controller):
     ) -> WebhookResponse:
         async with transaction(request.app.state.db) as repo:
             row = await _subscription(repo, principal.apikey, webhook_id)
-        default = _runtime(request).settings.webhooks.signer
+        default = runtime_of(request).settings.webhooks.signer
         return WebhookResponse("Webhook fetched successfully", _data(row, default))
 
     @patch(
@@ -231,7 +226,7 @@ class WebhookController(Controller):
         webhook_id: str,
         data: Annotated[UpdateWebhookRequest, Body(schema_extra=_NO_EXTRA_FIELDS)],
     ) -> WebhookSecretResponse:
-        runtime = _runtime(request)
+        runtime = runtime_of(request)
         if data.url is not UNSET:
             await _check_url(request, data.url)
         signer = None if data.signer is UNSET else _signer_name(request, data.signer)

@@ -28,7 +28,7 @@ from callbridge.protocols import (
     WebhookError,
     WebhookRequest,
 )
-from callbridge.routing.chain import route_call
+from callbridge.routing.chain import RoutingOutcome, route_call
 from callbridge.routing.numbers import address
 from callbridge.routing.regions import RegionChoice, choose_region, home_country
 from callbridge.routing.rules import CallFacts
@@ -126,6 +126,20 @@ async def _answer_webhook(
         return await _answer_retry(runtime, provider, existing)
     query = {name: values[0] for name, values in _query_params(request).items() if values}
     context = routing_context(runtime, call, connector, query)
+    outcome = await traced_route(runtime, context)
+    span.set_attribute("callbridge.route.decided", outcome.route is not None)
+    if outcome.route is None:
+        return await _refuse(runtime, provider, connector, call, outcome.reason)
+    span.set_attribute("callbridge.route.strategy", outcome.route.strategy)
+    if outcome.route.rule_id is not None:
+        span.set_attribute("callbridge.route.rule_id", outcome.route.rule_id)
+    region = call_region(runtime, outcome.route, context)
+    return await _route(runtime, provider, connector, call, outcome.route, region)
+
+
+async def traced_route(runtime: Runtime, context: RoutingContext) -> RoutingOutcome:
+    """Run the routing chain in a ``call.route`` span: the strategies asked, each one's
+    decision and reasons as events, the deciding strategy and rule."""
     with runtime.tracer.start_as_current_span("call.route") as route_span:
         outcome = await route_call(runtime.routing_chain, context)
         route_span.set_attribute(
@@ -143,14 +157,7 @@ async def _answer_webhook(
             route_span.set_attribute("callbridge.route.strategy", outcome.route.strategy)
             if outcome.route.rule_id is not None:
                 route_span.set_attribute("callbridge.route.rule_id", outcome.route.rule_id)
-    span.set_attribute("callbridge.route.decided", outcome.route is not None)
-    if outcome.route is None:
-        return await _refuse(runtime, provider, connector, call, outcome.reason)
-    span.set_attribute("callbridge.route.strategy", outcome.route.strategy)
-    if outcome.route.rule_id is not None:
-        span.set_attribute("callbridge.route.rule_id", outcome.route.rule_id)
-    region = call_region(runtime, outcome.route, context)
-    return await _route(runtime, provider, connector, call, outcome.route, region)
+    return outcome
 
 
 def call_region(runtime: Runtime, route: Route, context: RoutingContext) -> RegionChoice:

@@ -299,7 +299,7 @@ class RtcSession:
                     await self._add_candidate(candidate)
                 self._early_candidates.clear()
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, RuntimeError, Exception) as exc:  # aiortc raises plain errors
+        except Exception as exc:  # aiortc raises plain ValueError/RuntimeError/… on bad SDP
             log.info("rtc offer refused", reason=str(exc)[:200])
             raise _Refused(400, "the offer cannot be taken") from None
         local = pc.localDescription

@@ -43,7 +43,7 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from callbridge.calls.intake import call_region, routing_context
+from callbridge.calls.intake import call_region, routing_context, traced_route
 from callbridge.calls.session import CallSession, run_call
 from callbridge.calls.state import DuplicateCallError, EndReason
 from callbridge.cluster.relay import HomedRooms
@@ -56,7 +56,6 @@ from callbridge.protocols import (
     RoutingContext,
     StreamOptions,
 )
-from callbridge.routing.chain import route_call
 from callbridge.runtime import Runtime
 from callbridge.sip.auth import SipPrincipal
 from callbridge.sip.dialogs import Dialog, new_branch
@@ -308,19 +307,7 @@ class SipCalls:
         connector = SipConnector(id=principal.credential_id, apikey=principal.apikey)
         context = routing_context(runtime, call, connector, {})
         if _PHONE.match(user):
-            with runtime.tracer.start_as_current_span("call.route") as route_span:
-                outcome = await route_call(runtime.routing_chain, context)
-                route_span.set_attribute(
-                    "callbridge.route.strategies", [step.strategy for step in outcome.steps]
-                )
-                for step in outcome.steps:
-                    route_span.add_event(
-                        step.strategy,
-                        {
-                            "callbridge.route.decided": step.decided,
-                            "callbridge.route.why": step.summary(),
-                        },
-                    )
+            outcome = await traced_route(runtime, context)
             if outcome.route is not None:
                 return _Routed(outcome.route, context)
         if not is_room_id(user):
