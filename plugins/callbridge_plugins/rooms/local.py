@@ -187,13 +187,12 @@ class LocalLeg:
                 f"expected one 20 ms frame of {self.frame_samples} int16 samples, "
                 f"got shape {frame.shape} of {frame.dtype}"
             )
-        self.last_frame, self.last_frame_at = frame, time.monotonic()
         self._room.audio_from(self, frame)
 
     def levels(self) -> dict[str, float]:
         """Each member's level now (dBFS of the last frame it said, -100 when it said nothing
         for :data:`LEVEL_STALE_SECONDS`), by participant id, for live level meters."""
-        now = time.monotonic()
+        now = self._room.now()
         levels = {}
         for leg in self._room.legs():
             frame = leg.last_frame
@@ -268,6 +267,10 @@ class _Room:
     def participant_ids(self) -> list[str]:
         return list(self._legs)
 
+    def now(self) -> float:
+        """The room's time: its media clock's."""
+        return self._clock.now()
+
     def legs(self) -> list[LocalLeg]:
         return list(self._legs.values())
 
@@ -312,9 +315,10 @@ class _Room:
     # ------------------------------------------------------------------ audio
 
     def audio_from(self, leg: LocalLeg, frame: npt.NDArray[np.int16]) -> None:
+        now = self._clock.now()
+        leg.last_frame, leg.last_frame_at = frame, now
         order = self._order
         if len(order) == 2:
-            now = self._clock.now()
             leg.spoke_at = now
             if leg.playout.depth == 0 and self._may_forward(leg, now):
                 leg.playout.passed_through()
