@@ -14,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from callbridge.calls.state import CallStatus, DuplicateCallError, EndReason
+from callbridge.cluster.homes import Home
 from callbridge.cluster.relay import HomedRooms
 from callbridge.protocols import (
     CallInfo,
@@ -308,9 +309,10 @@ async def _route(
     return _connect(runtime, provider, record, ref)
 
 
-async def _home_ingest_url(runtime: Runtime, tenant: str, route: Route) -> str | None:
-    """``direct`` room mode: the public media-socket URL of the room's home replica, when
-    another replica is home (this one takes the home when nobody holds it); else ``None``."""
+async def home_elsewhere(runtime: Runtime, tenant: str, route: Route) -> Home | None:
+    """``direct`` room mode: the room's home replica when another replica is home (this one
+    takes the home when nobody holds it); else ``None`` (also when the home is unknown: the
+    call is taken here)."""
     if runtime.settings.cluster.room_mode != "direct":
         return None
     transport = runtime.room_transports.get(route.transport or runtime.settings.rooms.default)
@@ -319,9 +321,15 @@ async def _home_ingest_url(runtime: Runtime, tenant: str, route: Route) -> str |
     try:
         home = await transport.home_of(tenant, route.room_id)
     except PluginError as exc:
-        log.warning("room home unknown: the call connects here", reason=str(exc))
+        log.warning("room home unknown: the call is taken here", reason=str(exc))
         return None
-    return None if transport.is_me(home) or not home.ingest_url else home.ingest_url
+    return None if transport.is_me(home) else home
+
+
+async def _home_ingest_url(runtime: Runtime, tenant: str, route: Route) -> str | None:
+    """The public media-socket URL of the room's home replica when it is another one."""
+    home = await home_elsewhere(runtime, tenant, route)
+    return home.ingest_url if home is not None and home.ingest_url else None
 
 
 async def _existing_call(runtime: Runtime, connector_id: str, provider_call_id: str) -> Any:

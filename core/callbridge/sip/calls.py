@@ -43,14 +43,12 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from callbridge.calls.intake import call_region, routing_context, traced_route
+from callbridge.calls.intake import call_region, home_elsewhere, routing_context, traced_route
 from callbridge.calls.session import CallSession, run_call
 from callbridge.calls.state import DuplicateCallError, EndReason
-from callbridge.cluster.relay import HomedRooms
 from callbridge.protocols import (
     CallInfo,
     CodecSpec,
-    PluginError,
     RefRecord,
     Route,
     RoutingContext,
@@ -316,20 +314,10 @@ class SipCalls:
 
     async def _home_elsewhere(self, tenant: str, route: Route) -> str | None:
         """``direct`` room mode: the SIP address of the room's home replica when it is
-        another one (this one takes the home when nobody holds it); else ``None``: relay
-        mode joins the room here and the room transport relays the audio to its home."""
-        runtime = self.runtime
-        if runtime.settings.cluster.room_mode != "direct":
-            return None
-        transport = runtime.room_transports.get(route.transport or runtime.settings.rooms.default)
-        if not isinstance(transport, HomedRooms):
-            return None
-        try:
-            home = await transport.home_of(tenant, route.room_id)
-        except PluginError as exc:
-            log.warning("room home unknown: the call is taken here", reason=str(exc))
-            return None
-        return None if transport.is_me(home) or not home.sip_address else home.sip_address
+        another one; else ``None``: relay mode joins the room here and the room transport
+        relays the audio to its home."""
+        home = await home_elsewhere(self.runtime, tenant, route)
+        return home.sip_address if home is not None and home.sip_address else None
 
     # ------------------------------------------------------------------ CANCEL and dialogs
 
