@@ -3,8 +3,8 @@
 Browser → room: aiortc decodes the browser's audio (Opus: 48 kHz interleaved stereo; PCMU/PCMA:
 8 kHz mono) in its own decoder thread; :meth:`RtcMember.consume` takes each frame, folds it to
 mono, cuts it into 20 ms frames, resamples it to the room's rate and pushes it into the room
-leg, unless the member is muted or on hold. Its level (dBFS) is kept for the ``speaking``
-events.
+leg, unless the member is muted or on hold. Its last frame is kept for the ``speaking`` level
+(dBFS), computed only when read.
 
 Room → browser: the member is the leg's :class:`~callbridge.protocols.LegSink`. The room calls
 :meth:`RtcMember.hear` on the media clock's tick; the frame is resampled to 8 kHz mono (aiortc's
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -29,6 +28,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from callbridge.media.analysis import level_dbfs
 from callbridge.media.framing import FrameAssembler
 from callbridge.media.resample import FrameResampler
 from callbridge.protocols import Pcm, RoomLeg
@@ -108,13 +108,20 @@ class RtcMember:
         self.leg: RoomLeg | None = None
         self.muted = False
         self.held = False
-        self.level_dbfs = SILENT_DBFS
         self.frames_in = 0
         self.frames_out = 0
         self._notify = notify
         self._closed = closed
         self._to_browser = FrameResampler(room_rate, OUT_RATE)
         self._silence = np.zeros(OUT_RATE // 50, dtype=np.int16)
+        self._last_piece: Pcm | None = None
+
+    @property
+    def level_dbfs(self) -> float:
+        """The level of the last frame the browser sent (read for meters, a few times a
+        second, rather than computed for every frame)."""
+        piece = self._last_piece
+        return SILENT_DBFS if piece is None else max(SILENT_DBFS, level_dbfs(piece))
 
     # ------------------------------------------------------------------ room → browser (LegSink)
 
@@ -158,16 +165,9 @@ class RtcMember:
             assert assembler is not None and resampler is not None
             for piece in assembler.push(mono):
                 self.frames_in += 1
-                self.level_dbfs = _dbfs(piece)
+                self._last_piece = piece
                 leg = self.leg
                 if leg is not None and not self.muted and not self.held:
                     leg.send_audio(resampler.process(piece))
                 else:
                     resampler.process(piece)
-
-
-def _dbfs(pcm: Pcm) -> float:
-    power = float(np.dot(pcm.astype(np.float32), pcm.astype(np.float32))) / max(1, len(pcm))
-    if power <= 0:
-        return SILENT_DBFS
-    return max(SILENT_DBFS, 10 * math.log10(power / (32768.0**2)))

@@ -29,7 +29,6 @@ reason ``room mixer failed`` rather than leaving its calls silent.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
@@ -40,6 +39,7 @@ import structlog
 from pydantic import BaseModel, Field
 
 from callbridge import hookimpl
+from callbridge.media.analysis import level_dbfs
 from callbridge.media.clock import FRAME_SECONDS, MediaClock, Registration
 from callbridge.media.playout import PlayoutBuffer
 from callbridge.plugin_types import RoomTransportPlugin
@@ -196,8 +196,10 @@ class LocalLeg:
         levels = {}
         for leg in self._room.legs():
             frame = leg.last_frame
-            quiet = frame is None or now - leg.last_frame_at > LEVEL_STALE_SECONDS
-            levels[leg.participant_id] = SILENT_DBFS if quiet else _dbfs(frame)
+            level = SILENT_DBFS
+            if frame is not None and now - leg.last_frame_at <= LEVEL_STALE_SECONDS:
+                level = max(SILENT_DBFS, level_dbfs(frame))
+            levels[leg.participant_id] = round(level, 1)
         return levels
 
     def others(self) -> list[dict[str, Any]]:
@@ -453,16 +455,6 @@ class _Room:
             return False
         log.error("room keeps failing; ending the room", room_id=self.key[1])
         return True
-
-
-def _dbfs(frame: npt.NDArray[np.int16] | None) -> float:
-    if frame is None or not len(frame):
-        return SILENT_DBFS
-    samples = frame.astype(np.float32)
-    power = float(np.dot(samples, samples)) / len(samples)
-    if power <= 0:
-        return SILENT_DBFS
-    return round(max(SILENT_DBFS, 10 * math.log10(power / 32768.0**2)), 1)
 
 
 def _joined_event(participant: Participant) -> dict[str, Any]:
