@@ -344,7 +344,7 @@ class CallBridge:
         if self._end is not None:
             return
         pcm = self._to_caller.process(frame)  # the filter's history must see every frame
-        if self.far_end.admit(self._now()):
+        if self.far_end.admit(self._now(), pcm):
             self.stream.send_audio(self.codec.encode(pcm))
             self.stats.frames_out += 1
             if not self._sent_audio:

@@ -224,6 +224,13 @@ class PlayoutBuffer:
         self._left += count
 
 
+QUIET_PEAK = 64
+"""Largest sample magnitude of a frame that may be skipped to take back part of a frame of
+standing delay (about -54 dBFS: silence, a filter's tail, line noise)."""
+REPHASE_SECONDS = 0.01
+"""Standing delay (half a frame) from which a quiet frame is skipped rather than queued."""
+
+
 class FarEndPlayout:
     """A model of the far end's playout queue, so a sender never leaves lasting delay there.
 
@@ -235,11 +242,27 @@ class FarEndPlayout:
     the frame being played for an entire window, :meth:`admit` refuses as many frames as the
     surplus, and the far end's delay is back to its baseline.
 
+    Less than a frame can stand there too, for good: a stream whose frames change phase (a
+    source that resumes after the room filled its silence, one late frame followed by
+    on-time ones) keeps part of a frame queued ahead of everything that follows. Dropping a
+    whole frame for it would cut audio, so only a *quiet* frame (every sample within
+    ±:data:`QUIET_PEAK`, about -54 dBFS) is skipped while at least :data:`REPHASE_SECONDS`
+    stand ahead of it: the far end plays its own silence for the rest of that frame's time
+    instead, and the stream is back in phase with what it carries.
+
     Args:
         window: sends over which the standing queue is judged.
     """
 
-    __slots__ = ("_ends_at", "_sends", "_skip", "_window", "_window_min", "dropped")
+    __slots__ = (
+        "_ends_at",
+        "_sends",
+        "_skip",
+        "_window",
+        "_window_min",
+        "dropped",
+        "quiet_skipped",
+    )
 
     def __init__(self, window: int = 15) -> None:
         self._ends_at = 0.0
@@ -248,17 +271,35 @@ class FarEndPlayout:
         self._window_min = float("inf")
         self._skip = 0
         self.dropped = 0
-        """Frames not sent to shorten the far end's queue."""
+        """Frames not sent to shorten the far end's queue (quiet ones included)."""
+        self.quiet_skipped = 0
+        """Of those, quiet frames skipped to take back less than a frame of standing delay."""
 
-    def admit(self, now: float) -> bool:
-        """Whether a frame leaving at ``now`` (seconds, monotonic) should be sent."""
+    def admit(self, now: float, frame: Pcm | None = None) -> bool:
+        """Whether a frame leaving at ``now`` (seconds, monotonic) should be sent.
+
+        Args:
+            now: the send time.
+            frame: the frame itself, when it may be skipped for being quiet (see the class);
+                its samples are read only while half a frame or more stands ahead of it.
+        """
         if self._skip:
             self._skip -= 1
             self.dropped += 1
             return False
-        start = self._ends_at if self._ends_at > now else now
-        self._ends_at = start + _FRAME_SECONDS
+        ends_at = self._ends_at
+        start = ends_at if ends_at > now else now
         standing = start - now  # what is still queued ahead of this frame
+        if (
+            standing >= REPHASE_SECONDS
+            and frame is not None
+            and frame.max() <= QUIET_PEAK
+            and frame.min() >= -QUIET_PEAK
+        ):
+            self.dropped += 1
+            self.quiet_skipped += 1
+            return False
+        self._ends_at = start + _FRAME_SECONDS
         if standing < self._window_min:
             self._window_min = standing
         self._sends += 1

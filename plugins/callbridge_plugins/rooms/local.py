@@ -9,9 +9,10 @@ moves audio depends on how many members it has:
   wait), as long as the sender is not running ahead of real time: each member keeps a schedule
   of when the audio it has sent ends (played at real time from when each frame left) and may be
   less than ``direct_lead_frames`` frames ahead of it; frames beyond wait in its playout buffer
-  and leave on the ticks that bring them within the lead. When the listener has nothing left
-  to play and the member has been quiet for two frames, the listener hears silence, so each
-  side keeps a steady 50 frames a second.
+  and leave on the ticks that bring them within the lead. When the listener is running dry and
+  the member has been quiet for two frames, the listener hears silence, so each side keeps a
+  steady 50 frames a second; when the member speaks again its schedule starts over, so that
+  silence never holds its audio back.
 - **Three or more: mixing.** Every tick takes one frame from each member's playout buffer
   (silence on underrun), sums them once and gives each member the sum minus its own part
   (N-1 mix), clipped to int16.
@@ -54,6 +55,10 @@ MIXER_FAILED = "room mixer failed"
 _EPSILON = 1e-6
 _QUIET_SECONDS = 2 * FRAME_SECONDS + _EPSILON
 """How long a member of a two-member room may send nothing before the other hears silence."""
+_FILL_SLACK_SECONDS = FRAME_SECONDS / 4
+"""How close to running dry a listener may come before it hears silence for a quiet member: the
+media clock's own jitter (a tick up to 5 ms late is on time), and no more, so the silence
+queued at the listener when the member speaks again is as short as it can be."""
 
 log = structlog.get_logger("callbridge.rooms.local")
 
@@ -160,6 +165,10 @@ class LocalLeg:
         # frame arrived.
         self.due = 0.0
         self.spoke_at = float("-inf")
+        # How far ahead of its schedule the member's frames arrived, at least, over the
+        # current window of arrivals (see _Room._schedule).
+        self.ahead_min = float("inf")
+        self.ahead_count = 0
         # The last frame this member said and when: kept (not copied, never changed), so the
         # room can tell members' levels on demand at no per-frame cost.
         self.last_frame: npt.NDArray[np.int16] | None = None
@@ -321,15 +330,46 @@ class _Room:
         leg.last_frame, leg.last_frame_at = frame, now
         order = self._order
         if len(order) == 2:
-            leg.spoke_at = now
-            if leg.playout.depth == 0 and self._may_forward(leg, now):
-                leg.playout.passed_through()
-                self._forward(leg, order[1] if order[0] is leg else order[0], frame, now)
-                return
+            if leg.playout.depth == 0:
+                if self._schedule(leg, now):
+                    leg.playout.passed_through()
+                    self._forward(leg, order[1] if order[0] is leg else order[0], frame, now)
+                    return
+            else:  # its audio is waiting: it runs ahead, and there is no lead to give back
+                leg.ahead_count, leg.ahead_min = 0, float("inf")
+                leg.spoke_at = now
             leg.playout.push(frame)
         elif len(order) > 2:
             leg.playout.push(frame)
         # Alone in the room: nobody hears it.
+
+    def _schedule(self, leg: LocalLeg, now: float) -> bool:
+        """Whether a frame ``leg`` says now, with nothing of its audio waiting, goes straight
+        to the listener; brings the leg's schedule to where its frames really arrive.
+
+        The schedule only ever runs ahead of the arrivals: a late frame moves it later and the
+        on-time frames after it find it that much ahead. Left alone, that lead would add up
+        over a call's hiccups and, once a whole frame, hold every frame until the next tick
+        for the rest of the call. So the least lead the arrivals of a window found is given
+        back at the window's end: the frames are forwarded as they come, and what the
+        listener may still have queued is its own outbound leg's to take back (see
+        :class:`~callbridge.media.playout.FarEndPlayout`).
+        """
+        if now - leg.spoke_at > _QUIET_SECONDS:
+            # It speaks again after the room filled its silence: what the listener has queued
+            # is that silence, not this member's audio, so its schedule starts over.
+            leg.due = now
+        leg.spoke_at = now
+        ahead = leg.due - now
+        if ahead < leg.ahead_min:
+            leg.ahead_min = ahead
+        leg.ahead_count += 1
+        if leg.ahead_count >= self._config.playout_window_frames:
+            if leg.ahead_min > 0:
+                leg.due -= leg.ahead_min
+                ahead -= leg.ahead_min
+            leg.ahead_count, leg.ahead_min = 0, float("inf")
+        return ahead < self._lead_seconds
 
     def _may_forward(self, leg: LocalLeg, now: float) -> bool:
         """Whether ``leg`` is less than ``direct_lead_frames`` ahead of real time."""
@@ -377,10 +417,10 @@ class _Room:
             frame = playout.pop()
             assert frame is not None
             self._forward(leg, other, frame, now)
-        if leg.due - now < FRAME_SECONDS / 2 and now - leg.spoke_at > _QUIET_SECONDS:
-            # The other side runs dry before the next tick (half a frame of slack for the
-            # tick's own jitter) and this member has been quiet for two frames (silent, or
-            # stalled; not just a late frame): it hears silence.
+        if leg.due - now < _FILL_SLACK_SECONDS and now - leg.spoke_at > _QUIET_SECONDS:
+            # The other side is running dry (within the tick's own jitter) and this member
+            # has been quiet for two frames (silent, or stalled; not just a late frame): it
+            # hears silence.
             playout.note_empty()
             self._forward(leg, other, self._silence, now)
 
