@@ -19,9 +19,9 @@ heard by its frequency, so a round trip longer than the 250 ms burst spacing (up
 loss limit) is still matched to the right burst.
 
 What the caller hears is played out like a phone: received frame k starts playing at
-``max(arrival, end of frame k-1)``. A burst's latency is the play time of the first sample of its
-echo (first frame whose energy crosses the threshold, first sample over a quarter of the burst
-amplitude) minus the send time of its first frame.
+``max(arrival, end of frame k-1)``, from an empty queue at t0. A burst's latency is the play
+time of the first sample of its echo (first frame whose energy crosses the threshold, first
+sample over a quarter of the burst amplitude) minus the send time of its first frame.
 """
 
 from __future__ import annotations
@@ -537,6 +537,12 @@ class Call:
         }
 
 
+def _empty_playout_queues(calls: list[Call]) -> None:
+    for call in calls:
+        if call.caller is not None:
+            call.caller.play_end = -math.inf
+
+
 async def run_load(spec: LoadSpec, read_line: Any, write_line: Any) -> None:
     """Set up, wait for ``t0``, run, report (``read_line``/``write_line`` carry JSON lines)."""
     clock = Clock()
@@ -564,6 +570,10 @@ async def run_load(spec: LoadSpec, read_line: Any, write_line: Any) -> None:
     gc.collect()
     gc.freeze()
     gc.disable()
+    # The callers' playout queues start empty at t0: what this process did before it (the
+    # collection above, setting up) may have read the server's frames late, and a queue that
+    # the generator's own pause left would otherwise be counted as the server's delay.
+    asyncio.get_running_loop().call_later(max(0.0, -clock.now()), _empty_playout_queues, calls)
     slots: dict[int, list[Call]] = {}
     for call in calls:
         slots.setdefault(call.slot, []).append(call)

@@ -1,6 +1,11 @@
 """The far-end playout model: a burst toward a phone leaves no lasting queue there."""
 
+import numpy as np
+
 from callbridge.media.playout import FarEndPlayout
+
+QUIET = np.zeros(160, dtype=np.int16)
+LOUD = np.full(160, 3000, dtype=np.int16)
 
 
 def heard_delay(sends: list[float]) -> list[float]:
@@ -37,3 +42,36 @@ def test_reset_forgets_the_queue() -> None:
         far_end.admit(0.0)
     far_end.reset()
     assert far_end.admit(0.0) and far_end.admit(0.02)
+
+
+def late_frame_stream(late: float, frames: int = 100) -> list[float]:
+    """Send times of a steady stream whose tenth frame is ``late`` seconds late and every
+    other frame on time: the far end keeps that lateness queued ahead of all that follows."""
+    return [k * 0.02 + (late if k == 9 else 0.0) for k in range(frames)]
+
+
+def test_less_than_a_frame_standing_is_taken_back_by_skipping_a_quiet_frame() -> None:
+    far_end = FarEndPlayout()
+    times = late_frame_stream(0.015)
+    sent = [at for at in times if far_end.admit(at, QUIET)]
+    assert far_end.quiet_skipped == 1 and far_end.dropped == 1
+    assert max(heard_delay(sent)) < 1e-9, "nothing stands once one quiet frame was skipped"
+    unaware = FarEndPlayout()  # frames not offered: the late frame's 15 ms stay for good
+    kept = [at for at in times if unaware.admit(at)]
+    assert min(heard_delay(kept)[10:]) >= 0.015 - 1e-9
+
+
+def test_loud_frames_are_never_skipped_for_part_of_a_frame() -> None:
+    far_end = FarEndPlayout()
+    times = late_frame_stream(0.015)
+    assert all(far_end.admit(at, LOUD) for at in times)
+    assert far_end.dropped == 0
+    # Once quiet frames come, the standing part of a frame goes.
+    assert not far_end.admit(100 * 0.02, QUIET)
+    assert far_end.admit(101 * 0.02, QUIET)
+
+
+def test_less_than_half_a_frame_standing_skips_nothing() -> None:
+    far_end = FarEndPlayout()
+    assert all(far_end.admit(at, QUIET) for at in late_frame_stream(0.008))
+    assert far_end.dropped == 0

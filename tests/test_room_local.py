@@ -167,6 +167,99 @@ async def test_a_burst_after_a_stall_is_drained_back_to_the_target(rooms, clock)
     assert a.media_stats()["drained"] >= 5
 
 
+class ClockedSink(RecordingSink):
+    """Records the room's time of every frame it hears, and which frame (its first sample)."""
+
+    def __init__(self, clock: MediaClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.heard_at: list[tuple[float, int]] = []
+
+    def hear(self, frame: np.ndarray) -> None:
+        super().hear(frame)
+        self.heard_at.append((self.clock.now(), int(frame[0])))
+
+
+class SteppedTime:
+    """The room's time, set by the test between ticks (the hand-driven clock only knows ticks)."""
+
+    def __init__(self, clock: MediaClock) -> None:
+        self.at = 0.0
+        self.tick_index = 0
+        self.clock = clock
+        clock.now = lambda: self.at  # type: ignore[method-assign]
+
+    def tick(self, late: float = 0.0) -> None:
+        self.at = self.tick_index * 0.02 + late
+        self.tick_index += 1
+        self.clock.run_tick()
+
+    def send(self, leg, value: int, phase: float) -> None:
+        """``leg`` says a frame whose samples are ``value``, ``phase`` seconds after the last
+        tick."""
+        self.at = (self.tick_index - 1) * 0.02 + phase
+        leg.send_audio(np.full(FRAME, value, dtype=np.int16))
+
+
+async def direct_pair(rooms, clock):
+    a, _ = await member(rooms, "a")
+    sink = ClockedSink(clock)
+    await rooms.join("t", "room", person("b"), sink)
+    return a, sink
+
+
+def delays(sink: ClockedSink, sent_at: dict[int, float]) -> list[float]:
+    """How long after it was said each frame of ``sent_at`` was heard (seconds)."""
+    return [at - sent_at[value] for at, value in sink.heard_at if value in sent_at]
+
+
+async def test_a_late_frame_does_not_hold_every_later_frame_until_a_tick(rooms, clock):
+    """A frame 25 ms late arrives with the next one; the schedule must not stay a whole frame
+    ahead of the arrivals for the rest of the call (every frame waiting for the next tick)."""
+    time_ = SteppedTime(clock)
+    a, heard_by_b = await direct_pair(rooms, clock)
+    time_.tick()
+    sent_at: dict[int, float] = {}
+    for value in range(1, 81):
+        if value == 20:
+            time_.tick()
+            continue  # frame 20 is late: it comes with frame 21
+        if value == 21:
+            for late in (20, 21):
+                time_.send(a, late, 0.006)
+                sent_at[late] = time_.at
+            time_.tick()
+            continue
+        time_.send(a, value, 0.001)
+        sent_at[value] = time_.at
+        time_.tick()
+    waits = delays(heard_by_b, sent_at)
+    assert max(waits[:18]) < 1e-9, "on time: forwarded the moment it arrives"
+    assert max(waits) >= 0.01, "the frame behind the late one did wait"
+    window = LocalRoomsConfig().playout_window_frames
+    assert max(waits[-(78 - 20 - 2 * window) :]) < 1e-9, "and within two windows none waits"
+
+
+async def test_a_member_speaking_after_silence_is_heard_the_moment_it_speaks(rooms, clock):
+    """While a member is quiet the other hears silence; one late tick must not put that silence
+    ahead of the member's audio for good when it speaks again."""
+    time_ = SteppedTime(clock)
+    a, heard_by_b = await direct_pair(rooms, clock)
+    for index in range(10):
+        time_.tick(late=0.006 if index == 4 else 0.0)
+    assert len(heard_by_b.frames) >= 5 and not np.concatenate(heard_by_b.frames).any()
+    sent_at: dict[int, float] = {}
+    for value in range(1, 41):
+        time_.send(a, value, 0.001)
+        sent_at[value] = time_.at
+        time_.tick()
+    waits = delays(heard_by_b, sent_at)
+    assert len(waits) == 40
+    assert max(waits) < 1e-9, "every frame forwarded on arrival, none held to a tick"
+    silent_after = [value for _, value in heard_by_b.heard_at[-40:] if value == 0]
+    assert not silent_after, "no silence mixed into its speech"
+
+
 # --------------------------------------------------------------------------- mixing
 
 
