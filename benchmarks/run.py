@@ -59,6 +59,7 @@ SATURATED_LOAD_PCT = 90.0
 LATE_SEND_MS = 5.0
 CALLS_PER_LOAD_PROC = 100
 TAIL_SECONDS = 2.0
+SETUP_WARM_UP_SECONDS = 30.0
 """Callers keep sending silence this long after the window so that bursts sent at its end
 can still be heard before they count as lost (``--smoke`` shortens it to 1 s)."""
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -359,6 +360,33 @@ async def _sleep_until(wall: float) -> None:
         await asyncio.sleep(delay)
 
 
+async def _warm_up(server: Server, prefix: list[str], log_path: Path) -> None:
+    """One short call through ``server`` before its RSS is taken as the baseline, so what the
+    first call costs once (modules imported on first use, the first database pages, caches)
+    is not counted as every call's."""
+    spec = LoadSpec(
+        system=server.system,
+        base_url=server.url,
+        calls=[0],
+        total_calls=1,
+        seconds=1.0,
+        warmup=0.2,
+        tail=0.2,
+        webhook_url=server.webhook_url,
+        token=server.token,
+    )
+    proc = await start_load(spec, prefix, log_path)
+    try:
+        ready = await proc.receive(SETUP_WARM_UP_SECONDS)
+        if not ready.get("ready"):
+            raise RuntimeError(f"warm-up call failed: {ready.get('failures')}")
+        await proc.send({"t0": time.time() + 0.1})
+        await proc.receive(SETUP_WARM_UP_SECONDS)
+    finally:
+        await proc.stop()
+    await asyncio.sleep(0.5)
+
+
 async def run_step(system: str, calls: int, options: Options) -> dict[str, Any]:
     """Start a fresh server, run ``calls`` calls against it, return the report row."""
     logs = options.out / "logs"
@@ -381,7 +409,7 @@ async def run_step(system: str, calls: int, options: Options) -> dict[str, Any]:
         procs: list[LoadProc] = []
         phase = "setting up calls"
         try:
-            await asyncio.sleep(0.5)
+            await _warm_up(server, load_prefix, logs / f"{system}-N{calls}-warmup.log")
             rss_before = rss_kib(server.pid)
             for p in range(procs_count):
                 spec = LoadSpec(
@@ -579,8 +607,8 @@ LEGEND = [
     "rule a server that only forwards (the floor) keeps the stall's 200 ms for good.",
     "- **lost → participant / caller**: 20 ms frames expected in the window minus frames "
     "received, summed over calls. **bursts lost**: not heard within 2 s.",
-    "- **RSS KiB/call**: (server RSS under load - RSS before the calls) / N. **load core %**: "
-    "the load processes' CPU over the window, as % of one core.",
+    "- **RSS KiB/call**: (server RSS under load - RSS before the calls, after one warm-up "
+    "call) / N. **load core %**: the load processes' CPU over the window, as % of one core.",
 ]
 
 

@@ -107,3 +107,16 @@ def test_bad_parameters() -> None:
         PlayoutBuffer(FRAME, target=0)
     with pytest.raises(ValueError):
         PlayoutBuffer(0)
+
+
+def test_the_ring_starts_small_and_grows_in_order_up_to_the_capacity() -> None:
+    buffer = PlayoutBuffer(4, capacity=11, window=1000)
+    buffer.push(np.full(4, 1, dtype=np.int16))
+    assert buffer._frames is not None and len(buffer._frames) < 11, "a few frames at first"
+    assert buffer.pop() is not None
+    for value in range(2, 20):  # wraps the small ring, grows twice, then overflows
+        buffer.push(np.full(4, value, dtype=np.int16))
+        if value == 4:
+            assert int(buffer.pop()[0]) == 2
+    assert buffer.depth == 11 and buffer.stats.overflowed == 6
+    assert [int(buffer.pop()[0]) for _ in range(11)] == list(range(9, 20)), "oldest first"

@@ -19,8 +19,10 @@ latency small and bounded:
 - **Markers** (a participant's ``mark``) travel with the audio: a marker pushed after frame
   *n* is due once frame *n* has left the buffer, played or dropped.
 
-Frames live in one preallocated array; :meth:`push` copies the frame in, so the caller's array
-is free again as soon as it returns.
+Frames live in one ring array, allocated on the first push with room for a few frames and
+doubled (up to ``capacity``) only when a burst needs it, so a call whose frames rarely wait
+holds kilobytes, not ``capacity`` frames; :meth:`push` copies the frame in, so the caller's
+array is free again as soon as it returns.
 
 :class:`FarEndPlayout` does the same for the other end of an outbound leg: it models a phone
 network's playout queue from the send times and skips frames that would only keep a queue
@@ -38,6 +40,8 @@ import numpy.typing as npt
 
 Pcm = npt.NDArray[np.int16]
 _FRAME_SECONDS = 0.02
+_FIRST_ROWS = 4
+"""Frames the ring holds when first allocated (it doubles, up to the capacity, when full)."""
 
 
 @dataclass
@@ -102,8 +106,10 @@ class PlayoutBuffer:
         self.drain = drain
         self.stats = PlayoutStats()
         self._capacity = capacity
-        # Allocated on the first push: in a two-member room most frames never wait.
+        # Allocated on the first push (in a two-member room most frames never wait), grown
+        # when full; _rows is its length.
         self._frames: npt.NDArray[np.int16] | None = None
+        self._rows = 0
         self._head = 0
         self._depth = 0
         self._pushed = 0  # frames ever pushed
@@ -124,19 +130,33 @@ class PlayoutBuffer:
 
     def push(self, frame: Pcm) -> None:
         """Copy one frame in; a full buffer drops its oldest frame first."""
-        capacity = self._capacity
         frames = self._frames
-        if frames is None:
-            frames = self._frames = np.zeros((capacity, self.frame_samples), dtype=np.int16)
-        if self._depth == capacity:
-            self._drop(1)
-            self.stats.overflowed += 1
-        frames[(self._head + self._depth) % capacity] = frame
+        if frames is None or self._depth == self._rows:
+            if self._rows < self._capacity:
+                frames = self._grow()
+            else:
+                self._drop(1)
+                self.stats.overflowed += 1
+        assert frames is not None
+        frames[(self._head + self._depth) % self._rows] = frame
         self._depth += 1
         self._pushed += 1
         self.stats.frames_in += 1
         if self._depth > self.stats.max_depth:
             self.stats.max_depth = self._depth
+
+    def _grow(self) -> Pcm:
+        """A ring twice as long (a few frames at first, at most the capacity), with the
+        waiting frames moved to its start in order."""
+        rows = min(self._capacity, max(_FIRST_ROWS, 2 * self._rows))
+        grown = np.zeros((rows, self.frame_samples), dtype=np.int16)
+        frames, head, depth = self._frames, self._head, self._depth
+        if frames is not None and depth:
+            first = min(depth, self._rows - head)
+            grown[:first] = frames[head : head + first]
+            grown[first:depth] = frames[: depth - first]
+        self._frames, self._rows, self._head = grown, rows, 0
+        return grown
 
     def passed_through(self) -> None:
         """Count a frame that went straight through (forwarded on arrival, never buffered)."""
@@ -156,7 +176,7 @@ class PlayoutBuffer:
             return None
         assert self._frames is not None  # frames were pushed
         frame: Pcm = self._frames[self._head]
-        self._head = (self._head + 1) % self._capacity
+        self._head = (self._head + 1) % self._rows
         self._depth -= 1
         self._left += 1
         self.stats.frames_out += 1
@@ -219,7 +239,8 @@ class PlayoutBuffer:
 
     def _drop(self, count: int) -> None:
         count = min(count, self._depth)
-        self._head = (self._head + count) % self._capacity
+        if count:
+            self._head = (self._head + count) % self._rows
         self._depth -= count
         self._left += count
 
