@@ -57,6 +57,8 @@ BENCH_API_KEY = "ak_bench"
 DISTURBED_OTHER_PCT = 10.0
 SATURATED_LOAD_PCT = 90.0
 LATE_SEND_MS = 5.0
+LOAD_PAUSE_MS = 20.0
+"""A caller frame sent this late means the generator itself stalled for about that long."""
 CALLS_PER_LOAD_PROC = 100
 TAIL_SECONDS = 2.0
 SETUP_WARM_UP_SECONDS = 30.0
@@ -630,6 +632,12 @@ def disturbances(row: dict[str, Any]) -> list[str]:
     late = row["load_send_lateness_ms"]["p99"]
     if late > LATE_SEND_MS:
         reasons.append(f"callers sent late (p99 {late:.1f} ms behind their clock)")
+    paused = row["load_send_lateness_ms"]["max"]
+    if paused > LOAD_PAUSE_MS:
+        reasons.append(
+            f"the load generator paused {paused:.0f} ms at least once (it read the server's "
+            "frames that much late, and its callers' playout queues kept it as delay)"
+        )
     return reasons
 
 
