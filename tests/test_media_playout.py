@@ -120,3 +120,16 @@ def test_the_ring_starts_small_and_grows_in_order_up_to_the_capacity() -> None:
             assert int(buffer.pop()[0]) == 2
     assert buffer.depth == 11 and buffer.stats.overflowed == 6
     assert [int(buffer.pop()[0]) for _ in range(11)] == list(range(9, 20)), "oldest first"
+
+
+def test_a_grown_ring_is_given_back_once_a_window_leaves_it_empty() -> None:
+    buffer = PlayoutBuffer(4, capacity=50, window=5)
+    for value in range(20):  # a burst
+        buffer.push(np.full(4, value, dtype=np.int16))
+    assert buffer._frames is not None and len(buffer._frames) >= 20
+    for _ in range(20):
+        buffer.tick()
+        buffer.pop()
+    assert buffer.depth == 0 and buffer._frames is None, "released, not kept at the burst's size"
+    buffer.push(np.full(4, 7, dtype=np.int16))
+    assert len(buffer._frames) == 4 and int(buffer.pop()[0]) == 7

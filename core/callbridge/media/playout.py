@@ -19,9 +19,10 @@ latency small and bounded:
 - **Markers** (a participant's ``mark``) travel with the audio: a marker pushed after frame
   *n* is due once frame *n* has left the buffer, played or dropped.
 
-Frames live in one ring array, allocated on the first push with room for a few frames and
-doubled (up to ``capacity``) only when a burst needs it, so a call whose frames rarely wait
-holds kilobytes, not ``capacity`` frames; :meth:`push` copies the frame in, so the caller's
+Frames live in one ring array, allocated on the first push with room for a few frames,
+doubled (up to ``capacity``) only when a burst needs it and released at the end of a window
+that leaves it empty, so a call whose frames rarely wait holds kilobytes, not ``capacity``
+frames; :meth:`push` copies the frame in, so the caller's
 array is free again as soon as it returns.
 
 :class:`FarEndPlayout` does the same for the other end of an outbound leg: it models a phone
@@ -204,12 +205,16 @@ class PlayoutBuffer:
         if self._depth < self._window_min:
             self._window_min = self._depth
         self._window_ticks += 1
-        if self._window_ticks < self.window or not self.drain:
+        if self._window_ticks < self.window:
             return
-        excess = self._window_min - self.target
-        if excess > 0:
-            self._drop(excess)
-            self.stats.drained += excess
+        if self.drain:
+            excess = self._window_min - self.target
+            if excess > 0:
+                self._drop(excess)
+                self.stats.drained += excess
+        if self._depth == 0 and self._rows > _FIRST_ROWS:
+            # A burst grew the ring and has passed: give the memory back.
+            self._frames, self._rows, self._head = None, 0, 0
         self._window_ticks = 0
         self._window_min = self._capacity
 
