@@ -61,9 +61,10 @@ LOAD_PAUSE_MS = 20.0
 """A caller frame sent this late means the generator itself stalled for about that long."""
 CALLS_PER_LOAD_PROC = 100
 TAIL_SECONDS = 2.0
-SETUP_WARM_UP_SECONDS = 30.0
 """Callers keep sending silence this long after the window so that bursts sent at its end
 can still be heard before they count as lost (``--smoke`` shortens it to 1 s)."""
+SETUP_WARM_UP_SECONDS = 30.0
+"""How long the warm-up call may take to set up, and then to report."""
 _TICKS = os.sysconf("SC_CLK_TCK")
 _VERSIONS = ("numpy", "uvicorn", "websockets", "litestar", "soxr", "uvloop")
 

@@ -22,8 +22,8 @@ latency small and bounded:
 Frames live in one ring array, allocated on the first push with room for a few frames,
 doubled (up to ``capacity``) only when a burst needs it and released at the end of a window
 that leaves it empty, so a call whose frames rarely wait holds kilobytes, not ``capacity``
-frames; :meth:`push` copies the frame in, so the caller's
-array is free again as soon as it returns.
+frames. :meth:`push` copies the frame in, so the caller's array is free again as soon as it
+returns.
 
 :class:`FarEndPlayout` does the same for the other end of an outbound leg: it models a phone
 network's playout queue from the send times and skips frames that would only keep a queue

@@ -367,9 +367,8 @@ class _Room:
         if leg.ahead_count >= self._config.playout_window_frames:
             if leg.ahead_min > 0:
                 leg.due -= leg.ahead_min
-                ahead -= leg.ahead_min
             leg.ahead_count, leg.ahead_min = 0, float("inf")
-        return ahead < self._lead_seconds
+        return self._may_forward(leg, now)
 
     def _may_forward(self, leg: LocalLeg, now: float) -> bool:
         """Whether ``leg`` is less than ``direct_lead_frames`` ahead of real time."""
