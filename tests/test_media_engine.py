@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,23 @@ def peaks(frames: list[tuple[float, np.ndarray]]) -> list[int]:
     return [int(np.abs(pcm.astype(np.int32)).max()) for _, pcm in frames]
 
 
+@contextlib.contextmanager
+def no_collector_pauses() -> Iterator[None]:
+    """No garbage-collector pauses while audio timing is measured.
+
+    The in-process server shares this process (and its GIL) with the test run, whose heap holds
+    what a thousand earlier tests left: one full collection of it stops the server's clock
+    and both simulated phones for tens of milliseconds, which a listener hears as silence. A
+    real server's heap is its own and small; that pause is the harness's, not the product's.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 async def test_a_third_member_joins_and_leaves_mid_call_with_both_tones_continuous(
     server: InProcessServer,
 ) -> None:
@@ -105,27 +123,49 @@ async def test_a_third_member_joins_and_leaves_mid_call_with_both_tones_continuo
     ):
         await until_direct(server, "three-way")
         await asyncio.sleep(1.0)
-        before = rooms.room_mode("ak_test_one", "three-way")
-        start = time.monotonic()
-        async with connect(url, open_timeout=5) as third:
-            reader = asyncio.create_task(third.recv())  # never read again: the room must not care
+        with no_collector_pauses():
+            before = rooms.room_mode("ak_test_one", "three-way")
+            start = time.monotonic()
+            async with connect(url, open_timeout=5) as third:
+                # It reads its joined event and then nothing: the room must not care.
+                reader = asyncio.create_task(third.recv())
+                await asyncio.sleep(1.0)
+                during = rooms.room_mode("ak_test_one", "three-way")
+                reader.cancel()
+                left = time.monotonic()
+                # Read what the room queued for it, or its client would never see the close
+                # reply behind that (reading paused) and wait out its close timeout.
+                drain = asyncio.create_task(_drain(third))
+                await third.close()
+                await drain
             await asyncio.sleep(1.0)
-            during = rooms.room_mode("ak_test_one", "three-way")
-            reader.cancel()
-        await asyncio.sleep(1.0)
-        after = rooms.room_mode("ak_test_one", "three-way")
-        end = time.monotonic()
+            after = rooms.room_mode("ak_test_one", "three-way")
+            end = time.monotonic()
     assert (before, during, after) == ("direct", "mixing", "direct")
-    for heard, hz in ((caller.heard, 1000), (participant.heard, 440)):
+    for side, heard, hz in (
+        ("caller", caller.heard, 1000),
+        ("participant", participant.heard, 440),
+    ):
         window = [(at, pcm) for at, pcm in heard.frames if start - 0.3 <= at <= end - 0.1]
         levels = peaks(window)
         assert len(levels) >= 100
         silent = [index for index, level in enumerate(levels) if level < TONE_LEVEL]
-        assert len(silent) <= 3, f"silent frames at {silent}"
+        where = (
+            f"the {side} heard silent frames at {silent} of {len(levels)}, arriving at "
+            f"{[round(window[index][0] - start, 3) for index in silent]} s after the third "
+            f"joined (it left at {left - start:.3f} s)"
+        )
+        assert len(silent) <= 3, where
         assert all(b - a > 1 for a, b in itertools.pairwise(silent)), (
-            "never two silent frames in a row"
+            f"never two silent frames in a row; {where}"
         )
         heard.assert_tone_since(start, hz, min_seconds=2.0)
+
+
+async def _drain(socket: ClientConnection) -> None:
+    with contextlib.suppress(Exception):
+        async for _ in socket:
+            pass
 
 
 async def test_a_mark_after_a_second_of_audio_is_played_only_after_that_audio(
