@@ -261,6 +261,61 @@ async def test_a_calls_later_event_waits_while_the_earlier_one_is_retried(rig: R
     assert [event for event in order if event != other] == [first, first, second]
 
 
+class _HeldFirstPass:
+    """Wraps a worker's passes: the first, once done, waits at ``gate`` (the test acts while
+    the worker is still inside its pass); every pass is counted."""
+
+    def __init__(self, worker: DeliveryWorker) -> None:
+        self.passes = 0
+        self.held = asyncio.Event()
+        self.gate = asyncio.Event()
+        self._run_once = worker.run_once
+        worker.run_once = self  # type: ignore[method-assign]
+
+    async def __call__(self, *, wait: bool = False) -> int:
+        self.passes += 1
+        leased = await self._run_once(wait=wait)
+        self.held.set()
+        await self.gate.wait()
+        return leased
+
+
+async def test_an_event_written_during_a_pass_is_sent_without_waiting_for_the_next_poll(
+    database: Database, tmp_path: Path
+) -> None:
+    async with receiving() as receiver:
+        rig = await _rig(database, tmp_path, receiver, poll_interval_seconds=60)
+        first_pass = _HeldFirstPass(rig.worker)
+        await rig.worker.start()
+        try:
+            await asyncio.wait_for(first_pass.held.wait(), 10)
+            event_id = await rig.event("call_a", 1)  # the pass has leased; it is not done
+            rig.worker.poke()
+            first_pass.gate.set()
+            async with asyncio.timeout(10):  # a minute, were the poke lost
+                while not receiver.received:  # noqa: ASYNC110 - polling the receiver
+                    await asyncio.sleep(0.01)
+            assert receiver.received[0].json()["data"]["eventId"] == event_id
+            assert first_pass.passes == 2
+        finally:
+            await rig.worker.stop()
+
+
+async def test_a_stop_during_a_pass_ends_the_worker_after_that_pass(
+    database: Database, tmp_path: Path
+) -> None:
+    async with receiving() as receiver:
+        rig = await _rig(database, tmp_path, receiver, poll_interval_seconds=60)
+        first_pass = _HeldFirstPass(rig.worker)
+        await rig.worker.start()
+        await asyncio.wait_for(first_pass.held.wait(), 10)
+        stopping = asyncio.create_task(rig.worker.stop())
+        await asyncio.sleep(0)
+        first_pass.gate.set()
+        await asyncio.wait_for(stopping, 10)  # a minute, were the stop's wake-up lost
+        assert first_pass.passes == 1
+
+
 async def test_a_dead_workers_lease_lapses_and_another_delivers_once(
     database: Database, tmp_path: Path
 ) -> None:

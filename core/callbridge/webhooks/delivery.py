@@ -286,11 +286,15 @@ class DeliveryWorker:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before the pass, not after: a poke (or a stop) that comes during the
+            # pass must start the next one, not wait out the poll interval.
+            self._wake.clear()
             try:
                 await self.run_once()
             except Exception:
                 log.exception("webhook delivery pass failed")
-            self._wake.clear()
+            if self._stopping.is_set():
+                return
             try:
                 async with asyncio.timeout(self._settings.poll_interval_seconds):
                     await self._wake.wait()
