@@ -153,10 +153,10 @@ async def test_other_methods_and_calls_that_do_not_exist(
 ) -> None:
     _, port = sip_server
     answers = {}
-    for method in ("BYE", "CANCEL", "REGISTER", "SUBSCRIBE"):
+    for method in ("BYE", "CANCEL", "INFO", "REGISTER", "SUBSCRIBE"):
         await udp.send(request(method, port, local_port=udp.port), port)
         answers[method] = await udp.receive()
-    assert status(answers["BYE"]) == 481 and status(answers["CANCEL"]) == 481
+    assert [status(answers[method]) for method in ("BYE", "CANCEL", "INFO")] == [481] * 3
     assert status(answers["REGISTER"]) == 401, "registration is challenged too"
     assert status(answers["SUBSCRIBE"]) == 405 and b"Allow: INVITE" in answers["SUBSCRIBE"]
 

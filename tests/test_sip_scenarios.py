@@ -212,6 +212,7 @@ class Uac:
         tag: str | None = None,
         headers: tuple[str, ...] = (),
         body: bytes = b"",
+        content_type: str = "application/sdp",
     ) -> bytes:
         lines = [
             f"{method} {self.uri} SIP/2.0",
@@ -225,7 +226,7 @@ class Uac:
             *headers,
         ]
         if body:
-            lines.append("Content-Type: application/sdp")
+            lines.append(f"Content-Type: {content_type}")
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -300,8 +301,8 @@ class Uac:
             )
         )
 
-    async def bye(self) -> bytes:
-        await self.send(self.build("BYE", branch=new_branch(), cseq=3, tag=self.remote_tag))
+    async def bye(self, cseq: int = 3) -> bytes:
+        await self.send(self.build("BYE", branch=new_branch(), cseq=cseq, tag=self.remote_tag))
         return await self.expect(200)
 
 
@@ -509,6 +510,64 @@ async def test_the_200_is_retransmitted_until_its_ack(sip: Sip, udp: UdpPeer) ->
     await uac.bye()
     row = await sip.ended()
     assert (row["status"], row["endReason"]) == ("ended", "caller-hangup")
+
+
+# --------------------------------------------------------------------------- key presses in INFO
+
+
+async def test_key_presses_sent_as_info_reach_the_room_and_other_infos_are_refused(
+    sip: Sip, udp: UdpPeer
+) -> None:
+    """A trunk that sends its DTMF as SIP INFO: ``application/dtmf-relay`` (a keypad
+    character or its event code) and ``application/dtmf`` bodies are answered 200 and each
+    reaches the room as ``dtmf``; an Info Package is refused 469 (empty Recv-Info), another
+    body type 415 (with Accept), a body naming no digit 400: none of those reaches the room.
+    The call's media counts the three presses."""
+    async with tone_participant(sip.room_url("info-keys")) as participant:
+        uac = Uac(udp, sip.port, "info-keys", sip.credential)
+        await uac.call(sdp(free_port()))
+        await uac.ack()
+        await participant.wait_for("participant-joined")
+        cseq = 2
+
+        async def info(content_type: str, body: bytes, *extra: str) -> bytes:
+            nonlocal cseq
+            cseq += 1
+            request = uac.build(
+                "INFO",
+                branch=new_branch(),
+                cseq=cseq,
+                tag=uac.remote_tag,
+                headers=extra,
+                body=body,
+                content_type=content_type,
+            )
+            await uac.send(request)
+            return await udp.receive()
+
+        taken = [
+            await info("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n"),
+            await info("application/dtmf-relay", b"Signal=11\r\nDuration=160\r\n"),
+            await info("application/dtmf", b"9"),
+        ]
+        assert [status(answer) for answer in taken] == [200, 200, 200]
+        package = await info("application/dtmf-relay", b"Signal=1\r\n", "Info-Package: dtmf")
+        assert status(package) == 469 and header(package, "Recv-Info") == ""
+        other = await info("application/media_control+xml", b"<media_control/>")
+        assert status(other) == 415
+        assert header(other, "Accept") == "application/dtmf-relay, application/dtmf"
+        no_digit = await info("application/dtmf-relay", b"Duration=160\r\n")
+        assert status(no_digit) == 400 and "no keypad digit" in (header(no_digit, "Reason") or "")
+        async with asyncio.timeout(5):
+            while len([e for e in participant.events if e.get("event") == "dtmf"]) < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # nothing more follows
+        digits = [e["digit"] for e in participant.events if e.get("event") == "dtmf"]
+        assert digits == ["5", "#", "9"]
+        await uac.bye(cseq=cseq + 1)
+    row = await sip.ended()
+    assert (row["status"], row["endReason"]) == ("ended", "caller-hangup")
+    assert row["media"]["dtmf"] == 3, row["media"]
 
 
 # --------------------------------------------------------------------------- 3. CANCEL

@@ -1,7 +1,7 @@
 """SIP calls: an authenticated INVITE becomes a call in a room, with the same life as a provider
 call (record and state machine, routing, room join, lifecycle events, one trace, metrics), and
 its dialog carries the rest (ACK, BYE either way, CANCEL, re-INVITE and UPDATE for hold and
-session refresh).
+session refresh, INFO key presses).
 
 The room comes from the Request-URI's user part (its host may be a proxy's). A user part that
 is a phone number (digits, an optional leading ``+``) goes through the routing chain first, with
@@ -58,6 +58,8 @@ from callbridge.runtime import Runtime
 from callbridge.sip.auth import SipPrincipal
 from callbridge.sip.dialogs import Dialog, new_branch
 from callbridge.sip.endpoint import ALLOW, Incoming, SipEndpoint, reason_header
+from callbridge.sip.info import ACCEPTED as INFO_ACCEPTED
+from callbridge.sip.info import InfoRefused, info_digit
 from callbridge.sip.media import RtpStream
 from callbridge.sip.message import Parsed
 from callbridge.sip.ports import PortsExhausted, RtpPortAllocator
@@ -516,8 +518,32 @@ class SipCall:
             self._reoffer(incoming)
         elif method == "OPTIONS":
             incoming.answer(200, "OK", headers=[("Allow", ALLOW)])
+        elif method == "INFO":
+            self._info(incoming)
         else:
             incoming.answer(405, "Method Not Allowed", headers=[("Allow", ALLOW)])
+
+    def _info(self, incoming: Incoming) -> None:
+        """A key press sent as INFO (:mod:`callbridge.sip.info`): the same ``dtmf`` as one
+        sent as telephone-events."""
+        request = incoming.parsed.request
+        try:
+            digit = info_digit(
+                request.headers.get("Content-Type"),
+                request.headers.get("Info-Package"),
+                request.body or b"",
+            )
+        except InfoRefused as exc:
+            headers = [("Reason", reason_header(str(exc)))]
+            if exc.code == 415:
+                headers.append(("Accept", INFO_ACCEPTED))
+            elif exc.code == 469:
+                headers.append(("Recv-Info", ""))
+            incoming.answer(exc.code, exc.phrase, headers=headers)
+            return
+        incoming.answer(200, "OK")
+        if digit is not None:
+            self.stream.info_digit(digit)
 
     def _ack(self, parsed: Parsed) -> None:
         self._acked.set()

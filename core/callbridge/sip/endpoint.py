@@ -49,7 +49,7 @@ from callbridge.sip.transactions import (
 
 log = structlog.get_logger("callbridge.sip")
 
-ALLOW: Final = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE"
+ALLOW: Final = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
 CRLF_KEEPALIVE: Final = (b"\r\n", b"\r\n\r\n")
 
 
@@ -366,7 +366,7 @@ class SipEndpoint:
                 )
             else:
                 self._spawn(self._on_register(incoming))
-        elif method == "BYE":
+        elif method in ("BYE", "INFO"):
             answer(481, "Call/Transaction Does Not Exist")
         else:
             answer(405, "Method Not Allowed", headers=[("Allow", ALLOW)])

@@ -316,6 +316,13 @@ class RtpStream:
             return
         sender.send_digits(keys)
 
+    def info_digit(self, digit: str) -> None:
+        """A key press the caller sent as SIP INFO; like a telephone-event, not heard while
+        the call is on hold."""
+        if not self._held:
+            self.dtmf_in += 1
+            self._push(DtmfIn(digit))
+
     def send_mark(self, name: str) -> None:
         self._push(MarkEcho(name))
 
