@@ -785,6 +785,43 @@ async def test_malformed_input_is_refused_or_ignored_and_calls_still_work(
     assert (row["status"], row["endReason"]) == ("ended", "caller-hangup")
 
 
+async def test_a_datagram_holds_the_body_its_content_length_declares(
+    sip: Sip, udp: UdpPeer
+) -> None:
+    """RFC 3261 §18.3 over UDP: a request whose datagram ends before its Content-Length is
+    answered 400 (with a Reason), such a response is dropped, both counted malformed; bytes
+    past the declared length are no part of the body: an INVITE whose SDP is followed by junk
+    in its datagram is answered 200 as if the junk were not there."""
+    port = sip.port
+    short = options(port, udp.port).replace(
+        b"Content-Length: 0\r\n\r\n", b"Content-Length: 40\r\n\r\nabcd"
+    )
+    await udp.send(short, port)
+    answer = await udp.receive()
+    assert status(answer) == 400 and "Content-Length" in (header(answer, "Reason") or ""), answer
+    cut_response = (
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKcut\r\n"
+        b"Call-ID: cut\r\nCSeq: 1 OPTIONS\r\nContent-Length: 40\r\n\r\nabcd"
+    )
+    await udp.send(cut_response, port)
+    assert await udp.quiet(0.3), "a response is never answered"
+    assert sip.counters.malformed == 2
+
+    uac = Uac(udp, port, "junk-after-the-body", sip.credential)
+    offer = sdp(free_port())
+    authorization = await uac.authorization(offer)
+    invite = uac.build("INVITE", branch=new_branch(), cseq=2, headers=(authorization,), body=offer)
+    await uac.send(invite + b"\x00\xffnot SDP at all\r\nm=video 9 RTP/AVP 96\r\n")
+    await uac.expect(100)
+    ok = await uac.expect(200, within=5.0)
+    assert "m=audio" in body_of(ok)
+    uac.remote_tag = to_tag(ok)
+    await uac.ack()
+    await uac.bye()
+    row = await sip.ended()
+    assert (row["status"], row["endReason"]) == ("ended", "caller-hangup")
+
+
 async def test_whitespace_before_a_header_colon_is_accepted(sip: Sip, udp: UdpPeer) -> None:
     """``Via  :``, ``TO :``, ``Content-Length   :`` (RFC 3261 §7.3.1: HCOLON allows spaces
     and tabs before the colon; RFC 4475 §3.1.1.1) is a valid request: OPTIONS → 200."""

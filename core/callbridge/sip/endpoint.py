@@ -34,6 +34,7 @@ from callbridge.sip.message import (
     Parsed,
     SipParseError,
     checked,
+    fit_datagram_body,
     parse,
     reply_address,
     response,
@@ -299,10 +300,15 @@ class SipEndpoint:
         reliable = transport != "UDP"
         try:
             message = parse(data)
+            body_fits = reliable or fit_datagram_body(message)  # a stream frames it already
             if isinstance(message, Response):
+                if not body_fits:
+                    raise SipParseError("a response shorter than its Content-Length")
                 self._response(message)
                 return
             parsed = checked(message)
+            if not body_fits and message.method == "ACK":
+                raise SipParseError("an ACK shorter than its Content-Length")
         except SipParseError as exc:
             self.counters.malformed += 1
             log.info("SIP message dropped", reason=str(exc), transport=transport)
@@ -311,6 +317,21 @@ class SipEndpoint:
         method = message.method
         send = sender(reply_address(parsed, source) if not reliable else source)
         flow = Flow(transport, source, sender(source), is_open)
+        if not body_fits:
+            self.counters.malformed += 1
+            send(
+                response(
+                    parsed,
+                    400,
+                    "Bad Request",
+                    source=source,
+                    to_tag=parsed.to_tag or secrets.token_hex(8),
+                    headers=[
+                        ("Reason", reason_header("the body is shorter than its Content-Length"))
+                    ],
+                )
+            )
+            return
         if method == "ACK":
             if not self.transactions.acknowledged(parsed) and self._on_dialog is not None:
                 self._dispatch_ack(parsed, source, transport, flow)

@@ -67,6 +67,24 @@ def parse(data: bytes) -> Request | Response:
     return message
 
 
+def fit_datagram_body(message: Request | Response) -> bool:
+    """Make a message that came in a datagram hold the body its ``Content-Length`` declares
+    (RFC 3261 §18.3): bytes past it are dropped; ``False`` when the datagram ends before it
+    (a request is then answered 400, a response dropped) or the length is no number. Without
+    the header (allowed over UDP) the body is the rest of the datagram."""
+    declared = message.headers.get("Content-Length")
+    if declared is None:
+        return True
+    declared = declared.strip()
+    if not declared.isdigit() or len(declared) > 9:
+        return False
+    length = int(declared)
+    if length > len(message.body):
+        return False
+    message.body = message.body[:length]
+    return True
+
+
 def checked(request: Request) -> Parsed:
     """The request's transaction headers, all read and checked.
 
