@@ -21,6 +21,7 @@ import yaml
 
 from callbridge.api.auth import issue_token
 from callbridge.app import create_app
+from callbridge.serving import proxy_options
 from callbridge.settings import load_settings
 
 TEST_KEYS = {
@@ -92,6 +93,7 @@ class InProcessServer:
             access_log=False,
             log_config=None,
             loop="asyncio",
+            **proxy_options(self.runtime.settings.server),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)

@@ -26,6 +26,7 @@ from callbridge.api.health import healthz, readyz
 from callbridge.api.hooks import ingest_with_path_ref, ingest_with_query_ref, voice_webhook
 from callbridge.api.json_request import JsonRequest
 from callbridge.api.openapi import document_api
+from callbridge.api.rate_limits import RateLimits
 from callbridge.api.raw_socket import keep_server_send
 from callbridge.api.relay import relayed_member
 from callbridge.api.room_page import room_page
@@ -125,6 +126,12 @@ def create_app(
         settings, runtime.providers, runtime.rules.config_rules
     )
 
+    redis_url = settings.cluster.redis_url
+    rate_limits = RateLimits(
+        settings.security.rate_limits,
+        redis_url.get_secret_value() if redis_url is not None else None,
+    )
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await runtime.start()
@@ -181,6 +188,7 @@ def create_app(
         request_class=JsonRequest,
         request_max_body_size=BODY_LIMITS.max_bytes,
         before_request=answer_options,
+        middleware=[rate_limits.middleware],
         exception_handlers=exception_handlers(),
         state=State(
             {

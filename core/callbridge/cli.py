@@ -24,7 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from callbridge.app import create_app
     from callbridge.logging import configure_logging
-    from callbridge.serving import DrainingServer
+    from callbridge.serving import DrainingServer, proxy_options
 
     settings = _settings(args.config)
     configure_logging(settings.telemetry.log_format, settings.telemetry.log_level)
@@ -41,6 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         ws_max_size=settings.server.max_socket_message_bytes,
         timeout_graceful_shutdown=10,
+        **proxy_options(settings.server),
     )
     DrainingServer(config, app.state.drain).run()
     return 0

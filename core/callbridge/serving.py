@@ -1,14 +1,26 @@
-"""uvicorn's server with callbridge's graceful drain on SIGTERM."""
+"""uvicorn's server with callbridge's graceful drain on SIGTERM, and the uvicorn options that
+follow from callbridge's settings."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
 from callbridge.drain import Drain
+from callbridge.settings import ServerSettings
+
+
+def proxy_options(server: ServerSettings) -> dict[str, Any]:
+    """uvicorn's proxy-header options for ``server.trusted_proxies``: ``X-Forwarded-For`` (and
+    ``-Proto``) are believed only from those networks, and not at all without any (uvicorn's
+    own default would trust 127.0.0.1)."""
+    networks = [str(ipaddress.ip_network(value, strict=False)) for value in server.trusted_proxies]
+    return {"proxy_headers": bool(networks), "forwarded_allow_ips": networks or None}
 
 
 class DrainingServer(uvicorn.Server):

@@ -8,6 +8,7 @@ Secrets are never written literally in YAML: ``{$env: NAME}`` reads an environme
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -50,6 +51,16 @@ class _Section(BaseModel):
     model_config = {"extra": "forbid"}
 
 
+def _networks(values: list[str]) -> list[str]:
+    """``values``, each checked to be a network (CIDR)."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a network (CIDR, e.g. 127.0.0.0/8)") from None
+    return values
+
+
 class ServerSettings(_Section):
     """Where the server listens and how the outside world reaches it."""
 
@@ -84,6 +95,18 @@ class ServerSettings(_Section):
         description="Log one line per HTTP request and WebSocket handshake (uvicorn's access "
         "log); webhook keys, refs and tokens in paths and queries are redacted.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Networks (CIDR) of the reverse proxies or load balancers in front of "
+        "callbridge: only a connection from one of them may name its client in "
+        "`X-Forwarded-For` (the rate limits count per client IP). Empty: the connection's own "
+        "address is the client's, and `X-Forwarded-For` is ignored.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, values: list[str]) -> list[str]:
+        return _networks(values)
 
     @field_validator("public_api_url", "public_ingest_url")
     @classmethod
@@ -378,14 +401,7 @@ class WebhookSettings(_PluginSection):
     @field_validator("allow_networks")
     @classmethod
     def _networks(cls, values: list[str]) -> list[str]:
-        import ipaddress
-
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError:
-                raise ValueError(f"{value!r} is not a network (CIDR, e.g. 127.0.0.0/8)") from None
-        return values
+        return _networks(values)
 
     @model_validator(mode="after")
     def _default_signer_enabled(self) -> WebhookSettings:
@@ -623,8 +639,33 @@ class ClusterSettings(_Section):
     )
 
 
+class RateLimitSettings(_Section):
+    """Requests per client IP and minute (a moving window); over a limit the answer is 429 with
+    `RateLimit-*` and `Retry-After` headers. 0 turns a limit off. With `cluster.redis_url` the
+    counts are shared by every replica; otherwise each replica counts its own."""
+
+    webhooks_per_minute: int = Field(
+        1200,
+        ge=0,
+        description="Voice webhooks (`/v2/hooks/…`) from one client IP. A provider posts every "
+        "call's webhook from a few addresses of its own: size this above your busiest "
+        "minute of calls.",
+    )
+    media_sockets_per_minute: int = Field(
+        1200,
+        ge=0,
+        description="Media socket handshakes (`/ingest/…`, a ref's claim) from one client IP.",
+    )
+    unauthorized_per_minute: int = Field(
+        60,
+        ge=0,
+        description="REST requests answered 401 (a missing or bad bearer token) for one client "
+        "IP; past it they are answered 429. Requests with a valid token are never limited.",
+    )
+
+
 class SecuritySettings(_Section):
-    """Keys protecting data at rest."""
+    """Keys protecting data at rest, and request limits."""
 
     credentials_key: SecretStr | None = Field(
         None,
@@ -632,6 +673,7 @@ class SecuritySettings(_Section):
         "credentials in the database ({$env} or {$file}). Default: a key generated once and "
         "kept in {data_dir}/credentials.key (every replica must share the same key).",
     )
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
 
 class PluginLoadSettings(_Section):

@@ -63,6 +63,9 @@ WEBHOOK_RESPONSES: Final[dict[int, ResponseSpec]] = {
     404: error_spec("Unknown provider, or no connector with this webhook key (or one rotated)."),
     409: error_spec("A retried webhook for a call that is already connected or over."),
     413: error_spec("The body is larger than 64 KiB."),
+    429: error_spec(
+        "Too many webhooks from this client IP (`security.rate_limits`); see `Retry-After`."
+    ),
     503: error_spec("Too many calls are waiting for their media socket; see `Retry-After`."),
 }
 """The voice webhook's answers, for its route's ``responses=`` (the markup's media types are
@@ -88,6 +91,44 @@ def document_api(app: Litestar) -> None:
         _document_rule_bodies(document.components.schemas, runtime)
     if document.paths:
         _document_webhook(document.paths, [p.name for p in providers])
+        _document_rate_limits(document.paths)
+
+
+# --------------------------------------------------------------------------- rate limits
+
+_RATE_LIMIT_HEADERS: Final = {
+    "Retry-After": "Seconds until the client may try again.",
+    "RateLimit-Limit": "Requests allowed per window.",
+    "RateLimit-Remaining": "Requests left in this window (0).",
+    "RateLimit-Reset": "Seconds until the window has room again.",
+    "RateLimit-Policy": "The limit and its window in seconds (`60;w=60`).",
+}
+_UNAUTHORIZED_LIMITED: Final = (
+    "Too many requests with a missing or bad token from this client IP "
+    "(`security.rate_limits.unauthorized_per_minute`); see `Retry-After`. A request with a "
+    "valid token is never limited."
+)
+
+
+def _document_rate_limits(paths: Paths) -> None:
+    """Every operation that may answer 401 may answer 429 past the limit of 401s; the voice
+    webhook's 429 (in :data:`WEBHOOK_RESPONSES`) gets its headers too."""
+    headers = {
+        name: OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description=text)
+        for name, text in _RATE_LIMIT_HEADERS.items()
+    }
+    for item in paths.values():
+        for operation in (item.get, item.put, item.post, item.patch, item.delete):
+            if operation is None or not operation.responses:
+                continue
+            unauthorized = operation.responses.get("401")
+            if isinstance(unauthorized, OpenAPIResponse) and "429" not in operation.responses:
+                operation.responses["429"] = OpenAPIResponse(
+                    description=_UNAUTHORIZED_LIMITED, content=unauthorized.content
+                )
+            limited = operation.responses.get("429")
+            if isinstance(limited, OpenAPIResponse):
+                limited.headers = dict(headers)
 
 
 # --------------------------------------------------------------------------- routing rules
