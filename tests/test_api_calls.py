@@ -326,9 +326,9 @@ async def test_openapi_document(api: ApiUnderTest) -> None:
     doc = (await api.client.get("/schema/openapi.json")).json()
     paths = doc["paths"]
     expected = {
-        ("/v2/calls", "get"): {"200", "400", "401"},
-        ("/v2/calls/{call_id}", "get"): {"200", "400", "401", "404"},
-        ("/v2/calls/{call_id}/hangup", "post"): {"200", "202", "400", "401", "404", "409"},
+        ("/v2/calls", "get"): {"200", "400", "401", "429"},
+        ("/v2/calls/{call_id}", "get"): {"200", "400", "401", "429", "404"},
+        ("/v2/calls/{call_id}/hangup", "post"): {"200", "202", "400", "401", "429", "404", "409"},
     }
     for (path, method), statuses in expected.items():
         operation = paths[path][method]

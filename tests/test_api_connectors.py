@@ -577,12 +577,20 @@ async def test_openapi_document(api: ApiUnderTest) -> None:
 
     paths = doc["paths"]
     expected = {
-        ("/v2/connectors", "post"): {"201", "400", "401", "413"},
-        ("/v2/connectors", "get"): {"200", "400", "401"},
-        ("/v2/connectors/{connector_id}", "get"): {"200", "400", "401", "404"},
-        ("/v2/connectors/{connector_id}", "patch"): {"200", "400", "401", "404", "409", "413"},
-        ("/v2/connectors/{connector_id}", "delete"): {"200", "400", "401", "404"},
-        ("/v2/connectors/{connector_id}/rotate-key", "post"): {"200", "400", "401", "404"},
+        ("/v2/connectors", "post"): {"201", "400", "401", "429", "413"},
+        ("/v2/connectors", "get"): {"200", "400", "401", "429"},
+        ("/v2/connectors/{connector_id}", "get"): {"200", "400", "401", "429", "404"},
+        ("/v2/connectors/{connector_id}", "patch"): {
+            "200",
+            "400",
+            "401",
+            "429",
+            "404",
+            "409",
+            "413",
+        },
+        ("/v2/connectors/{connector_id}", "delete"): {"200", "400", "401", "429", "404"},
+        ("/v2/connectors/{connector_id}/rotate-key", "post"): {"200", "400", "401", "429", "404"},
     }
     for (path, method), statuses in expected.items():
         operation = paths[path][method]

@@ -42,6 +42,9 @@ HOOKS_PREFIX: Final = "/v2/hooks/"
 REST_PREFIX: Final = "/v2/"
 INGEST_PREFIX: Final = "/ingest"
 _DENIAL_EXTENSION: Final = "websocket.http.response"
+STORE_TIMEOUT_SECONDS: Final = 1.0
+"""How long a request may wait for Redis before it goes through uncounted."""
+STORE_WARNING_INTERVAL_SECONDS: Final = 10.0
 
 
 class RateLimits:
@@ -55,7 +58,11 @@ class RateLimits:
     def __init__(self, settings: RateLimitSettings, redis_url: str | None = None) -> None:
         if redis_url:
             storage = storage_from_string(
-                f"async+{redis_url}", implementation="redispy", key_prefix="callbridge-limits"
+                f"async+{redis_url}",
+                implementation="redispy",
+                key_prefix="callbridge-limits",
+                socket_timeout=STORE_TIMEOUT_SECONDS,
+                socket_connect_timeout=STORE_TIMEOUT_SECONDS,
             )
         else:
             storage = storage_from_string("async+memory://")
@@ -63,6 +70,7 @@ class RateLimits:
         self.webhooks = _per_minute(settings.webhooks_per_minute)
         self.media_sockets = _per_minute(settings.media_sockets_per_minute)
         self.unauthorized = _per_minute(settings.unauthorized_per_minute)
+        self._last_store_warning = float("-inf")
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Litestar middleware (``middleware=[limits.middleware]``)."""
@@ -115,8 +123,15 @@ class RateLimits:
     async def _hit(self, item: RateLimitItem, name: str, client: str) -> bool:
         try:
             return await self._limiter.hit(item, name, client)
-        except Exception:
-            log.warning("rate limit store failed; the request goes through", limit=name)
+        except Exception as exc:
+            now = time.monotonic()
+            if now - self._last_store_warning >= STORE_WARNING_INTERVAL_SECONDS:
+                self._last_store_warning = now
+                log.warning(
+                    "rate limit store failed; requests go through",
+                    limit=name,
+                    error=type(exc).__name__,
+                )
             return True
 
     async def _headers(
