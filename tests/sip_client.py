@@ -21,11 +21,12 @@ SDP_OFFER = (
 )
 
 
-def sip_credential(server: InProcessServer) -> dict[str, Any]:
-    """A new SIP credential of the server's test API key, with its password."""
+def sip_credential(server: InProcessServer, **fields: Any) -> dict[str, Any]:
+    """A new SIP credential of the server's test API key, with its password (``fields``: more
+    of the create body, e.g. ``authenticateBy``)."""
     answer = httpx.post(
         f"{server.url}/v2/sip/credentials",
-        json={"name": "softphone"},
+        json={"name": "softphone", **fields},
         headers={"Authorization": f"Bearer {server.token()}"},
     )
     assert answer.status_code == 201, answer.text

@@ -24,6 +24,7 @@ from callbridge.sip.auth import (
     NONCE_KEY_NAME,
     SipAuthResult,
     authenticate,
+    authenticate_by_source,
     load_digest_auth,
 )
 from callbridge.sip.digest import DigestAuth, Verdict, parse_auth_params
@@ -44,6 +45,7 @@ TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 PUBLIC_FIELDS = {
     "id",
     "name",
+    "authenticateBy",
     "username",
     "domain",
     "sipUri",
@@ -169,6 +171,7 @@ async def test_create_shows_the_password_once(api: ApiUnderTest) -> None:
     assert created["domain"] == DOMAIN
     assert created["sipUri"] == f"sip:<roomId>@{DOMAIN}"
     assert created["name"] is None and created["allowedNetworks"] is None
+    assert created["authenticateBy"] == "digest"
     assert TIMESTAMP.fullmatch(created["createdAt"])
     assert created["rotatedAt"] is None and created["lastUsedAt"] is None
 
@@ -200,6 +203,22 @@ async def test_create_with_a_name_and_an_allow_list(api: ApiUnderTest) -> None:
     assert (await _create(api, {"allowedNetworks": None}))["allowedNetworks"] is None
 
 
+@module_loop
+async def test_a_credential_that_authenticates_by_source(api: ApiUnderTest) -> None:
+    created = await _create(
+        api,
+        {
+            "name": "carrier",
+            "authenticateBy": "source",
+            "allowedNetworks": ["203.0.113.0/24", "2001:db8:1::/48"],
+        },
+    )
+    assert created["authenticateBy"] == "source"
+    assert created["allowedNetworks"] == ["203.0.113.0/24", "2001:db8:1::/48"]
+    shown = await api.client.get(f"{BASE}/{created['id']}", headers=api.headers)
+    assert shown.json()["data"]["authenticateBy"] == "source"
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -220,6 +239,20 @@ async def test_create_with_a_name_and_an_allow_list(api: ApiUnderTest) -> None:
         ({"allowedNetworks": [10]}, "allowedNetworks[0]: Expected `str`"),
         ({"name": 5}, "name: Expected `str | null`"),
         ({"password": "mine"}, "password: unknown field"),
+        ({"authenticateBy": "ip"}, "authenticateBy: "),
+        (
+            {"authenticateBy": "source"},
+            "allowedNetworks: authenticateBy source needs the trunk's networks",
+        ),
+        (
+            {"authenticateBy": "source", "allowedNetworks": None},
+            "allowedNetworks: authenticateBy source needs the trunk's networks",
+        ),
+        (
+            {"authenticateBy": "source", "allowedNetworks": ["203.0.113.0/24", "10.0.0.0/8"]},
+            "allowedNetworks[1]: wider than /16",
+        ),
+        ({"authenticateBy": "source", "allowedNetworks": ["2001:db8::/32"]}, "allowedNetworks[0]"),
         ([], "body: Expected `object`"),
     ],
 )
@@ -423,6 +456,7 @@ async def _stored(
     box: CredentialBox,
     apikey: str,
     networks: list[str] | None = None,
+    by: str = store.DIGEST,
 ) -> tuple[store.SipCredential, str]:
     credential_id, password = store.new_credential_id(), store.new_password()
     async with transaction(database, clock, write=True) as repo:
@@ -436,6 +470,7 @@ async def _stored(
             allowed_networks=None
             if networks is None
             else [store.parse_network(n) for n in networks],
+            authenticate_by=by,
         )
     return row, password
 
@@ -504,6 +539,33 @@ async def test_credentials_go_with_their_api_key(
         await repo.session.delete(await repo.session.get(ApiKey, apikey))
     async with transaction(db, clock) as repo:
         assert (await store.list_credentials(repo.session, apikey, limit=10))[0] == 0
+
+
+async def test_the_narrowest_source_network_names_the_credential(
+    db: Database, clock: StepClock, local_box: CredentialBox
+) -> None:
+    apikey, other = await _apikey(db, clock), await _apikey(db, clock, "other")
+    wide, _ = await _stored(db, clock, local_box, apikey, ["198.51.0.0/16"], by=store.SOURCE)
+    narrow, _ = await _stored(db, clock, local_box, other, ["198.51.100.0/24"], by=store.SOURCE)
+    await _stored(db, clock, local_box, apikey, ["198.51.100.7/32"])  # digest: never by source
+
+    async def by_source(ip: str) -> SipAuthResult:
+        return await authenticate_by_source(db, source_ip=ip, clock=clock)
+
+    inside = await by_source("198.51.100.7")
+    assert inside.ok and inside.principal is not None
+    assert (inside.principal.apikey, inside.principal.credential_id) == (other, narrow.id)
+    mapped = await by_source("::ffff:198.51.7.1")
+    assert mapped.ok and mapped.principal is not None and mapped.principal.credential_id == wide.id
+    assert (await by_source("192.0.2.1")).verdict is Verdict.REFUSED
+    assert (await by_source("not an address")).verdict is Verdict.REFUSED
+
+    await _stored(db, clock, local_box, apikey, ["198.51.100.0/24"], by=store.SOURCE)
+    tie = await by_source("198.51.100.7")
+    assert tie.verdict is Verdict.FORBIDDEN and "several" in tie.reason
+    async with transaction(db, clock) as repo:
+        used = await store.get_by_username(repo.session, narrow.username)
+    assert used is not None and used.last_used_at is not None
 
 
 async def test_authenticate_on_the_store(

@@ -463,6 +463,64 @@ async def test_sipp_authenticated_call_with_a_tone(sip: Sip, tmp_path: Path) -> 
     assert row["media"]["rtp_packets_in"] >= 80, row["media"]
 
 
+# --------------------------------------------------------------------------- trunks by address
+
+
+async def test_a_trunk_that_authenticates_by_address_calls_in_unchallenged(
+    sip: Sip, udp: UdpPeer
+) -> None:
+    """A carrier that never answers a digest challenge: with a credential that authenticates
+    by source for its address (127.0.0.1/32, beside a wider 127.0.0.0/16 one), its INVITE
+    without Authorization gets 100 and 200 (no 401), the call is the narrower credential's and
+    ends normally. A REGISTER from there is still challenged (source auth is for calls only)."""
+    wide = sip_credential(sip.server, authenticateBy="source", allowedNetworks=["127.0.0.0/16"])
+    trunk = sip_credential(sip.server, authenticateBy="source", allowedNetworks=["127.0.0.1/32"])
+    assert wide["authenticateBy"] == trunk["authenticateBy"] == "source"
+    uac = Uac(udp, sip.port, "by-address", sip.credential)
+    await uac.send(uac.build("INVITE", branch=new_branch(), cseq=1, body=sdp(free_port())))
+    await uac.expect(100)
+    ok = await uac.expect(200, within=5.0)
+    uac.remote_tag = to_tag(ok)
+    await uac.send(uac.build("ACK", branch=new_branch(), cseq=1, tag=uac.remote_tag))
+    await uac.send(uac.build("BYE", branch=new_branch(), cseq=2, tag=uac.remote_tag))
+    await uac.expect(200)
+    row = await sip.ended()
+    assert (row["status"], row["endReason"]) == ("ended", "caller-hangup")
+    assert row["connectorId"] == trunk["id"], "the narrowest network's credential"
+
+    register = Uac(udp, sip.port, "by-address", sip.credential)
+    await register.send(register.build("REGISTER", branch=new_branch(), cseq=1))
+    await register.expect(401)
+
+
+async def test_an_address_two_trunks_claim_equally_is_refused_and_others_are_challenged(
+    sip: Sip, udp: UdpPeer
+) -> None:
+    """Two credentials authenticating 127.0.0.1/32 by source (whose call would it be?): an
+    INVITE without Authorization from there is refused 403 with a Reason, never challenged.
+    Without any source credential for an address, an INVITE is challenged as always."""
+    far = sip_credential(sip.server, authenticateBy="source", allowedNetworks=["10.9.0.0/16"])
+    assert far["authenticateBy"] == "source"
+    uac = Uac(udp, sip.port, "not-by-address", sip.credential)
+    invite = uac.build("INVITE", branch=new_branch(), cseq=1, body=sdp(free_port()))
+    await uac.send(invite)
+    await uac.expect(100)
+    challenge = await uac.expect(401)
+    await uac.ack_final(invite, challenge)
+
+    for _ in range(2):
+        sip_credential(sip.server, authenticateBy="source", allowedNetworks=["127.0.0.1/32"])
+    tied = Uac(udp, sip.port, "tied", sip.credential)
+    invite = tied.build("INVITE", branch=new_branch(), cseq=1, body=sdp(free_port()))
+    await tied.send(invite)
+    await tied.expect(100)
+    refused = await tied.expect(403)
+    assert "several credentials" in (header(refused, "Reason") or "")
+    await tied.ack_final(invite, refused)
+    assert await udp.quiet(0.3)
+    assert await sip.calls() == []
+
+
 # --------------------------------------------------------------------------- 2. retransmissions
 
 

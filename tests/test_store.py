@@ -29,7 +29,7 @@ CONNECTOR_ID = re.compile(r"^cn_[a-z0-9]{16}$")
 WEBHOOK_KEY = re.compile(r"^whk_[A-Za-z0-9]{32}$")
 CALL_ID = re.compile(r"^call_[a-z0-9]{20}$")
 API_KEY = re.compile(r"^ak_[A-Za-z0-9_-]{24}$")
-HEAD = "0006"
+HEAD = "0007"
 
 
 async def _tables(db: Database) -> set[str]:

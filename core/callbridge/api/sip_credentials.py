@@ -7,7 +7,10 @@ in the answer of rotate, never again (list and get omit the field). It is stored
 Rotating replaces the password at once: the old one stops authenticating when the rotation
 commits, with no grace period (to move a trunk without a gap, create a second credential, switch
 the trunk to it, then delete the first). ``allowedNetworks`` limits the source addresses a
-credential works from (a trunk's published ranges); ``null`` or absent allows any. Another API
+credential works from (a trunk's published ranges); ``null`` or absent allows any.
+``authenticateBy: source`` makes a credential for a carrier trunk that authenticates by its
+addresses and never answers a digest challenge: an INVITE without credentials from one of its
+``allowedNetworks`` (required, none wider than /16 or /48) is taken unchallenged. Another API
 key's credential answers exactly like an unknown one (404).
 
 Uses ``request.app.state.db`` and ``.runtime`` (its ``credential_box`` and ``settings.sip``).
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
@@ -98,6 +101,17 @@ _Networks = Annotated[
 ]
 
 
+_AuthenticateBy = Annotated[
+    Literal["digest", "source"],
+    msgspec.Meta(
+        description="`digest` (default): every INVITE and REGISTER answers a digest challenge "
+        "with this username and password. `source`: also an INVITE without credentials from "
+        "one of `allowedNetworks` (then required, none wider than /16 for IPv4 or /48 for "
+        "IPv6) is taken as this API key's, for carrier trunks that authenticate by address."
+    ),
+]
+
+
 class CreateSipCredentialRequest(
     msgspec.Struct, rename="camel", forbid_unknown_fields=True, frozen=True
 ):
@@ -105,6 +119,7 @@ class CreateSipCredentialRequest(
 
     name: _Name | None = None
     allowed_networks: _Networks | None = None
+    authenticate_by: _AuthenticateBy = "digest"
 
 
 _NO_BODY: Final = CreateSipCredentialRequest()
@@ -127,6 +142,7 @@ class SipCredentialData(msgspec.Struct, rename="camel"):
         ),
     ]
     allowed_networks: list[str] | None
+    authenticate_by: _AuthenticateBy
     created_at: DateTime
     rotated_at: DateTime | None
     last_used_at: DateTime | None
@@ -179,6 +195,7 @@ def _data(request: Request[Any, Any, Any], row: SipCredential) -> dict[str, Any]
         "domain": domain,
         "sip_uri": sip_uri(domain),
         "allowed_networks": store.shown_networks(row),
+        "authenticate_by": row.authenticate_by,
         "created_at": format_timestamp(row.created_at),
         "rotated_at": None if row.rotated_at is None else format_timestamp(row.rotated_at),
         "last_used_at": None if row.last_used_at is None else format_timestamp(row.last_used_at),
@@ -195,6 +212,22 @@ def _networks(texts: list[str] | None) -> list[Network] | None:
         except ValueError:
             raise ApiError(400, f"allowedNetworks[{index}]: {_NETWORK_HELP}") from None
     return networks
+
+
+def _check_source_networks(networks: list[Network] | None) -> None:
+    """A credential that authenticates by source names where from, and narrowly."""
+    if not networks:
+        raise ApiError(
+            400, "allowedNetworks: authenticateBy source needs the trunk's networks, not any"
+        )
+    for index, network in enumerate(networks):
+        if store.too_wide_for_source(network):
+            widest = store.MIN_SOURCE_PREFIX[network.version]
+            raise ApiError(
+                400,
+                f"allowedNetworks[{index}]: wider than /{widest}, too wide to take calls "
+                "without a password from",
+            )
 
 
 async def _credential(repo: Repository, apikey: str, credential_id: str) -> SipCredential:
@@ -249,6 +282,8 @@ class SipCredentialController(Controller):
         data: Annotated[CreateSipCredentialRequest, Body(schema_extra=_NO_EXTRA_FIELDS)] = _NO_BODY,
     ) -> SipCredentialPasswordResponse:
         networks = _networks(data.allowed_networks)
+        if data.authenticate_by == store.SOURCE:
+            _check_source_networks(networks)
         credential_id = store.new_credential_id()
         password = store.new_password()
         token = store.seal_password(runtime_of(request).credential_box, password, credential_id)
@@ -262,6 +297,7 @@ class SipCredentialController(Controller):
                 now=repo.now(),
                 name=data.name,
                 allowed_networks=networks,
+                authenticate_by=data.authenticate_by,
             )
         return SipCredentialPasswordResponse(
             "SIP credential created successfully",

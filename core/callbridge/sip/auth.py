@@ -6,6 +6,9 @@ What a SIP endpoint does with an out-of-dialog request (INVITE, OPTIONS, REGISTE
     realm, algorithm = settings.sip.domain, settings.sip.digest_algorithm
 
     header = request.headers.get("Authorization")
+    if header is None and request.method == "INVITE":
+        result = await authenticate_by_source(db, source_ip=peer_ip, clock=clock)
+        OK -> serve; FORBIDDEN -> reply 403; REFUSED -> challenge, as below
     if header is None:
         reply 401, WWW-Authenticate: digest.challenge(realm, algorithm)
     result = await authenticate(db, box, digest, authorization=header, method=request.method,
@@ -48,7 +51,13 @@ from callbridge.sip.digest import (
     Verdict,
     parse_authorization,
 )
-from callbridge.sip.store import get_by_username, open_password, touch_last_used
+from callbridge.sip.store import (
+    SipCredential,
+    get_by_username,
+    open_password,
+    source_credential,
+    touch_last_used,
+)
 from callbridge.store.db import Database
 from callbridge.store.repository import transaction
 
@@ -162,6 +171,32 @@ async def authenticate(
     )
     if not outcome.ok:
         return _refused(outcome.verdict, outcome.reason, credential.username, source_ip)
+    return await _authenticated(db, credential, outcome.reason, clock)
+
+
+async def authenticate_by_source(
+    db: Database, *, source_ip: str, clock: Callable[[], float] = time.time
+) -> SipAuthResult:
+    """An INVITE without digest credentials: ``OK`` as the API key of the credential that
+    authenticates ``source_ip`` by source (:func:`~callbridge.sip.store.source_credential`);
+    ``REFUSED`` when none does (challenge it); ``FORBIDDEN`` when several do equally (an
+    operator's mistake to mend: the call could belong to either API key)."""
+    async with transaction(db, clock) as repo:
+        credential, ambiguous = await source_credential(repo.session, source_ip)
+    if credential is not None:
+        return await _authenticated(db, credential, "source address", clock)
+    if ambiguous:
+        reason = "several credentials authenticate this source address equally"
+        logger.warning("SIP INVITE from %s refused: %s", source_ip, reason)
+        return SipAuthResult(Verdict.FORBIDDEN, reason)
+    return SipAuthResult(Verdict.REFUSED, "no credential authenticates this source address")
+
+
+async def _authenticated(
+    db: Database, credential: SipCredential, reason: str, clock: Callable[[], float]
+) -> SipAuthResult:
+    """``OK`` as ``credential``, its ``last_used_at`` updated (at most once a
+    :data:`LAST_USED_RESOLUTION`)."""
     now = datetime.fromtimestamp(clock(), UTC)
     if credential.last_used_at is None or now - credential.last_used_at >= LAST_USED_RESOLUTION:
         try:
@@ -171,7 +206,7 @@ async def authenticate(
             logger.warning("could not record the use of SIP credential %s: %s", credential.id, exc)
     return SipAuthResult(
         Verdict.OK,
-        outcome.reason,
+        reason,
         SipPrincipal(
             apikey=credential.apikey, credential_id=credential.id, username=credential.username
         ),

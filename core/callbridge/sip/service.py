@@ -6,8 +6,11 @@ challenge; an expired or used nonce with the right password → a challenge with
 a wrong password, a forged nonce or an address outside the credential's allow-list → 403 (no
 endless 401 loop). An authenticated ``REGISTER`` is answered 200 and stored nowhere: callbridge
 never calls a registered client, rooms are dialled at ``sip:<roomId>@<domain>``; it only keeps
-softphones that insist on registering happy. An authenticated ``INVITE`` becomes a call
-(:mod:`callbridge.sip.calls`); requests inside its dialog are never challenged again.
+softphones that insist on registering happy. An ``INVITE`` without credentials from a network
+of a credential that authenticates by source (a carrier trunk that never answers a challenge)
+is that credential's, unchallenged; two such credentials matching equally → 403. An
+authenticated ``INVITE`` becomes a call (:mod:`callbridge.sip.calls`); requests inside its
+dialog are never challenged again.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ from typing import Final
 import structlog
 
 from callbridge.runtime import Runtime
-from callbridge.sip.auth import SipPrincipal, authenticate, load_digest_auth
+from callbridge.sip.auth import (
+    SipPrincipal,
+    authenticate,
+    authenticate_by_source,
+    load_digest_auth,
+)
 from callbridge.sip.calls import SipCalls
-from callbridge.sip.digest import DigestAuth
-from callbridge.sip.endpoint import Incoming, SipCounters, SipEndpoint
+from callbridge.sip.digest import DigestAuth, Verdict
+from callbridge.sip.endpoint import Incoming, SipCounters, SipEndpoint, reason_header
 from callbridge.sip.transactions import Key
 from callbridge.webhooks.keys import StoredKeys
 
@@ -66,11 +74,22 @@ class SipService:
         assert self._digest is not None, "start() first"
         settings, request = self._settings, incoming.parsed.request
         authorization = request.headers.get("Authorization")
+        runtime = self._runtime
+        if not authorization and request.method == "INVITE":
+            by_source = await authenticate_by_source(
+                runtime.db, source_ip=incoming.source[0], clock=runtime.clock
+            )
+            if by_source.ok:
+                return by_source.principal
+            if by_source.verdict is Verdict.FORBIDDEN:
+                incoming.answer(
+                    403, "Forbidden", headers=[("Reason", reason_header(by_source.reason))]
+                )
+                return None
         if not authorization:
             challenge = self._digest.challenge(settings.domain, settings.digest_algorithm)
             incoming.answer(401, "Unauthorized", headers=[("WWW-Authenticate", challenge)])
             return None
-        runtime = self._runtime
         result = await authenticate(
             runtime.db,
             runtime.credential_box,

@@ -3,12 +3,14 @@
 A credential is a digest ``username`` (unique on the server, so a SIP request names its API
 key) and a password kept encrypted: a :class:`~callbridge.crypto.CredentialBox` token bound to
 the credential id (:func:`seal_password`, :func:`open_password`). ``allowed_networks`` is a JSON
-list of CIDR networks requests must come from; ``NULL`` allows any source address.
+list of CIDR networks requests must come from; ``NULL`` allows any source address. A credential
+that authenticates by ``source`` (``authenticate_by``) also takes an INVITE without digest
+credentials from one of its networks (:func:`source_credential`).
 
 Every function works inside the caller's session and transaction (see
 :func:`callbridge.store.repository.transaction`); only :func:`get_by_username` is not scoped to
 an API key (the SIP endpoint does not know the key before it knows the username). The table is
-created by migration ``0006``.
+created by migration ``0006``; ``authenticate_by`` by ``0007``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ PASSWORD_LENGTH: Final = 32
 """Generated passwords: 32 letters and digits (about 190 bits), which every SIP client takes."""
 MAX_NETWORKS: Final = 100
 """The most networks one credential's allow-list may hold."""
+DIGEST: Final = "digest"
+SOURCE: Final = "source"
+MIN_SOURCE_PREFIX: Final = {4: 16, 6: 48}
+"""The widest network (by IP version) a credential that authenticates by source may name: a
+whole provider's /8 would let anyone on it call in as this API key."""
 
 _LOWER_ALNUM = string.ascii_lowercase + string.digits
 _ALNUM = string.ascii_letters + string.digits
@@ -46,7 +53,8 @@ class SipCredential(Base):
 
     ``password`` is an opaque :class:`~callbridge.crypto.CredentialBox` token bound to ``id``;
     ``allowed_networks`` a JSON list of CIDR strings (``NULL``: any source address);
-    ``rotated_at`` is ``NULL`` until the password is first rotated.
+    ``authenticate_by`` is ``digest`` or ``source`` (an INVITE from its networks needs no
+    digest); ``rotated_at`` is ``NULL`` until the password is first rotated.
     """
 
     __tablename__ = "sip_credentials"
@@ -59,6 +67,7 @@ class SipCredential(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     password: Mapped[str] = mapped_column(Text())
     allowed_networks: Mapped[str | None] = mapped_column(Text())
+    authenticate_by: Mapped[str] = mapped_column(String(16), server_default=DIGEST)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -79,13 +88,29 @@ class SipCredential(Base):
         networks = self.networks
         if networks is None:
             return True
-        try:
-            source = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(source, ipaddress.IPv6Address) and source.ipv4_mapped is not None:
-            source = source.ipv4_mapped
-        return any(source.version == net.version and source in net for net in networks)
+        return self.longest_match(address) is not None
+
+    def longest_match(self, address: str) -> int | None:
+        """The prefix length of this credential's narrowest network holding ``address``;
+        ``None`` when none does (or it has no allow-list)."""
+        networks = self.networks
+        source = _address(address)
+        if networks is None or source is None:
+            return None
+        lengths = [
+            net.prefixlen for net in networks if source.version == net.version and source in net
+        ]
+        return max(lengths, default=None)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        source = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(source, ipaddress.IPv6Address) and source.ipv4_mapped is not None:
+        return source.ipv4_mapped
+    return source
 
 
 # --------------------------------------------------------------------------- values
@@ -170,9 +195,12 @@ async def create_credential(
     now: datetime,
     name: str | None = None,
     allowed_networks: Sequence[Network] | None = None,
+    authenticate_by: str = DIGEST,
 ) -> SipCredential:
     """Insert a credential (``password_token`` from :func:`seal_password` for
-    ``credential_id``)."""
+    ``credential_id``; one that authenticates by ``source`` needs ``allowed_networks``)."""
+    if authenticate_by == SOURCE and not allowed_networks:
+        raise ValueError("a credential that authenticates by source needs networks")
     credential = SipCredential(
         id=credential_id,
         apikey=apikey,
@@ -180,6 +208,7 @@ async def create_credential(
         username=username,
         password=password_token,
         allowed_networks=encode_networks(allowed_networks),
+        authenticate_by=authenticate_by,
         created_at=now,
     )
     session.add(credential)
@@ -222,6 +251,30 @@ async def get_by_username(session: AsyncSession, username: str) -> SipCredential
     if "\x00" in username or len(username) > 64:
         return None
     return await session.scalar(select(SipCredential).where(SipCredential.username == username))
+
+
+async def source_credential(
+    session: AsyncSession, address: str
+) -> tuple[SipCredential | None, bool]:
+    """The credential that authenticates requests from ``address`` by source, whichever API
+    key holds it: the one whose narrowest network holding ``address`` is narrowest of all.
+    ``(None, False)`` when none holds it; ``(None, True)`` when two tie (which API key would
+    the call be?)."""
+    rows = await session.scalars(
+        select(SipCredential).where(SipCredential.authenticate_by == SOURCE)
+    )
+    matches = [(length, row) for row in rows if (length := row.longest_match(address)) is not None]
+    if not matches:
+        return None, False
+    matches.sort(key=lambda match: match[0], reverse=True)
+    if len(matches) > 1 and matches[0][0] == matches[1][0]:
+        return None, True
+    return matches[0][1], False
+
+
+def too_wide_for_source(network: Network) -> bool:
+    """Whether ``network`` is wider than a credential authenticating by source may name."""
+    return network.prefixlen < MIN_SOURCE_PREFIX[network.version]
 
 
 def set_password(credential: SipCredential, password_token: str, now: datetime) -> None:
