@@ -6,6 +6,7 @@ trusted proxy; with Redis the replicas share the counts; a failing store lets re
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,21 @@ async def test_bad_tokens_past_the_limit_get_429_and_a_valid_token_never_does(
                 "/v2/connectors", json={"provider": "twilio", "name": "ok"}, headers=good
             )
             assert created.status_code == 201, created.text
+
+
+async def test_sockets_refused_for_their_token_count_as_unauthorized(tmp_path: Path) -> None:
+    with limited(tmp_path, unauthorized_per_minute=2) as server:
+        room = f"ws://127.0.0.1:{server.port}/v2/rooms/limited/participants"
+        statuses = []
+        for url in (f"{room}?token=bad", f"ws://127.0.0.1:{server.port}/v2/ws?token=bad", room):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url, open_timeout=5):
+                    pass
+            statuses.append(refused.value.response.status_code)
+        assert statuses == [403, 403, 429], "two refusals, then the limit"
+        assert refused.value.response.headers["RateLimit-Limit"] == "2"
+        async with connect(f"{room}?token={server.token()}", open_timeout=5) as member:
+            assert json.loads(await member.recv())["event"] == "joined", "a valid token joins"
 
 
 async def test_media_sockets_past_the_limit_are_refused_429_in_the_handshake(

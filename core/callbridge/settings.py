@@ -659,8 +659,9 @@ class RateLimitSettings(_Section):
     unauthorized_per_minute: int = Field(
         60,
         ge=0,
-        description="REST requests answered 401 (a missing or bad bearer token) for one client "
-        "IP; past it they are answered 429. Requests with a valid token are never limited.",
+        description="REST requests answered 401 and sockets refused for their token (close "
+        "4401) for one client IP; past it they are answered 429. Requests with a valid token "
+        "are never limited.",
     )
 
 
