@@ -70,7 +70,11 @@ async def test_a_call_is_counted_and_measured(
     (delay,) = points["callbridge.call.claim_delay"]
     assert delay.count == 1 and 0 <= delay.sum < 5
     assert _sum(points["callbridge.media.frames"], direction="in", result="received") >= 30
-    assert _sum(points["callbridge.media.frames"], direction="out", result="sent") >= 30
+    # Every tick's frame to the caller is sent, or skipped by the far-end model (a quiet frame
+    # while a late tick's catch-up stands queued at the phone): together a second's worth.
+    sent = _sum(points["callbridge.media.frames"], direction="out", result="sent")
+    skipped = _sum(points["callbridge.media.frames"], direction="out", result="dropped")
+    assert sent > 0 and sent + skipped >= 30, (sent, skipped)
     (jitter,) = points["callbridge.media.jitter"]
     assert jitter.count == 1 and 0 <= jitter.sum < 50
     assert "callbridge.media_clock.ticks" in points
