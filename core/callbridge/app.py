@@ -201,6 +201,7 @@ def create_app(
                 "public_api_url": settings.server.api_url,
                 "provider_names": list(settings.providers.enabled),
                 "clock": clock,
+                "rate_limits": rate_limits,
             }
         ),
         openapi_config=OpenAPIConfig(

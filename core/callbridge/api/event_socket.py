@@ -50,7 +50,7 @@ async def event_socket(scope: Scope, receive: Receive, send: Send) -> None:
         principal = await authenticate_token(token, feed.db, feed.clock)
     except ApiError as exc:
         log.info("event socket refused", reason=exc.message)
-        await send({"type": "websocket.close", "code": 4401, "reason": ""})
+        await scope["app"].state.rate_limits.refuse_token(scope, send)
         return
     if not principal.may_moderate:
         log.info("event socket refused", reason="the token has no allow_mod (a room token?)")

@@ -5,10 +5,10 @@ Three limits, each a moving window of one minute per client IP:
 
 - voice webhooks (``/v2/hooks/…``): every request counts;
 - media socket handshakes (``/ingest/…``): every handshake counts;
-- REST requests answered 401, and sockets under ``/v2/`` refused for their token (close
-  4401): only those count, and only those are refused once over (a request with a valid token
-  is never limited; a bad one past the limit gets 429 in place of its 401, or of the socket's
-  refusal during the handshake).
+- REST requests answered 401, and sockets refused for their token (room participants and the
+  event socket, through :meth:`RateLimits.refuse_token`): only those count, and only those are
+  refused once over (a request with a valid token is never limited; a bad one past the limit
+  gets 429 in place of its 401, or of the socket's refusal during the handshake).
 
 Over a limit the answer is 429 with ``RateLimit-Limit``, ``RateLimit-Remaining``,
 ``RateLimit-Reset`` and ``Retry-After``; a media socket over its limit is refused with that
@@ -43,6 +43,7 @@ HOOKS_PREFIX: Final = "/v2/hooks/"
 REST_PREFIX: Final = "/v2/"
 INGEST_PREFIX: Final = "/ingest"
 _DENIAL_EXTENSION: Final = "websocket.http.response"
+_DENIAL: Final = "websocket.http.response"
 UNAUTHORIZED_CLOSE: Final = 4401
 """How token-authenticated sockets refuse a missing or bad token."""
 STORE_TIMEOUT_SECONDS: Final = 1.0
@@ -96,9 +97,6 @@ class RateLimits:
                     if not await self._hit(self.media_sockets, "media", client):
                         await self._refuse_socket(scope, receive, send, client)
                         return
-            elif kind == ScopeType.WEBSOCKET and path.startswith(REST_PREFIX):
-                if self.unauthorized is not None:
-                    send = self._limit_unauthorized_socket(scope, send, self.unauthorized)
             await app(scope, receive, send)
 
         return limited
@@ -126,31 +124,21 @@ class RateLimits:
 
         return send_counting
 
-    def _limit_unauthorized_socket(self, scope: Scope, send: Send, item: RateLimitItem) -> Send:
-        """``send`` of a socket that authenticates by token (participants, the event socket,
-        WebRTC signalling): a refusal (close 4401) is counted, and past the limit a refusal
-        during the handshake becomes a 429 answer."""
-        accepted = False
-        can_answer = _DENIAL_EXTENSION in (scope.get("extensions") or {})
+    async def refuse_token(self, scope: Scope, send: Send) -> None:
+        """Refuse a socket's handshake for its missing or bad token (close 4401, an HTTP 403),
+        counted as unauthorized; past the limit, answered 429 instead.
 
-        async def send_counting(message: Message) -> None:
-            nonlocal accepted
-            if message["type"] == "websocket.accept":
-                accepted = True
-            elif message["type"] == "websocket.close" and message.get("code") == UNAUTHORIZED_CLOSE:
-                client = self.client_ip(scope)
-                if (
-                    not await self._hit(item, "unauthorized", client)
-                    and can_answer
-                    and not accepted
-                ):
-                    headers = await self._headers(item, "unauthorized", client)
-                    log.info("request over its rate limit", limit="unauthorized", client_ip=client)
-                    await _send_429(send, headers, "websocket.http.response")
-                    return
-            await send(message)
-
-        return send_counting
+        The token-authenticated sockets (room participants, the event socket) call this
+        themselves: wrapping their ``send`` in the middleware would cost a call per frame."""
+        item = self.unauthorized
+        if item is not None:
+            client = self.client_ip(scope)
+            over = not await self._hit(item, "unauthorized", client)
+            if over and _DENIAL_EXTENSION in (scope.get("extensions") or {}):
+                log.info("request over its rate limit", limit="unauthorized", client_ip=client)
+                await _send_429(send, await self._headers(item, "unauthorized", client), _DENIAL)
+                return
+        await send({"type": "websocket.close", "code": UNAUTHORIZED_CLOSE, "reason": ""})
 
     async def _hit(self, item: RateLimitItem, name: str, client: str) -> bool:
         try:
@@ -195,7 +183,7 @@ class RateLimits:
             return
         if _DENIAL_EXTENSION in (scope.get("extensions") or {}):
             headers = await self._headers(self.media_sockets, "media", client)
-            await _send_429(send, headers, "websocket.http.response")
+            await _send_429(send, headers, _DENIAL)
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": ""})
 

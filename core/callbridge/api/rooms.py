@@ -80,7 +80,7 @@ async def room_participant(scope: Scope, receive: Receive, send: Send) -> None:
         )
     except ApiError as exc:
         log.info("room join refused", reason=exc.message)
-        await send({"type": "websocket.close", "code": 4401, "reason": ""})
+        await scope["app"].state.rate_limits.refuse_token(scope, send)
         return
     if not principal.may_join(room_id):
         log.info("room join refused", reason="the token may not join this room")
