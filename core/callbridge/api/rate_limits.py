@@ -42,8 +42,8 @@ log = structlog.get_logger("callbridge.rate_limits")
 HOOKS_PREFIX: Final = "/v2/hooks/"
 REST_PREFIX: Final = "/v2/"
 INGEST_PREFIX: Final = "/ingest"
-_DENIAL_EXTENSION: Final = "websocket.http.response"
 _DENIAL: Final = "websocket.http.response"
+"""The ASGI extension (and message type prefix) of an HTTP answer to a WebSocket handshake."""
 UNAUTHORIZED_CLOSE: Final = 4401
 """How token-authenticated sockets refuse a missing or bad token."""
 STORE_TIMEOUT_SECONDS: Final = 1.0
@@ -133,10 +133,8 @@ class RateLimits:
         item = self.unauthorized
         if item is not None:
             client = self.client_ip(scope)
-            over = not await self._hit(item, "unauthorized", client)
-            if over and _DENIAL_EXTENSION in (scope.get("extensions") or {}):
-                log.info("request over its rate limit", limit="unauthorized", client_ip=client)
-                await _send_429(send, await self._headers(item, "unauthorized", client), _DENIAL)
+            if not await self._hit(item, "unauthorized", client):
+                await self._deny_handshake(scope, send, item, "unauthorized", client)
                 return
         await send({"type": "websocket.close", "code": UNAUTHORIZED_CLOSE, "reason": ""})
 
@@ -176,14 +174,19 @@ class RateLimits:
         await _send_429(send, await self._headers(item, name, client), "http.response")
 
     async def _refuse_socket(self, scope: Scope, receive: Receive, send: Send, client: str) -> None:
-        log.info("media socket over its rate limit", limit="media", client_ip=client)
         assert self.media_sockets is not None
         message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        if _DENIAL_EXTENSION in (scope.get("extensions") or {}):
-            headers = await self._headers(self.media_sockets, "media", client)
-            await _send_429(send, headers, _DENIAL)
+        if message["type"] == "websocket.connect":
+            await self._deny_handshake(scope, send, self.media_sockets, "media", client)
+
+    async def _deny_handshake(
+        self, scope: Scope, send: Send, item: RateLimitItem, name: str, client: str
+    ) -> None:
+        """Answer a socket's handshake 429, or, where the server cannot, close it before
+        accepting (1008, an HTTP 403)."""
+        log.info("socket over its rate limit", limit=name, client_ip=client)
+        if _DENIAL in (scope.get("extensions") or {}):
+            await _send_429(send, await self._headers(item, name, client), _DENIAL)
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": ""})
 
