@@ -4,7 +4,6 @@ follow from callbridge's settings."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import signal
 from types import FrameType
 from typing import Any
@@ -19,8 +18,8 @@ def proxy_options(server: ServerSettings) -> dict[str, Any]:
     """uvicorn's proxy-header options for ``server.trusted_proxies``: ``X-Forwarded-For`` (and
     ``-Proto``) are believed only from those networks, and not at all without any (uvicorn's
     own default would trust 127.0.0.1)."""
-    networks = [str(ipaddress.ip_network(value, strict=False)) for value in server.trusted_proxies]
-    return {"proxy_headers": bool(networks), "forwarded_allow_ips": networks or None}
+    networks = server.trusted_proxies
+    return {"proxy_headers": bool(networks), "forwarded_allow_ips": list(networks) or None}
 
 
 class DrainingServer(uvicorn.Server):

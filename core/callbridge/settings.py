@@ -99,14 +99,16 @@ class ServerSettings(_Section):
         default_factory=list,
         description="Networks (CIDR) of the reverse proxies or load balancers in front of "
         "callbridge: only a connection from one of them may name its client in "
-        "`X-Forwarded-For` (the rate limits count per client IP). Empty: the connection's own "
-        "address is the client's, and `X-Forwarded-For` is ignored.",
+        "`X-Forwarded-For` (the rate limits count per client IP); host bits are cleared. "
+        "Empty: the connection's own address is the client's, and `X-Forwarded-For` is "
+        "ignored.",
     )
 
     @field_validator("trusted_proxies")
     @classmethod
     def _proxy_networks(cls, values: list[str]) -> list[str]:
-        return _networks(values)
+        # Host bits cleared (uvicorn takes an entry with them for a literal, not a network).
+        return [str(ipaddress.ip_network(value, strict=False)) for value in _networks(values)]
 
     @field_validator("public_api_url", "public_ingest_url")
     @classmethod
