@@ -85,10 +85,7 @@ class SipCredential(Base):
     def allows(self, address: str) -> bool:
         """Whether a request from ``address`` (an IPv4 or IPv6 literal; IPv4-mapped IPv6 is
         taken as IPv4) may use this credential."""
-        networks = self.networks
-        if networks is None:
-            return True
-        return self.longest_match(address) is not None
+        return self.allowed_networks is None or self.longest_match(address) is not None
 
     def longest_match(self, address: str) -> int | None:
         """The prefix length of this credential's narrowest network holding ``address``;
