@@ -58,7 +58,6 @@ from callbridge.runtime import Runtime
 from callbridge.sip.auth import SipPrincipal
 from callbridge.sip.dialogs import Dialog, new_branch
 from callbridge.sip.endpoint import ALLOW, Incoming, SipEndpoint, reason_header
-from callbridge.sip.info import ACCEPTED as INFO_ACCEPTED
 from callbridge.sip.info import InfoRefused, info_digit
 from callbridge.sip.media import RtpStream
 from callbridge.sip.message import Parsed
@@ -534,11 +533,7 @@ class SipCall:
                 request.body or b"",
             )
         except InfoRefused as exc:
-            headers = [("Reason", reason_header(str(exc)))]
-            if exc.code == 415:
-                headers.append(("Accept", INFO_ACCEPTED))
-            elif exc.code == 469:
-                headers.append(("Recv-Info", ""))
+            headers = [("Reason", reason_header(str(exc))), *exc.headers]
             incoming.answer(exc.code, exc.phrase, headers=headers)
             return
         incoming.answer(200, "OK")

@@ -26,13 +26,16 @@ MAX_BODY_BYTES: Final = 256
 
 
 class InfoRefused(ValueError):
-    """An INFO we do not take; ``code`` and ``phrase`` are its answer, the message is safe to
-    log and to send as the answer's ``Reason`` text."""
+    """An INFO we do not take; ``code``, ``phrase`` and ``headers`` are its answer, the message
+    is safe to log and to send as the answer's ``Reason`` text."""
 
-    def __init__(self, code: int, phrase: str, reason: str) -> None:
+    def __init__(
+        self, code: int, phrase: str, reason: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(reason)
         self.code = code
         self.phrase = phrase
+        self.headers = headers
 
 
 def info_digit(content_type: str | None, info_package: str | None, body: bytes) -> str | None:
@@ -44,12 +47,19 @@ def info_digit(content_type: str | None, info_package: str | None, body: bytes) 
             type that names no keypad digit (400).
     """
     if info_package is not None:
-        raise InfoRefused(469, "Bad Info Package", "no Info Package is supported")
+        raise InfoRefused(
+            469, "Bad Info Package", "no Info Package is supported", (("Recv-Info", ""),)
+        )
     if not body.strip():
         return None
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     if kind not in (DTMF_RELAY, DTMF):
-        raise InfoRefused(415, "Unsupported Media Type", f"only {ACCEPTED} bodies are taken")
+        raise InfoRefused(
+            415,
+            "Unsupported Media Type",
+            f"only {ACCEPTED} bodies are taken",
+            (("Accept", ACCEPTED),),
+        )
     if len(body) > MAX_BODY_BYTES:
         raise InfoRefused(400, "Bad Request", "the key press body is too long")
     text = body.decode("ascii", errors="replace")
