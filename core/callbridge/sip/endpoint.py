@@ -317,21 +317,6 @@ class SipEndpoint:
         method = message.method
         send = sender(reply_address(parsed, source) if not reliable else source)
         flow = Flow(transport, source, sender(source), is_open)
-        if not body_fits:
-            self.counters.malformed += 1
-            send(
-                response(
-                    parsed,
-                    400,
-                    "Bad Request",
-                    source=source,
-                    to_tag=parsed.to_tag or secrets.token_hex(8),
-                    headers=[
-                        ("Reason", reason_header("the body is shorter than its Content-Length"))
-                    ],
-                )
-            )
-            return
         if method == "ACK":
             if not self.transactions.acknowledged(parsed) and self._on_dialog is not None:
                 self._dispatch_ack(parsed, source, transport, flow)
@@ -348,7 +333,11 @@ class SipEndpoint:
             self.transactions.respond(transaction, data, code)
 
         incoming = Incoming(parsed, transaction, source, transport, answer, to_tag, flow)
-        if method == "CANCEL":
+        if not body_fits:
+            self.counters.malformed += 1
+            reason = reason_header("the body is shorter than its Content-Length")
+            answer(400, "Bad Request", headers=[("Reason", reason)])
+        elif method == "CANCEL":
             self._cancel(incoming)
         elif parsed.to_tag is not None:
             if self._on_dialog is None:
