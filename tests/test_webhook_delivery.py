@@ -5,6 +5,7 @@ worker, and two workers racing over PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -280,35 +281,40 @@ class _HeldFirstPass:
         return leased
 
 
-async def test_an_event_written_during_a_pass_is_sent_without_waiting_for_the_next_poll(
+@contextlib.asynccontextmanager
+async def _inside_the_first_pass(
     database: Database, tmp_path: Path
-) -> None:
+) -> AsyncIterator[tuple[Rig, _HeldFirstPass]]:
+    """A running worker (polling once a minute) held inside its first pass; stopped on exit."""
     async with receiving() as receiver:
         rig = await _rig(database, tmp_path, receiver, poll_interval_seconds=60)
         first_pass = _HeldFirstPass(rig.worker)
         await rig.worker.start()
         try:
             await asyncio.wait_for(first_pass.held.wait(), 10)
-            event_id = await rig.event("call_a", 1)  # the pass has leased; it is not done
-            rig.worker.poke()
-            first_pass.gate.set()
-            async with asyncio.timeout(10):  # a minute, were the poke lost
-                while not receiver.received:  # noqa: ASYNC110 - polling the receiver
-                    await asyncio.sleep(0.01)
-            assert receiver.received[0].json()["data"]["eventId"] == event_id
-            assert first_pass.passes == 2
+            yield rig, first_pass
         finally:
             await rig.worker.stop()
+
+
+async def test_an_event_written_during_a_pass_is_sent_without_waiting_for_the_next_poll(
+    database: Database, tmp_path: Path
+) -> None:
+    async with _inside_the_first_pass(database, tmp_path) as (rig, first_pass):
+        event_id = await rig.event("call_a", 1)  # the pass has leased; it is not done
+        rig.worker.poke()
+        first_pass.gate.set()
+        async with asyncio.timeout(10):  # a minute, were the poke lost
+            while not rig.receiver.received:  # noqa: ASYNC110 - polling the receiver
+                await asyncio.sleep(0.01)
+        assert rig.receiver.received[0].json()["data"]["eventId"] == event_id
+        assert first_pass.passes == 2
 
 
 async def test_a_stop_during_a_pass_ends_the_worker_after_that_pass(
     database: Database, tmp_path: Path
 ) -> None:
-    async with receiving() as receiver:
-        rig = await _rig(database, tmp_path, receiver, poll_interval_seconds=60)
-        first_pass = _HeldFirstPass(rig.worker)
-        await rig.worker.start()
-        await asyncio.wait_for(first_pass.held.wait(), 10)
+    async with _inside_the_first_pass(database, tmp_path) as (rig, first_pass):
         stopping = asyncio.create_task(rig.worker.stop())
         await asyncio.sleep(0)
         first_pass.gate.set()
